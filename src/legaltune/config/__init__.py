@@ -1,0 +1,1 @@
+"""Typed, validated configuration: schema, YAML loading with overrides, saving."""

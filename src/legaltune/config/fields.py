@@ -1,0 +1,296 @@
+"""Field declarations and the generic validator behind the config schema.
+
+Each config field is a dataclass field whose metadata carries its documentation (meaning, the
+seed's advice) and its constraints. The validator walks a plain dict (from YAML and ``--set``),
+collects *every* problem with its key path and a fix, and only then builds the dataclasses, so a
+user sees all mistakes in one go instead of fixing them one run at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+_MISSING = dataclasses.MISSING
+
+
+def opt(
+    default: Any = _MISSING,
+    doc: str = "",
+    *,
+    seed: str = "",
+    choices: tuple[Any, ...] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    aliases: tuple[str, ...] = (),
+    normalize: dict[str, str] | None = None,
+    default_factory: Any = _MISSING,
+) -> Any:
+    """Declare a documented, constrained config field.
+
+    ``doc`` says what the field means; ``seed`` what the seed documents advise. ``normalize`` maps
+    accepted spellings to the canonical one (``bf16`` → ``bfloat16``) before choices are checked.
+    """
+    meta = {
+        "doc": doc,
+        "seed": seed,
+        "choices": choices,
+        "ge": ge,
+        "gt": gt,
+        "le": le,
+        "lt": lt,
+        "aliases": aliases,
+        "normalize": normalize or {},
+    }
+    if default_factory is not _MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config: where, what, and how to fix it."""
+
+    path: str
+    message: str
+    fix: str = ""
+    line: str = ""  # "file.yaml:12" when the key came from a file
+
+    def __str__(self) -> str:
+        where = f"{self.line}: " if self.line else ""
+        fix = f"\n    fix: {self.fix}" if self.fix else ""
+        return f"{where}{self.path}: {self.message}{fix}"
+
+
+class ConfigError(ValueError):
+    """Raised with every problem found in a config, not just the first."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        n = len(problems)
+        head = f"{n} problem{'s' if n != 1 else ''} in the config:"
+        super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def type_name(tp: Any) -> str:
+    """Human-readable type for messages and docs."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) if isinstance(a, str) else str(a).lower() for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return f"list[{type_name(inner)}]"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Check ``value`` against annotation ``tp``; return it (lightly coerced) or raise _Invalid."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        # bool before str so that `true` stays a bool in `bool | Literal["unsloth"]`.
+        for arg in sorted(args, key=lambda a: a is not bool):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg)
+            except _Invalid:
+                continue
+        raise _Invalid
+    if origin is Literal:
+        # type() equality keeps `True` from matching a literal 1 and vice versa.
+        if any(a == value and type(a) is type(value) for a in typing.get_args(tp)):
+            return value
+        raise _Invalid
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, str) and inner is str:
+            # `--set lora.target_modules=q_proj,v_proj` is the natural CLI spelling.
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise _Invalid
+        return [_coerce(v, inner) for v in value]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _Invalid
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Invalid
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise _Invalid
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # PyYAML reads `2e-4` (no dot) as a string; accept it as the number users meant.
+            try:
+                return float(value)
+            except ValueError:
+                raise _Invalid from None
+        raise _Invalid
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Invalid
+    raise _Invalid
+
+
+def _check_range(value: Any, meta: dict[str, Any]) -> str | None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    for key, op, word in (
+        ("ge", lambda v, b: v >= b, ">="),
+        ("gt", lambda v, b: v > b, ">"),
+        ("le", lambda v, b: v <= b, "<="),
+        ("lt", lambda v, b: v < b, "<"),
+    ):
+        bound = meta.get(key)
+        if bound is not None and not op(value, bound):
+            return f"must be {word} {bound:g} (got {value:g})"
+    return None
+
+
+def suggest(name: str, candidates: list[str]) -> str:
+    """A 'did you mean' for an unknown key, or ''."""
+    best = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f"did you mean '{best[0]}'?" if best else ""
+
+
+def validate_section(
+    cls: type,
+    data: Any,
+    prefix: str,
+    problems: list[Problem],
+    lines: dict[str, str],
+    all_keys: dict[str, str],
+) -> Any:
+    """Build dataclass ``cls`` from mapping ``data``, appending problems instead of raising.
+
+    ``all_keys`` maps every field name of every section to its full path so that a key put in
+    the wrong section gets "did you mean 'training.learning_rate'?".
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(
+            Problem(
+                prefix, f"must be a mapping of keys, got {type(data).__name__}", "", lines.get(prefix, "")
+            )
+        )
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    alias_to_name = {a: f.name for f in fields.values() for a in f.metadata.get("aliases", ())}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}"
+        name = alias_to_name.get(key, key)
+        if name not in fields:
+            local = suggest(key, list(fields) + list(alias_to_name))
+            hint = local or (
+                f"did you mean '{all_keys[key]}'? ('{key}' belongs to another section)"
+                if key in all_keys
+                else ""
+            )
+            if not hint:
+                hint = suggest(key, list(all_keys))
+                if hint:
+                    hint = f"did you mean '{all_keys[hint.split(chr(39))[1]]}'?"
+            problems.append(
+                Problem(
+                    path,
+                    "unknown key",
+                    hint or f"valid keys in '{prefix}': {', '.join(sorted(fields))}",
+                    lines.get(path, ""),
+                )
+            )
+            continue
+        if name in kwargs:
+            problems.append(
+                Problem(
+                    path,
+                    f"'{key}' is another name for '{prefix}.{name}', which is also set",
+                    f"keep only one of '{prefix}.{name}' and its alias",
+                    lines.get(path, ""),
+                )
+            )
+            continue
+        f = fields[name]
+        meta = f.metadata
+        if isinstance(value, str) and meta.get("normalize"):
+            value = meta["normalize"].get(value.lower(), value)
+        try:
+            value = _coerce(value, hints[name])
+        except _Invalid:
+            problems.append(
+                Problem(
+                    path,
+                    f"expected {type_name(hints[name])}, got {value!r} ({type(value).__name__})",
+                    _choice_fix(meta, hints[name]),
+                    lines.get(path, ""),
+                )
+            )
+            continue
+        if meta.get("choices") and value is not None:
+            bad = [v for v in (value if isinstance(value, list) else [value]) if v not in meta["choices"]]
+            if bad:
+                guess = suggest(str(bad[0]), [str(c) for c in meta["choices"]])
+                problems.append(
+                    Problem(
+                        path,
+                        f"{bad[0]!r} is not a valid value",
+                        (guess + " " if guess else "") + _choice_fix(meta, hints[name]),
+                        lines.get(path, ""),
+                    )
+                )
+                continue
+        msg = _check_range(value, meta)
+        if msg:
+            advice = f" (seed: {meta['seed']})" if meta.get("seed") else ""
+            problems.append(Problem(path, msg, f"set {path} within that range{advice}", lines.get(path, "")))
+            continue
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _choice_fix(meta: dict[str, Any], tp: Any) -> str:
+    if meta.get("choices"):
+        return "use one of: " + ", ".join(repr(c) for c in meta["choices"])
+    return f"use a value of type {type_name(tp)}"
+
+
+def field_docs(cls: type) -> list[tuple[str, str, Any, str, str]]:
+    """(name, type, default, doc, seed advice) for every field of a section, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not _MISSING else f.default_factory()  # type: ignore[misc]
+        names = f.name + "".join(f" / {a}" for a in f.metadata.get("aliases", ()))
+        rows.append((names, type_name(hints[f.name]), default, f.metadata["doc"], f.metadata["seed"]))
+    return rows

@@ -1,0 +1,252 @@
+"""Load a config from YAML plus ``--set section.key=value`` overrides, validate it whole, save it.
+
+Problems from the file, from overrides and from cross-field rules are collected and raised
+together in one ConfigError; each names its key path and, for file keys, ``file:line``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from legaltune.config.fields import ConfigError, Problem, suggest, validate_section
+from legaltune.config.schema import SECTIONS, Config
+
+
+def _yaml_lines(text: str, filename: str, problems: list[Problem]) -> dict[str, str]:
+    """Map each `section.key` path to `file:line`, and report duplicated keys (YAML keeps the last silently)."""
+    lines: dict[str, str] = {}
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+
+    def walk(node: yaml.MappingNode, prefix: str) -> None:
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            path = f"{prefix}.{key}" if prefix else key
+            where = f"{filename}:{key_node.start_mark.line + 1}"
+            if key in seen:
+                problems.append(Problem(path, "key appears twice", "remove one of the two", where))
+            seen.add(key)
+            lines[path] = where
+            if isinstance(value_node, yaml.MappingNode) and not prefix:
+                walk(value_node, path)
+
+    walk(root, "")
+    return lines
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`lora.r=16` → ("lora.r", 16). Values are parsed as YAML, so `true`, `[a, b]`, `null` work."""
+    if "=" not in item:
+        raise ConfigError(
+            [Problem(item, "override must look like section.key=value", "e.g. --set lora.r=16")]
+        )
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            [Problem(key, f"cannot parse value {raw!r}: {exc}", "quote it or fix its YAML")]
+        ) from None
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a validated Config from a YAML file (or the defaults) and overrides."""
+    problems: list[Problem] = []
+    raw: dict[str, Any] = {}
+    lines: dict[str, str] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(
+                [Problem(str(path), "config file not found", "check the path; presets are in configs/")]
+            )
+        text = path.read_text(encoding="utf-8")
+        try:
+            lines = _yaml_lines(text, str(path), problems)
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError([Problem(str(path), f"not valid YAML: {exc}", "fix the YAML syntax")]) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                [Problem(str(path), "top level must be a mapping of sections", "see configs/demo.yaml")]
+            )
+        raw = loaded
+    for item in overrides or []:
+        key, value = parse_override(item)
+        parts = key.split(".")
+        if len(parts) != 2:
+            problems.append(
+                Problem(key, "override key must be section.key", "e.g. --set training.learning_rate=2e-4")
+            )
+            continue
+        section = raw.setdefault(parts[0], {})
+        if isinstance(section, dict):
+            section[parts[1]] = value
+            lines[key] = "--set"
+    return build_config(raw, problems, lines, source=str(path) if path else None)
+
+
+def build_config(
+    raw: dict[str, Any],
+    problems: list[Problem] | None = None,
+    lines: dict[str, str] | None = None,
+    source: str | None = None,
+) -> Config:
+    """Validate a nested dict into a Config, raising ConfigError with every problem found."""
+    problems = problems if problems is not None else []
+    lines = lines or {}
+    all_keys = {
+        name: f"{sec}.{name}"
+        for sec, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        for name in (f.name, *f.metadata.get("aliases", ()))
+    }
+    sections: dict[str, Any] = {}
+    for key in raw:
+        if key not in SECTIONS:
+            hint = suggest(key, list(SECTIONS))
+            if not hint and key in all_keys:
+                hint = f"'{key}' belongs under '{all_keys[key].split('.')[0]}:' (as {all_keys[key]})"
+            problems.append(
+                Problem(
+                    key, "unknown section", hint or f"sections are: {', '.join(SECTIONS)}", lines.get(key, "")
+                )
+            )
+    for name, cls in SECTIONS.items():
+        sections[name] = validate_section(cls, raw.get(name), name, problems, lines, all_keys)
+    cfg = Config(**sections, source=source)
+    provided = {f"{sec}.{k}" for sec, d in raw.items() if isinstance(d, dict) for k in d}
+    problems.extend(cross_checks(cfg, provided, lines))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list[Problem]:
+    """Rules that involve more than one field. Mutates cfg only to resolve warm-up defaults."""
+    out: list[Problem] = []
+    t, lg, d = cfg.training, cfg.logging, cfg.data
+
+    def bad(path: str, message: str, fix: str) -> None:
+        out.append(Problem(path, message, fix, lines.get(path, "")))
+
+    if cfg.model.dtype is None:  # the seed's dtype=None means "choose for me"
+        cfg.model.dtype = "auto"
+    if cfg.quantization.load_in_4bit and cfg.quantization.load_in_8bit:
+        bad("quantization.load_in_4bit", "load_in_4bit and load_in_8bit are both true", "choose one of them")
+    # warmup_steps has the seed's default (100); a user who writes only warmup_ratio means the ratio.
+    if t.warmup_ratio is not None:
+        if "training.warmup_steps" in provided and t.warmup_steps:
+            bad(
+                "training.warmup_steps",
+                "warmup_steps and warmup_ratio are both set",
+                "keep one: warmup_steps (a count) or warmup_ratio (a fraction of total steps)",
+            )
+        else:
+            t.warmup_steps = None
+    if t.max_steps == 0:
+        bad(
+            "training.max_steps",
+            "0 steps would train nothing",
+            "use -1 (train num_train_epochs) or a positive count",
+        )
+    if t.min_lr_rate is not None and t.lr_scheduler_type != "cosine_with_min_lr":
+        bad(
+            "training.min_lr_rate",
+            "only used by lr_scheduler_type cosine_with_min_lr",
+            "remove it or change the scheduler",
+        )
+    if t.early_stopping_patience is not None and not t.load_best_model_at_end:
+        bad(
+            "training.early_stopping_patience",
+            "early stopping needs load_best_model_at_end",
+            "set training.load_best_model_at_end: true",
+        )
+    if t.load_best_model_at_end:
+        if lg.eval_strategy == "no":
+            bad(
+                "training.load_best_model_at_end",
+                "needs evaluations, but eval_strategy is 'no'",
+                "set logging.eval_strategy",
+            )
+        elif lg.save_strategy != lg.eval_strategy:
+            bad(
+                "logging.save_strategy",
+                f"load_best_model_at_end needs save_strategy == eval_strategy ({lg.save_strategy} vs {lg.eval_strategy})",
+                "use the same strategy for both",
+            )
+        elif (
+            lg.save_strategy == "steps" and lg.save_steps and lg.eval_steps and lg.save_steps % lg.eval_steps
+        ):
+            bad(
+                "logging.save_steps",
+                "must be a multiple of eval_steps for load_best_model_at_end",
+                "adjust save_steps",
+            )
+    for strat, steps in (("save", lg.save_steps), ("eval", lg.eval_steps)):
+        if getattr(lg, f"{strat}_strategy") == "steps" and steps is None:
+            bad(
+                f"logging.{strat}_steps",
+                f"{strat}_strategy is 'steps' but {strat}_steps is not set",
+                f"set logging.{strat}_steps",
+            )
+    if d.train_file and lg.eval_strategy != "no" and not d.eval_file and d.val_split == 0:
+        bad(
+            "logging.eval_strategy",
+            f"eval_strategy is '{lg.eval_strategy}' but there is no evaluation data",
+            "set data.eval_file, or data.val_split (e.g. 0.1), or logging.eval_strategy: no",
+        )
+    if d.format == "alqac" and not d.corpus_file:
+        bad(
+            "data.corpus_file",
+            "format alqac joins questions with a law corpus, but corpus_file is not set",
+            "set data.corpus_file",
+        )
+    if bool(cfg.lora.use_gradient_checkpointing) and not cfg.optimization.gradient_checkpointing:
+        bad(
+            "optimization.gradient_checkpointing",
+            f"false, but lora.use_gradient_checkpointing is {cfg.lora.use_gradient_checkpointing!r}",
+            "set both to false to keep all activations, or this one to true",
+        )
+    tm = cfg.lora.target_modules
+    if not tm:
+        bad(
+            "lora.target_modules",
+            "empty: no module would get an adapter",
+            "list modules, e.g. [q_proj, v_proj], or [all-linear]",
+        )
+    elif "all-linear" in tm and len(tm) > 1:
+        bad(
+            "lora.target_modules",
+            "'all-linear' cannot be combined with names",
+            "use [all-linear] alone or list names",
+        )
+    if "none" in lg.report_to and len(lg.report_to) > 1:
+        bad("logging.report_to", "'none' combined with other sinks", "use [none] alone")
+    return out
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain data (what is saved into each run directory)."""
+    return {name: dataclasses.asdict(getattr(cfg, name)) for name in SECTIONS}
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML; it loads back to an equal Config."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# resolved legaltune config (from {cfg.source or 'defaults'})\n"
+    path.write_text(
+        header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
+    return path

@@ -1,0 +1,341 @@
+"""The typed config schema: every parameter of the seed documents, grouped as the seed groups them.
+
+Defaults are seed 000's values (the Llama-3.1-8B-Instruct run for Vietnamese legal QA on one
+H200). Seed 003's recommendations are quoted in each field's ``seed`` text and checked by
+``legaltune plan``'s lints; ``configs/llama31-8b-recommended.yaml`` applies them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from legaltune.config.fields import opt
+
+SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_8bit",
+    "adamw_bnb_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adafactor",
+    "sgd",
+)
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_min_lr",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
+STRATEGIES = ("no", "steps", "epoch")
+_DTYPE_SPELLINGS = {
+    "bf16": "bfloat16",
+    "torch.bfloat16": "bfloat16",
+    "fp16": "float16",
+    "half": "float16",
+    "torch.float16": "float16",
+    "fp32": "float32",
+    "float": "float32",
+    "torch.float32": "float32",
+    "none": "auto",
+}
+
+
+@dataclass
+class ModelConfig:
+    """Model loading (seed §0.1, §1, §7)."""
+
+    model_name: str = opt(
+        "unsloth/Llama-3.1-8B-Instruct",
+        "Hub id, local directory, .gguf file, or built-in alias (smollm2-135m-instruct is embedded and works offline).",
+        seed="000: unsloth/Llama-3.1-8B-Instruct; meta-llama/… and Llama-3.2-1B for small GPUs.",
+    )
+    max_seq_length: int = opt(
+        8192,
+        "Longest training sequence in tokens; longer examples are truncated or dropped per data.overlength, and counted.",
+        seed="000: 8192 (≈ 6–7k Vietnamese words). Memory grows ~linearly with it under flash/SDPA, not quadratically.",
+        ge=16,
+    )
+    dtype: str | None = opt(
+        "auto",
+        "Compute dtype. auto or null (the seed's None) = bfloat16 where the GPU supports it, else float16 on GPU, float32 on CPU.",
+        seed="000: None (auto); BF16 on H200/A100.",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        normalize=_DTYPE_SPELLINGS,
+    )
+    attn_implementation: str = opt(
+        "flash_attention_2",
+        "Attention kernel. flash_attention_2 falls back to SDPA (FlashAttention-backed on Hopper) with a notice when flash-attn is not installed.",
+        seed="000: flash_attention_2.",
+        choices=("flash_attention_2", "sdpa", "eager", "flex_attention"),
+    )
+    device_map: str | dict[str, Any] | None = opt(
+        "auto",
+        "Placement of the weights, as in transformers: auto, cpu, cuda, cuda:0, or a module→device mapping.",
+        seed="000: auto (one GPU: all on GPU 0).",
+    )
+    trust_remote_code: bool = opt(
+        False, "Run model code shipped with a hub repo. Off unless you trust the repo."
+    )
+
+
+@dataclass
+class QuantizationConfig:
+    """Quantization (seed §1.4, §7.2): QLoRA loads the frozen base in 4 or 8 bits through bitsandbytes."""
+
+    load_in_4bit: bool = opt(
+        False,
+        "Load the frozen base weights in 4-bit NF4 (QLoRA); LoRA adapters stay in the compute dtype. Needs CUDA.",
+        seed="000: False on the H200 (BF16 fits); True for 24 GB cards.",
+    )
+    load_in_8bit: bool = opt(
+        False, "Load the frozen base weights in 8-bit (LLM.int8). Needs CUDA.", seed="000: False."
+    )
+    bnb_4bit_quant_type: str = opt("nf4", "4-bit data type.", choices=("nf4", "fp4"))
+    bnb_4bit_use_double_quant: bool = opt(True, "Also quantize the 4-bit scales (saves ~0.4 bit/param).")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA (seed §0.2, §2)."""
+
+    r: int = opt(
+        128,
+        "LoRA rank: the inner size of the adapter matrices A (r×d_in) and B (d_out×r).",
+        seed="000: 128. 003: 8–128, choose 16 or 32.",
+        gt=0,
+        aliases=("lora_r",),
+    )
+    lora_alpha: float = opt(
+        256,
+        "LoRA scale numerator: the update is (alpha/r)·BA, or (alpha/√r)·BA with use_rslora.",
+        seed="000: 256 (=2r). 003: r (standard) or 2r.",
+        gt=0,
+    )
+    lora_dropout: float = opt(
+        0.0, "Dropout on the adapter input.", seed="000: 0.0. 003: 0 (default) to 0.1.", ge=0.0, lt=1.0
+    )
+    bias: str = opt(
+        "none",
+        "Which biases train: none, all (every bias), lora_only (biases of adapted layers).",
+        seed="000/003: none.",
+        choices=("none", "all", "lora_only"),
+    )
+    target_modules: list[str] = opt(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        doc="Modules that get adapters: names, or ['all-linear']. embed_tokens / lm_head are trained when listed.",
+        seed="000 get_peft_model: q,k,v,o_proj (§2.8 also lists MLP, embed_tokens, lm_head). 003: all 7 linear projections.",
+    )
+    use_rslora: bool = opt(
+        True,
+        "Rank-stabilized LoRA: scale alpha/√r instead of alpha/r. (The seed writes alpha/r^1.5; that is wrong — PEFT and the rsLoRA paper use alpha/√r.)",
+        seed="000: True for r ≥ 64.",
+    )
+    use_gradient_checkpointing: bool | Literal["unsloth"] = opt(
+        "unsloth",
+        "false: keep all activations; true: recompute each decoder layer in backward; 'unsloth': recompute, and offload the saved layer inputs to CPU memory asynchronously.",
+        seed="000: 'unsloth' (recommended), True, or False with plenty of VRAM.",
+    )
+    random_state: int = opt(
+        3407,
+        "Seed for adapter initialisation (and for training when training.seed is null).",
+        seed="000/003: 3407.",
+    )
+
+
+@dataclass
+class TrainingConfig:
+    """Training (seed §3)."""
+
+    per_device_train_batch_size: int = opt(
+        32, "Examples per forward/backward pass on one GPU.", seed="000: 32 (H200). 003: 2.", ge=1
+    )
+    per_device_eval_batch_size: int | None = opt(
+        None, "Examples per eval pass; null = per_device_train_batch_size.", ge=1
+    )
+    gradient_accumulation_steps: int = opt(
+        16,
+        "Micro-batches per optimizer step. The loss is normalised by the trained tokens of the whole accumulated batch.",
+        seed="000: 16. 003: 8 (effective 2×8 = 16).",
+        ge=1,
+    )
+    num_train_epochs: float = opt(4.0, "Passes over the training data.", seed="000: 4. 003: 1–3.", gt=0)
+    max_steps: int = opt(
+        -1, "If > 0, stop after this many optimizer steps (overrides num_train_epochs).", ge=-1
+    )
+    learning_rate: float = opt(
+        3e-4, "Peak learning rate.", seed="000: 3e-4. 003: 2e-4 for LoRA/QLoRA (range 5e-6…2e-4).", gt=0, lt=1
+    )
+    warmup_steps: int | None = opt(
+        100,
+        "Steps of linear warm-up from 0 to learning_rate. Set this or warmup_ratio, not both.",
+        seed="000: 100. 003: 5–10 % of total steps.",
+        ge=0,
+    )
+    warmup_ratio: float | None = opt(
+        None, "Warm-up as a fraction of total steps (alternative to warmup_steps).", ge=0, lt=1
+    )
+    lr_scheduler_type: str = opt(
+        "cosine",
+        "Learning-rate schedule after warm-up.",
+        seed="000: cosine. 003: linear or cosine.",
+        choices=SCHEDULERS,
+    )
+    min_lr_rate: float | None = opt(
+        None, "cosine_with_min_lr only: final lr as a fraction of learning_rate.", ge=0, lt=1
+    )
+    weight_decay: float = opt(
+        0.01, "Decoupled weight decay on the LoRA weights.", seed="000/003: 0.01 (up to 0.1).", ge=0
+    )
+    seed: int | None = opt(None, "Training seed (data order, dropout); null = lora.random_state.")
+    load_best_model_at_end: bool = opt(False, "Keep the checkpoint with the lowest eval loss at the end.")
+    early_stopping_patience: int | None = opt(
+        None,
+        "Stop after this many evaluations without eval-loss improvement (the seed's overfitting check). Needs load_best_model_at_end.",
+        seed="000 §3.3: stop when val loss rises while train loss falls.",
+        ge=1,
+    )
+
+
+@dataclass
+class OptimizationConfig:
+    """Optimization (seed §4)."""
+
+    optim: str = opt(
+        "adamw_torch",
+        "Optimizer, by its transformers name. *_8bit need bitsandbytes (CUDA).",
+        seed="000: adamw_torch; adamw_8bit / adafactor to save memory.",
+        choices=OPTIMIZERS,
+    )
+    gradient_checkpointing: bool = opt(
+        True,
+        "Trainer-level switch for activation checkpointing; its mode is lora.use_gradient_checkpointing.",
+        seed="000: True (even on the H200 at 8192 tokens).",
+    )
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 disables).", ge=0)
+    adam_beta1: float = opt(0.9, "AdamW β1.", ge=0, lt=1)
+    adam_beta2: float = opt(0.999, "AdamW β2.", ge=0, lt=1)
+    adam_epsilon: float = opt(1e-8, "AdamW ε.", gt=0)
+
+
+@dataclass
+class DataConfig:
+    """Data loading (seed §0.3 SFTTrainer data arguments, §5)."""
+
+    train_file: str | None = opt(
+        None, "Training data: .jsonl, .json, .csv, .parquet, a datasets directory, or a hub id."
+    )
+    eval_file: str | None = opt(None, "Evaluation data; if null, val_split of train_file is held out.")
+    val_split: float = opt(
+        0.0, "Fraction of train_file held out for evaluation when eval_file is null (seeded).", ge=0, lt=1
+    )
+    format: str = opt(
+        "auto",
+        "Record schema: auto-detected, or text, alpaca, chat, legal_qa, alqac.",
+        choices=("auto", "text", "alpaca", "chat", "legal_qa", "alqac"),
+    )
+    corpus_file: str | None = opt(None, "ALQAC/Zalo law corpus that format alqac joins questions against.")
+    dataset_text_field: str = opt(
+        "text", "Column holding pre-formatted text (format text).", seed="000: 'text'."
+    )
+    packing: bool = opt(
+        False,
+        "Pack several examples into one row; examples never attend to each other (position ids reset per example, varlen attention).",
+        seed="000: False (explains 2.7 % vs ~90 % token efficiency).",
+    )
+    train_on: str = opt(
+        "responses", "Loss on assistant responses only, or on all tokens.", choices=("responses", "all")
+    )
+    system_prompt: str | None = opt(
+        "Bạn là trợ lý pháp lý tiếng Việt. Trả lời chính xác, ngắn gọn và nêu rõ căn cứ pháp lý (điều, khoản, văn bản).",
+        "System prompt added to every conversation that has none; null for none.",
+    )
+    chat_template: str | None = opt(
+        None, "Chat template: null = the tokenizer's; a name (llama-3.1, chatml) or a .jinja file."
+    )
+    overlength: str = opt(
+        "truncate",
+        "Examples longer than max_seq_length: truncate (counted) or drop (counted).",
+        choices=("truncate", "drop"),
+    )
+    on_bad_record: str = opt(
+        "error", "A malformed record: stop with file:line, or skip it and count.", choices=("error", "skip")
+    )
+    nfc: bool = opt(True, "Normalise text to Unicode NFC (NFD input breaks token matching).")
+    tone_style: str | None = opt(
+        None,
+        "Tone-mark placement to normalise to: old (hòa) or new (hoà); null keeps it.",
+        choices=("old", "new"),
+    )
+    strip_word_underscores: bool = opt(
+        False, "Turn pyvi/VnCoreNLP word-segmentation underscores back into spaces."
+    )
+    dedup: bool = opt(True, "Drop exact duplicate records (counted).")
+    group_by_length: bool = opt(True, "Without packing, batch examples of similar length to cut padding.")
+    dataloader_num_workers: int = opt(
+        8, "Worker processes for loading and mapping data.", seed="000: 8 (4–8 optimal).", ge=0
+    )
+    dataloader_pin_memory: bool = opt(True, "Pin host memory for faster CPU→GPU copies.", seed="000: True.")
+
+
+@dataclass
+class LoggingConfig:
+    """Logging & saving (seed §6)."""
+
+    output_dir: str = opt("runs", "Parent directory of run directories.")
+    run_name: str | None = opt(None, "Run directory name under output_dir; null = config name + timestamp.")
+    logging_steps: int = opt(1, "Log metrics every N optimizer steps.", seed="000: 1.", ge=1)
+    save_strategy: str = opt("epoch", "When to save checkpoints.", seed="000: epoch.", choices=STRATEGIES)
+    save_steps: int | None = opt(None, "Save every N steps (save_strategy steps).", ge=1)
+    eval_strategy: str = opt(
+        "epoch",
+        "When to evaluate.",
+        seed="000: epoch (as evaluation_strategy).",
+        choices=STRATEGIES,
+        aliases=("evaluation_strategy",),
+    )
+    eval_steps: int | None = opt(None, "Evaluate every N steps (eval_strategy steps).", ge=1)
+    save_total_limit: int | None = opt(
+        3, "Keep at most N checkpoints (oldest deleted).", seed="000: 3.", ge=1
+    )
+    report_to: list[str] = opt(
+        default_factory=lambda: ["tensorboard"],
+        doc="Metric sinks: tensorboard, wandb, or none.",
+        choices=("tensorboard", "wandb", "none"),
+    )
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "quantization": QuantizationConfig,
+    "lora": LoraConfig,
+    "training": TrainingConfig,
+    "optimization": OptimizationConfig,
+    "data": DataConfig,
+    "logging": LoggingConfig,
+}
+
+
+@dataclass
+class Config:
+    """A whole legaltune run."""
+
+    model: ModelConfig
+    quantization: QuantizationConfig
+    lora: LoraConfig
+    training: TrainingConfig
+    optimization: OptimizationConfig
+    data: DataConfig
+    logging: LoggingConfig
+    source: str | None = None  # the YAML file it came from, if any
+
+    @property
+    def effective_seed(self) -> int:
+        return self.training.seed if self.training.seed is not None else self.lora.random_state

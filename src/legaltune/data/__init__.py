@@ -1,0 +1,1 @@
+"""Dataset loading, cleaning and formatting for Vietnamese legal QA."""

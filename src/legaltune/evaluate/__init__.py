@@ -1,0 +1,1 @@
+"""Evaluation of generated answers: text metrics and legal citation scores."""

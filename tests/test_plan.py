@@ -1,0 +1,229 @@
+"""`legaltune plan`: parameter counts equal PEFT's, schedule arithmetic, memory model, lints."""
+
+import json
+import math
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from legaltune.cli import main
+from legaltune.config.load import build_config
+from legaltune.model.arch import canonical_key, load_arch
+from legaltune.plan.core import compute_steps, make_plan, parse_size, warmup_for
+from legaltune.plan.memory import GIB
+from legaltune.plan.params import TargetError, count_params, lora_scale
+
+SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def peft_counts(key: str, r: int, targets: list[str], bias: str = "none") -> tuple[int, int]:
+    """(trainable, total) from PEFT on a meta-device model of the shipped architecture."""
+    arch = load_arch(key)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**arch.raw))
+    tm = "all-linear" if targets == ["all-linear"] else targets
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=r, target_modules=tm, bias=bias))
+    return peft_model.get_nb_trainable_parameters()
+
+
+def test_llama31_8b_r16_seven_projections_is_41943040():
+    assert count_params(load_arch("unsloth/Llama-3.1-8B-Instruct"), 16, SEVEN).trainable == 41_943_040
+
+
+@pytest.mark.parametrize(
+    "key,r,targets,bias",
+    [
+        ("llama-3.1-8b", 16, SEVEN, "none"),
+        ("llama-3.1-8b", 128, ["q_proj", "k_proj", "v_proj", "o_proj"], "none"),
+        ("llama-3.1-8b", 8, SEVEN + ["embed_tokens", "lm_head"], "none"),
+        ("smollm2-135m", 16, ["all-linear"], "none"),
+        ("smollm2-135m", 32, SEVEN + ["embed_tokens"], "none"),
+        ("qwen2.5-7b", 16, SEVEN, "all"),
+        ("qwen2.5-7b", 16, ["q_proj", "o_proj"], "lora_only"),
+    ],
+)
+def test_counts_equal_peft(key, r, targets, bias):
+    ours = count_params(load_arch(key), r, targets, bias)
+    assert (ours.trainable, ours.total) == peft_counts(key, r, targets, bias)
+
+
+def test_base_counts_of_shipped_architectures():
+    assert count_params(load_arch("llama-3.1-8b"), 1, ["q_proj"]).total_base == 8_030_261_248
+    assert (
+        count_params(load_arch("HuggingFaceTB/SmolLM2-135M-Instruct"), 1, ["q_proj"]).total_base
+        == 134_515_008
+    )
+
+
+def test_model_name_spellings():
+    assert canonical_key("meta-llama/Meta-Llama-3.1-8B-Instruct") == "llama-3.1-8b"
+    assert canonical_key("unsloth/Llama-3.2-1B-Instruct-bnb-4bit") == "llama-3.2-1b"
+    assert canonical_key("smollm2-135m-instruct") == "smollm2-135m"
+    assert canonical_key("Qwen/Qwen2.5-7B-Instruct") == "qwen2.5-7b"
+    assert canonical_key("gpt2") is None
+
+
+def test_unknown_target_module_is_named():
+    with pytest.raises(TargetError, match="qkv_proj"):
+        count_params(load_arch("llama-3.1-8b"), 16, ["qkv_proj"])
+
+
+def test_rslora_scale_is_alpha_over_sqrt_r():
+    assert lora_scale(128, 256, True) == pytest.approx(256 / math.sqrt(128))  # 22.63, not 256/128**1.5
+    assert lora_scale(16, 32, False) == 2.0
+
+
+def test_steps_arithmetic():
+    # 1000 examples, bs 2, GA 8, 1 GPU: 500 micro-batches → 63 steps/epoch (last window partial)
+    assert compute_steps(1000, 2, 8, 1, 3, -1) == (63, 189)
+    # two GPUs: each sees 500 examples → 250 micro → 32 steps
+    assert compute_steps(1000, 2, 8, 2, 1, -1) == (32, 32)
+    assert compute_steps(1000, 2, 8, 1, 3, 50) == (63, 50)
+    assert compute_steps(1000, 2, 8, 1, 1.5, -1) == (63, 95)
+    assert warmup_for(189, None, 0.05) == 10 and warmup_for(189, 100, None) == 100
+
+
+def test_plan_effective_batch_and_warmup_fraction():
+    cfg = build_config(
+        {
+            "training": {
+                "per_device_train_batch_size": 2,
+                "gradient_accumulation_steps": 8,
+                "warmup_ratio": 0.1,
+            }
+        }
+    )
+    plan = make_plan(cfg, world_size=4, train_examples=6400)
+    assert plan.effective_batch == 64
+    assert plan.steps_per_epoch == 100 and plan.total_steps == 400 and plan.warmup_steps == 40
+    assert plan.warmup_fraction == pytest.approx(0.1)
+
+
+def test_memory_matches_h100_calibration_point():
+    # measured on an H100: HF + PEFT with checkpointing, r=16 on 7 projections, 2048×4 → 31.3 GiB
+    cfg = build_config(
+        {
+            "model": {"max_seq_length": 2048},
+            "lora": {"r": 16, "lora_alpha": 16, "target_modules": SEVEN, "use_gradient_checkpointing": True},
+            "training": {"per_device_train_batch_size": 4},
+        }
+    )
+    peak = make_plan(cfg).memory.peak_bytes / GIB
+    assert abs(peak - 31.3) / 31.3 < 0.15
+
+
+def test_memory_orderings():
+    base = {"model": {"max_seq_length": 2048}, "training": {"per_device_train_batch_size": 2}}
+
+    def peak(**over):
+        raw = {k: dict(v) for k, v in base.items()}
+        for sec, kv in over.items():
+            raw.setdefault(sec, {}).update(kv)
+        return make_plan(build_config(raw)).memory.peak_bytes
+
+    ckpt = peak(lora={"use_gradient_checkpointing": True})
+    assert (
+        peak(lora={"use_gradient_checkpointing": False}, optimization={"gradient_checkpointing": False})
+        > ckpt
+    )
+    assert peak() < ckpt  # offloaded layer inputs
+    assert peak(quantization={"load_in_4bit": True}) < peak(quantization={"load_in_8bit": True}) < ckpt
+    assert peak(optimization={"optim": "adamw_8bit"}) < peak()
+    # doubling tokens roughly doubles activations+logits, it does not quadruple them (no seq² with SDPA)
+    long = peak(model={"max_seq_length": 4096})
+    assert long < 2 * peak()
+
+
+def lint_keys(raw: dict, **kw) -> set[str]:
+    return {(lint.level, lint.key) for lint in make_plan(build_config(raw), **kw).lints}
+
+
+RECOMMENDED = {
+    "model": {"max_seq_length": 2048},
+    "lora": {"r": 16, "lora_alpha": 16, "target_modules": SEVEN, "use_rslora": False},
+    "training": {
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 8,
+        "num_train_epochs": 2,
+        "learning_rate": 2e-4,
+        "warmup_ratio": 0.05,
+    },
+}
+
+
+def test_recommended_config_has_no_lints():
+    assert lint_keys(RECOMMENDED, train_examples=5000, gpu_memory=80 * GIB) == set()
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        ({"training": {"learning_rate": 5e-4}}, ("warn", "training.learning_rate")),
+        ({"training": {"num_train_epochs": 5}}, ("warn", "training.num_train_epochs")),
+        ({"lora": {"lora_alpha": 64}}, ("warn", "lora.lora_alpha")),
+        ({"lora": {"lora_dropout": 0.1}}, ("info", "lora.lora_dropout")),
+        ({"lora": {"use_rslora": True}}, ("warn", "lora.use_rslora")),
+        ({"lora": {"target_modules": ["q_proj", "v_proj"]}}, ("info", "lora.target_modules")),
+        ({"training": {"gradient_accumulation_steps": 64}}, ("warn", "training.gradient_accumulation_steps")),
+        ({"training": {"warmup_ratio": 0.3}}, ("warn", "training.warmup_steps")),
+        ({"data": {"packing": True}, "model": {"attn_implementation": "eager"}}, ("error", "data.packing")),
+        (
+            {"model": {"max_seq_length": 8192}, "training": {"per_device_train_batch_size": 32}},
+            ("error", "memory"),
+        ),
+        ({"model": {"max_seq_length": 200000}}, ("error", "model.max_seq_length")),
+    ],
+)
+def test_each_lint_fires(change, expected):
+    raw = {k: dict(v) for k, v in RECOMMENDED.items()}
+    for sec, kv in change.items():
+        raw.setdefault(sec, {}).update(kv)
+    assert expected in lint_keys(raw, train_examples=5000, gpu_memory=80 * GIB)
+
+
+def test_seed_000_h200_run_flags_what_seed_003_advises_against():
+    keys = {k for _, k in lint_keys({}, train_examples=10000, gpu_memory=141 * GIB)}
+    assert {
+        "training.learning_rate",
+        "training.num_train_epochs",
+        "training.gradient_accumulation_steps",
+    } <= keys
+    assert "training.per_device_train_batch_size" in keys and "memory" in keys
+
+
+def test_parse_size():
+    assert (
+        parse_size("80GiB") == 80 * GIB
+        and parse_size("24GB") == 24 * GIB
+        and parse_size("512MiB") == 0.5 * GIB
+    )
+    with pytest.raises(ValueError, match="80GiB"):
+        parse_size("lots")
+
+
+def test_cli_plan_json(capsys):
+    rc = main(
+        [
+            "plan",
+            "configs/llama31-8b-recommended.yaml",
+            "--examples",
+            "3200",
+            "--gpu-memory",
+            "80GiB",
+            "--json",
+        ]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert out["parameters"]["trainable"] == 41_943_040
+    assert (
+        out["batch"]["effective"] == 16 and out["steps"]["per_epoch"] == 200 and out["steps"]["warmup"] == 20
+    )
+    assert out["memory"]["fits"] is True and out["lora"]["scale_formula"] == "alpha/r"
+
+
+def test_cli_plan_exits_nonzero_when_it_does_not_fit(capsys):
+    assert main(["plan", "configs/llama31-8b-h200.yaml", "--examples", "1000", "--gpu-memory", "141GiB"]) == 1
+    assert "does NOT fit" in capsys.readouterr().out
