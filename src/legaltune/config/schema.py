@@ -242,6 +242,9 @@ class DataConfig:
         choices=("auto", "text", "alpaca", "chat", "legal_qa", "alqac"),
     )
     corpus_file: str | None = opt(None, "ALQAC/Zalo law corpus that format alqac joins questions against.")
+    use_context: bool = opt(
+        True, "Give a legal QA record's context (the article text) to the model before the question."
+    )
     dataset_text_field: str = opt(
         "text", "Column holding pre-formatted text (format text).", seed="000: 'text'."
     )

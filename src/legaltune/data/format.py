@@ -1,0 +1,150 @@
+"""Chat-template formatting and loss masking.
+
+A conversation is rendered once with the chat template; the character spans to train on are
+found by rendering growing prefixes of it (the text up to an assistant turn's start, and up to its
+end), then mapped to tokens with the tokenizer's offsets. This works for any template whose
+renders of a conversation's prefixes are prefixes of the full render (checked, with an error
+naming the template when not), and needs no ``{% generation %}`` markers in it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+IGNORE = -100
+BUILTIN_TEMPLATES = ("chatml", "llama-3.1")
+_PROBE = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+
+
+class TemplateError(ValueError):
+    """A chat template that legaltune cannot mask reliably, and why."""
+
+
+def load_template(name_or_path: str | None) -> str | None:
+    """Template text for a built-in name or a .jinja file; None keeps the tokenizer's own."""
+    if name_or_path is None:
+        return None
+    if name_or_path in BUILTIN_TEMPLATES:
+        return (
+            resources.files("legaltune.data.templates")
+            .joinpath(f"{name_or_path}.jinja")
+            .read_text(encoding="utf-8")
+        )
+    path = Path(name_or_path)
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    raise TemplateError(
+        f"data.chat_template: {name_or_path!r} is neither a built-in template ({', '.join(BUILTIN_TEMPLATES)}) nor a file"
+    )
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    trained: int  # tokens with a label after truncation
+    truncated: bool = False
+    lost_trained: int = 0  # trained tokens cut off by truncation
+
+
+class ChatFormatter:
+    """Turns messages (or pre-formatted text) into input ids and labels."""
+
+    def __init__(self, tokenizer: Any, *, template: str | None = None, train_on: str = "responses"):
+        self.tok = tokenizer
+        self.template = template
+        self.train_on = train_on
+        if template is None and not getattr(tokenizer, "chat_template", None):
+            raise TemplateError(
+                "the tokenizer has no chat template; set data.chat_template (chatml or llama-3.1)"
+            )
+        # The text that opens an assistant turn and the one that closes it, read off a probe render.
+        before = self.render(_PROBE[:1], add_generation_prompt=True)
+        full = self.render(_PROBE)
+        if not full.startswith(before):
+            raise TemplateError("the chat template's generation prompt is not a prefix of the rendered reply")
+        reply = full[len(before) :].rstrip()
+        self.assistant_header = before[len(self.render(_PROBE[:1])) :]
+        self.end_of_turn = reply[reply.index("A") + 1 :] if "A" in reply else ""
+        if not self.end_of_turn.strip():
+            raise TemplateError(
+                "the chat template does not close assistant turns with an end-of-turn token, so a tuned model "
+                "would not learn to stop; use data.chat_template chatml or llama-3.1, or fix the template"
+            )
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+        kwargs = {"chat_template": self.template} if self.template else {}
+        return self.tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+        )
+
+    def spans(self, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+        """Rendered text and the character spans that carry loss (each assistant turn with its end-of-turn)."""
+        text = self.render(messages)
+        if self.train_on == "all":
+            return text, [(0, len(text))]
+        spans = []
+        for k, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            start_text = self.render(messages[:k], add_generation_prompt=True)
+            end_text = self.render(messages[: k + 1])
+            if not (text.startswith(start_text) and text.startswith(end_text)):
+                raise TemplateError(
+                    "the chat template renders a conversation's prefix differently from the whole conversation "
+                    "(e.g. it drops earlier reasoning), so assistant turns cannot be located; use train_on: all "
+                    "or another template"
+                )
+            end = len(end_text.rstrip())  # train the end-of-turn token, not the newline after it
+            spans.append((len(start_text), end))
+        return text, spans
+
+    def text_spans(self, text: str) -> list[tuple[int, int]]:
+        """Assistant spans in pre-formatted text, found by the template's assistant header and end-of-turn."""
+        if self.train_on == "all":
+            return [(0, len(text))]
+        spans, pos = [], 0
+        while (h := text.find(self.assistant_header, pos)) != -1:
+            start = h + len(self.assistant_header)
+            e = text.find(self.end_of_turn, start)
+            end = len(text) if e == -1 else e + len(self.end_of_turn)
+            spans.append((start, end))
+            pos = end
+        return spans
+
+    def encode_spans(
+        self, text: str, spans: list[tuple[int, int]], max_len: int, overlength: str
+    ) -> Encoded | None:
+        """Tokenize and label; None when the example is dropped for length (overlength: drop)."""
+        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = enc["input_ids"]
+        labels = [IGNORE] * len(ids)
+        j = 0
+        for i, (s, _e) in enumerate(enc["offset_mapping"]):
+            while j < len(spans) and s >= spans[j][1]:
+                j += 1
+            if j < len(spans) and spans[j][0] <= s < spans[j][1]:
+                labels[i] = ids[i]
+        # The first token is never predicted (nothing precedes it); masking it keeps packed rows from
+        # training one example's last position on the next example's first token.
+        if labels:
+            labels[0] = IGNORE
+        trained = sum(1 for x in labels if x != IGNORE)
+        if len(ids) <= max_len:
+            return Encoded(ids, labels, trained)
+        if overlength == "drop":
+            return None
+        kept = sum(1 for x in labels[:max_len] if x != IGNORE)
+        return Encoded(ids[:max_len], labels[:max_len], kept, truncated=True, lost_trained=trained - kept)
+
+    def encode(
+        self, messages: list[dict[str, str]], max_len: int, overlength: str = "truncate"
+    ) -> Encoded | None:
+        text, spans = self.spans(messages)
+        return self.encode_spans(text, spans, max_len, overlength)
+
+    def encode_text(self, text: str, max_len: int, overlength: str = "truncate") -> Encoded | None:
+        return self.encode_spans(text, self.text_spans(text), max_len, overlength)

@@ -1,0 +1,112 @@
+"""Packing and padding-free batches in which examples never attend to each other.
+
+A micro-batch is one row of concatenated examples with ``position_ids`` restarting at 0 for each
+example and no attention mask. transformers derives per-example boundaries from the position
+resets (varlen flash attention, or a block-diagonal mask for SDPA / eager / flex), so no token
+sees another example; ``tests/test_pack.py`` checks that a packed row's logits equal each
+example's logits computed alone. Labels need no extra care at boundaries because every example's
+first label is already ignored (see format.py).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from legaltune.data.format import IGNORE
+
+
+def pack_lengths(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit-decreasing bin packing: indices of examples per row, each row ≤ capacity tokens.
+
+    Deterministic (ties broken by index) so that a resumed run sees the same rows.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (remaining capacity, row index), sorted
+    for i in order:
+        n = lengths[i]
+        if n > capacity:
+            raise ValueError(
+                f"example {i} has {n} tokens > row capacity {capacity}; truncate or drop it first"
+            )
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            remaining, row = free.pop(k)
+            rows[row].append(i)
+            bisect.insort(free, (remaining - n, row))
+        else:
+            rows.append([i])
+            bisect.insort(free, (capacity - n, len(rows) - 1))
+    return rows
+
+
+def pack_examples(examples: list[dict[str, Any]], capacity: int) -> list[dict[str, Any]]:
+    """Rows of concatenated examples with their lengths (to restart positions in the collator)."""
+    rows = pack_lengths([len(e["input_ids"]) for e in examples], capacity)
+    out = []
+    for row in rows:
+        ids: list[int] = []
+        labels: list[int] = []
+        for i in row:
+            ids.extend(examples[i]["input_ids"])
+            labels.extend(examples[i]["labels"])
+        out.append(
+            {"input_ids": ids, "labels": labels, "seq_lens": [len(examples[i]["input_ids"]) for i in row]}
+        )
+    return out
+
+
+@dataclass
+class PaddingFreeCollator:
+    """Concatenate a micro-batch into one row; positions restart per example; nothing is padded.
+
+    Raises when a micro-batch has no trained token: that would be a silent zero loss.
+    """
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids: list[int] = []
+        labels: list[int] = []
+        pos: list[int] = []
+        for f in features:
+            lens = f.get("seq_lens") or [len(f["input_ids"])]
+            ids.extend(f["input_ids"])
+            labels.extend(f["labels"])
+            for n in lens:
+                pos.extend(range(n))
+        if all(x == IGNORE for x in labels):
+            raise ValueError(
+                "a micro-batch has no trained tokens (all labels ignored); this would train on a zero loss. "
+                "Check data.train_on and that assistant answers survive truncation (legaltune data check)"
+            )
+        return {
+            "input_ids": torch.tensor([ids], dtype=torch.long),
+            "labels": torch.tensor([labels], dtype=torch.long),
+            "position_ids": torch.tensor([pos], dtype=torch.long),
+        }
+
+
+def efficiency(
+    lengths: list[int], max_len: int, batch_size: int, packed_rows: int | None
+) -> dict[str, float]:
+    """Share of real tokens among tokens processed, under each batching scheme.
+
+    The seed's example: three examples of 200/150/300 tokens padded to 8192 is 2.7 %.
+    """
+    real = sum(lengths)
+    if not lengths:
+        return {}
+    out = {"padded_to_max_seq_length": real / (len(lengths) * max_len)}
+    # dynamic padding to the longest example of each batch, in data order
+    padded = sum(
+        max(lengths[i : i + batch_size]) * len(lengths[i : i + batch_size])
+        for i in range(0, len(lengths), batch_size)
+    )
+    out["padded_to_longest_in_batch"] = real / padded
+    if packed_rows:
+        out["packed_rows_fill"] = real / (packed_rows * max_len)
+    out["legaltune_padding_free"] = 1.0  # concatenated rows: no pad token is ever computed
+    return out

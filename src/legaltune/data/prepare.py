@@ -1,0 +1,273 @@
+"""From data files to tokenized, masked (and optionally packed) train/eval datasets, with stats.
+
+Nothing is dropped, cut or fixed silently: every skipped record, duplicate, truncation and
+hygiene change is counted in DataStats, which `legaltune data check` prints and training saves.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from legaltune.config.schema import Config
+from legaltune.data import vietnamese as vn
+from legaltune.data.alqac import join_question, load_corpus
+from legaltune.data.format import ChatFormatter, load_template
+from legaltune.data.pack import efficiency, pack_examples
+from legaltune.data.schemas import RecordError, detect_schema, to_messages
+from legaltune.data.sources import DataError, read_records, split_train_eval
+
+
+@dataclass
+class SplitStats:
+    records: int = 0
+    examples: int = 0  # after dropping
+    rows: int = 0  # packed rows (= examples without packing)
+    schemas: dict[str, int] = field(default_factory=dict)
+    skipped_bad: int = 0
+    skipped_reasons: list[str] = field(default_factory=list)  # first few, with file:line
+    duplicates: int = 0
+    truncated: int = 0
+    answers_lost_tokens: int = 0
+    lost_trained_tokens: int = 0
+    dropped_overlength: int = 0
+    dropped_no_trained_tokens: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    chars: int = 0
+    length_percentiles: dict[str, int] = field(default_factory=dict)
+    efficiency: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def trained_fraction(self) -> float:
+        return self.trained_tokens / self.tokens if self.tokens else 0.0
+
+
+@dataclass
+class DataStats:
+    train: SplitStats
+    eval: SplitStats
+    hygiene: dict[str, int]
+    overlap_train_eval: int
+    max_seq_length: int
+    packing: bool
+    train_on: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for split in ("train", "eval"):
+            s = getattr(self, split)
+            d[split]["trained_fraction"] = round(s.trained_fraction, 4)
+            d[split]["chars_per_token"] = round(s.chars / s.tokens, 3) if s.tokens else None
+        return d
+
+
+@dataclass
+class PreparedData:
+    train: list[dict[str, Any]]  # rows: input_ids, labels (+ seq_lens when packed)
+    eval: list[dict[str, Any]]
+    stats: DataStats
+    eval_records: list[dict[str, Any]]  # the eval conversations (for generation metrics)
+    formatter: ChatFormatter
+    first_example: dict[str, Any] | None = None
+
+
+def _clean_messages(
+    msgs: list[dict[str, str]], cfg: Config, loc: str, report: vn.HygieneReport
+) -> list[dict[str, str]]:
+    out = []
+    for m in msgs:
+        legacy = vn.detect_legacy_encoding(m["content"])
+        if legacy:
+            raise RecordError(
+                f"{m['role']} content",
+                f"text looks like {legacy}-encoded Vietnamese read as Latin-1 (mojibake); "
+                "convert the file to Unicode UTF-8 (e.g. with UniKey's converter) before training",
+            )
+        text = vn.clean(
+            m["content"],
+            nfc=cfg.data.nfc,
+            tone_style=cfg.data.tone_style,  # type: ignore[arg-type]
+            strip_underscores=cfg.data.strip_word_underscores,
+            report=report,
+        )
+        out.append({"role": m["role"], "content": text})
+    return out
+
+
+def _records_to_items(
+    records: list[tuple[str, dict[str, Any]]],
+    cfg: Config,
+    stats: SplitStats,
+    report: vn.HygieneReport,
+    corpus: Any,
+) -> list[dict[str, Any]]:
+    """Validate and normalise records; each item holds messages (or text), its location and its reference."""
+    items = []
+    d = cfg.data
+    for loc, rec in records:
+        stats.records += 1
+        try:
+            schema = d.format if d.format != "auto" else detect_schema(rec, d.dataset_text_field)
+            if schema is None:
+                raise RecordError("(record)", f"keys {sorted(rec)} match no schema; set data.format")
+            stats.schemas[schema] = stats.schemas.get(schema, 0) + 1
+            if schema == "text":
+                text = rec.get(d.dataset_text_field)
+                if not isinstance(text, str) or not text.strip():
+                    raise RecordError(d.dataset_text_field, "must be a non-empty string")
+                if vn.detect_legacy_encoding(text):
+                    raise RecordError(
+                        d.dataset_text_field, "text looks like VNI/TCVN3 mojibake; convert to UTF-8"
+                    )
+                text = vn.clean(
+                    text,
+                    nfc=d.nfc,
+                    tone_style=d.tone_style,
+                    strip_underscores=d.strip_word_underscores,
+                    report=report,
+                )  # type: ignore[arg-type]
+                items.append({"loc": loc, "text": text})
+                continue
+            if schema == "alqac":
+                rec = join_question(rec, corpus, d.corpus_file or "")
+            msgs = to_messages(rec, schema, use_context=d.use_context)
+            msgs = _clean_messages(msgs, cfg, loc, report)
+            if d.system_prompt and msgs[0]["role"] != "system":
+                msgs = [{"role": "system", "content": d.system_prompt}, *msgs]
+            items.append({"loc": loc, "messages": msgs, "id": rec.get("id")})
+        except RecordError as exc:
+            if d.on_bad_record == "error":
+                raise DataError(
+                    f"{loc}: {exc} (set data.on_bad_record: skip to skip and count such records)"
+                ) from None
+            stats.skipped_bad += 1
+            if len(stats.skipped_reasons) < 5:
+                stats.skipped_reasons.append(f"{loc}: {exc}")
+    return items
+
+
+def _dedup(items: list[dict[str, Any]], stats: SplitStats) -> list[dict[str, Any]]:
+    seen: set[str] = set()
+    out = []
+    for it in items:
+        key = json.dumps(it.get("messages") or it.get("text"), ensure_ascii=False, sort_keys=True)
+        if key in seen:
+            stats.duplicates += 1
+            continue
+        seen.add(key)
+        out.append(it)
+    return out
+
+
+def _question_key(it: dict[str, Any]) -> str | None:
+    msgs = it.get("messages")
+    if not msgs:
+        return None
+    user = next((m["content"] for m in msgs if m["role"] == "user"), "")
+    return " ".join(vn.normalize_tone_marks(user.lower()).split())
+
+
+def _encode(
+    items: list[dict[str, Any]], fmt: ChatFormatter, cfg: Config, stats: SplitStats
+) -> list[dict[str, Any]]:
+    max_len, mode = cfg.model.max_seq_length, cfg.data.overlength
+    out = []
+    for it in items:
+        enc = (
+            fmt.encode(it["messages"], max_len, mode)
+            if "messages" in it
+            else fmt.encode_text(it["text"], max_len, mode)
+        )
+        if enc is None:
+            stats.dropped_overlength += 1
+            continue
+        if enc.truncated:
+            stats.truncated += 1
+            if enc.lost_trained:
+                stats.answers_lost_tokens += 1
+                stats.lost_trained_tokens += enc.lost_trained
+        if enc.trained == 0:
+            stats.dropped_no_trained_tokens += 1
+            continue
+        stats.tokens += len(enc.input_ids)
+        stats.trained_tokens += enc.trained
+        stats.chars += sum(len(m["content"]) for m in it["messages"]) if "messages" in it else len(it["text"])
+        out.append({"input_ids": enc.input_ids, "labels": enc.labels})
+    stats.examples = len(out)
+    return out
+
+
+def _percentiles(lengths: list[int]) -> dict[str, int]:
+    if not lengths:
+        return {}
+    s = sorted(lengths)
+    pick = {p: s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] for p in (50, 90, 95, 99)}
+    return {
+        "min": s[0],
+        **{f"p{p}": v for p, v in pick.items()},
+        "max": s[-1],
+        "mean": int(statistics.fmean(s)),
+    }
+
+
+def prepare_data(cfg: Config, tokenizer: Any) -> PreparedData:
+    """Read, validate, clean, split, format, mask, (pack) and count."""
+    d = cfg.data
+    if not d.train_file:
+        raise DataError("data.train_file is not set; point it at your training data (see data/vi_legal_qa/)")
+    formatter = ChatFormatter(tokenizer, template=load_template(d.chat_template), train_on=d.train_on)
+    corpus = load_corpus(d.corpus_file) if d.corpus_file else {}
+    report = vn.HygieneReport()
+    tr_stats, ev_stats = SplitStats(), SplitStats()
+    train_items = _dedup(
+        _records_to_items(read_records(d.train_file), cfg, tr_stats, report, corpus), tr_stats
+    )
+    if d.eval_file:
+        eval_items = _dedup(
+            _records_to_items(read_records(d.eval_file), cfg, ev_stats, report, corpus), ev_stats
+        )
+    else:
+        train_items, eval_items = split_train_eval(train_items, d.val_split, cfg.effective_seed)
+        ev_stats.records = len(eval_items)
+    train_q = {_question_key(it) for it in train_items} - {None}
+    overlap = sum(1 for it in eval_items if _question_key(it) in train_q)
+
+    train = _encode(train_items, formatter, cfg, tr_stats)
+    evals = _encode(eval_items, formatter, cfg, ev_stats)
+    if not train:
+        raise DataError(
+            f"{d.train_file}: no training example has a trained token "
+            f"({tr_stats.dropped_no_trained_tokens} had none, {tr_stats.dropped_overlength} too long, "
+            f"{tr_stats.skipped_bad} malformed); check data.train_on and model.max_seq_length"
+        )
+    bs = cfg.training.per_device_train_batch_size
+    for split, rows_in, st in (("train", train, tr_stats), ("eval", evals, ev_stats)):
+        lengths = [len(r["input_ids"]) for r in rows_in]
+        st.length_percentiles = _percentiles(lengths)
+        packed = pack_examples(rows_in, cfg.model.max_seq_length) if d.packing and rows_in else None
+        st.rows = len(packed) if packed is not None else len(rows_in)
+        st.efficiency = {
+            k: round(v, 4)
+            for k, v in efficiency(lengths, cfg.model.max_seq_length, bs, st.rows if packed else None).items()
+        }
+        if packed is not None:
+            if split == "train":
+                train = packed
+            else:
+                evals = packed
+    stats = DataStats(
+        tr_stats, ev_stats, report.as_dict(), overlap, cfg.model.max_seq_length, d.packing, d.train_on
+    )
+    first = None
+    if train_items:
+        it = train_items[0]
+        if "messages" in it:
+            text, spans = formatter.spans(it["messages"])
+        else:
+            text, spans = it["text"], formatter.text_spans(it["text"])
+        first = {"loc": it["loc"], "text": text, "spans": spans}
+    eval_records = [it for it in eval_items if "messages" in it]
+    return PreparedData(train, evals, stats, eval_records, formatter, first)

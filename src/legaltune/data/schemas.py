@@ -1,0 +1,116 @@
+"""Record schemas → chat messages.
+
+Every supported record becomes a list of ``{"role", "content"}`` messages (or, for the ``text``
+schema, stays pre-formatted text), so formatting and masking have one code path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROLES = ("system", "user", "assistant")
+SCHEMAS = ("text", "alpaca", "chat", "legal_qa", "alqac")
+
+
+class RecordError(ValueError):
+    """A malformed record: which field and what is wrong with it (the caller adds file:line)."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"field '{field}': {message}")
+
+
+def detect_schema(rec: dict[str, Any], text_field: str = "text") -> str | None:
+    """Guess a record's schema from its keys (None when nothing fits)."""
+    if "messages" in rec or "conversations" in rec:
+        return "chat"
+    if "relevant_articles" in rec:
+        return "alqac"
+    if "question" in rec and "answer" in rec:
+        return "legal_qa"
+    if "instruction" in rec and "output" in rec:
+        return "alpaca"
+    if text_field in rec:
+        return "text"
+    return None
+
+
+def _text(rec: dict[str, Any], key: str, *, required: bool = True) -> str:
+    value = rec.get(key)
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN (CSV/parquet gaps)
+        if required:
+            raise RecordError(key, "missing")
+        return ""
+    if not isinstance(value, str):
+        raise RecordError(key, f"must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise RecordError(key, "empty")
+    return value
+
+
+def chat_messages(rec: dict[str, Any]) -> list[dict[str, str]]:
+    """Validate a chat record: roles known, contents strings, at least one assistant turn after a user turn."""
+    key = "messages" if "messages" in rec else "conversations"
+    msgs = rec[key]
+    if not isinstance(msgs, list) or not msgs:
+        raise RecordError(key, "must be a non-empty list of {role, content}")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise RecordError(f"{key}[{i}]", "must be an object with role and content")
+        role = m.get("role", m.get("from"))
+        content = m.get("content", m.get("value"))
+        role = {"human": "user", "gpt": "assistant"}.get(role, role)  # ShareGPT spelling
+        if role not in ROLES:
+            raise RecordError(f"{key}[{i}].role", f"{role!r} is not one of {', '.join(ROLES)}")
+        if role == "system" and i != 0:
+            raise RecordError(f"{key}[{i}].role", "a system message may only come first")
+        if not isinstance(content, str) or not content.strip():
+            raise RecordError(f"{key}[{i}].content", "must be a non-empty string")
+        out.append({"role": role, "content": content})
+    roles = [m["role"] for m in out if m["role"] != "system"]
+    if "assistant" not in roles:
+        raise RecordError(key, "has no assistant turn to learn from")
+    if roles[0] != "user":
+        raise RecordError(key, "the first non-system turn must be the user's")
+    for a, b in zip(roles, roles[1:], strict=False):
+        if a == b:
+            raise RecordError(key, f"two {a} turns in a row; merge them or add the missing turn")
+    return out
+
+
+def user_prompt(question: str, context: str) -> str:
+    """The user turn of a legal QA record: the article text first (when given), then the question."""
+    if context.strip():
+        return f"Căn cứ pháp lý tham khảo:\n{context.strip()}\n\nCâu hỏi: {question.strip()}"
+    return question.strip()
+
+
+def legal_qa_messages(rec: dict[str, Any], use_context: bool = True) -> list[dict[str, str]]:
+    question = _text(rec, "question")
+    answer = _text(rec, "answer")
+    context = _text(rec, "context", required=False) if use_context else ""
+    if context and not isinstance(context, str):
+        raise RecordError("context", "must be a string")
+    return [
+        {"role": "user", "content": user_prompt(question, context)},
+        {"role": "assistant", "content": answer},
+    ]
+
+
+def alpaca_messages(rec: dict[str, Any]) -> list[dict[str, str]]:
+    instruction = _text(rec, "instruction")
+    extra = _text(rec, "input", required=False)
+    prompt = f"{instruction.strip()}\n\n{extra.strip()}" if extra.strip() else instruction.strip()
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(rec, "output")}]
+
+
+def to_messages(rec: dict[str, Any], schema: str, *, use_context: bool = True) -> list[dict[str, str]]:
+    """Messages for a record of a known schema (alqac records are joined first, see alqac.py)."""
+    if schema == "chat":
+        return chat_messages(rec)
+    if schema in ("legal_qa", "alqac"):
+        return legal_qa_messages(rec, use_context)
+    if schema == "alpaca":
+        return alpaca_messages(rec)
+    raise RecordError("format", f"cannot turn schema {schema!r} into messages")
