@@ -192,3 +192,24 @@ def test_alqac_join_and_missing_article(tmp_path, tokenizer):
     write_jsonl(f, [q_ok, q_bad])
     with pytest.raises(DataError, match=r"q\.jsonl:2:.*article 99 of law 45/2019/QH14 is not in the corpus"):
         prepare_data(cfg_for(f, format="alqac", corpus_file=str(tmp_path / "corpus.json")), tokenizer)
+
+
+def test_subsample_is_seeded_and_counted_and_dedup_switch(tmp_path, tokenizer):
+    recs = [{"question": f"Câu {i}?", "answer": f"Đáp {i}."} for i in range(10)]
+    f = write_jsonl(tmp_path / "t.jsonl", recs + recs[:2])
+    a = prepare_data(cfg_for(f, max_train_examples=4), tokenizer)
+    b = prepare_data(cfg_for(f, max_train_examples=4), tokenizer)
+    assert a.stats.train.examples == 4 and a.stats.train.not_selected == 6 and a.stats.train.duplicates == 2
+    assert [r["input_ids"] for r in a.train] == [r["input_ids"] for r in b.train]
+    assert prepare_data(cfg_for(f, dedup=False), tokenizer).stats.train.examples == 12
+
+
+def test_bundled_sample_loads_cleanly(tokenizer):
+    from legaltune.config.load import load_config
+
+    cfg = load_config("configs/demo.yaml", ["data.max_train_examples=null", "data.max_eval_examples=null"])
+    prep = prepare_data(cfg, tokenizer)
+    s = prep.stats
+    assert s.train.records >= 300 * 0.8 and s.eval.records >= 0.15 * (s.train.records + s.eval.records)
+    assert s.train.skipped_bad == 0 and s.train.duplicates == 0 and s.overlap_train_eval == 0
+    assert s.train.schemas.get("chat", 0) >= 20 and s.hygiene["nfc"] == 0

@@ -280,8 +280,11 @@ class DataConfig:
     strip_word_underscores: bool = opt(
         False, "Turn pyvi/VnCoreNLP word-segmentation underscores back into spaces."
     )
+    max_train_examples: int | None = opt(
+        None, "Use only this many training examples (seeded sample, reported); null = all. For quick runs.", ge=1
+    )
+    max_eval_examples: int | None = opt(None, "Use only this many evaluation examples (seeded sample, reported).", ge=1)
     dedup: bool = opt(True, "Drop exact duplicate records (counted).")
-    group_by_length: bool = opt(True, "Without packing, batch examples of similar length to cut padding.")
     dataloader_num_workers: int = opt(
         8, "Worker processes for loading and mapping data.", seed="000: 8 (4–8 optimal).", ge=0
     )

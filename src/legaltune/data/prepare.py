@@ -7,6 +7,7 @@ hygiene change is counted in DataStats, which `legaltune data check` prints and 
 from __future__ import annotations
 
 import json
+import random
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ class SplitStats:
     skipped_bad: int = 0
     skipped_reasons: list[str] = field(default_factory=list)  # first few, with file:line
     duplicates: int = 0
+    not_selected: int = 0  # left out by data.max_train_examples / max_eval_examples
     truncated: int = 0
     answers_lost_tokens: int = 0
     lost_trained_tokens: int = 0
@@ -162,6 +164,15 @@ def _dedup(items: list[dict[str, Any]], stats: SplitStats) -> list[dict[str, Any
     return out
 
 
+def _subsample(items: list[dict[str, Any]], limit: int | None, seed: int, stats: SplitStats) -> list[dict[str, Any]]:
+    """A seeded sample of ``limit`` items in their original order; the number left out is recorded."""
+    if limit is None or len(items) <= limit:
+        return items
+    keep = set(random.Random(seed).sample(range(len(items)), limit))
+    stats.not_selected = len(items) - limit
+    return [it for i, it in enumerate(items) if i in keep]
+
+
 def _question_key(it: dict[str, Any]) -> str | None:
     msgs = it.get("messages")
     if not msgs:
@@ -222,16 +233,18 @@ def prepare_data(cfg: Config, tokenizer: Any) -> PreparedData:
     corpus = load_corpus(d.corpus_file) if d.corpus_file else {}
     report = vn.HygieneReport()
     tr_stats, ev_stats = SplitStats(), SplitStats()
-    train_items = _dedup(
-        _records_to_items(read_records(d.train_file), cfg, tr_stats, report, corpus), tr_stats
-    )
+    train_items = _records_to_items(read_records(d.train_file), cfg, tr_stats, report, corpus)
+    if d.dedup:
+        train_items = _dedup(train_items, tr_stats)
     if d.eval_file:
-        eval_items = _dedup(
-            _records_to_items(read_records(d.eval_file), cfg, ev_stats, report, corpus), ev_stats
-        )
+        eval_items = _records_to_items(read_records(d.eval_file), cfg, ev_stats, report, corpus)
+        if d.dedup:
+            eval_items = _dedup(eval_items, ev_stats)
     else:
         train_items, eval_items = split_train_eval(train_items, d.val_split, cfg.effective_seed)
         ev_stats.records = len(eval_items)
+    train_items = _subsample(train_items, d.max_train_examples, cfg.effective_seed, tr_stats)
+    eval_items = _subsample(eval_items, d.max_eval_examples, cfg.effective_seed, ev_stats)
     train_q = {_question_key(it) for it in train_items} - {None}
     overlap = sum(1 for it in eval_items if _question_key(it) in train_q)
 

@@ -125,13 +125,6 @@ def lint_plan(plan: Plan) -> list[Lint]:
             "eager attention in legaltune's packed rows would need a [seq × seq] block mask per row; use sdpa, "
             "flash_attention_2 or flex_attention, which keep packed examples apart through per-example position ids",
         )
-    if not cfg.data.packing and m.max_seq_length >= 4096 and cfg.data.group_by_length is False:
-        add(
-            "info",
-            "data.packing",
-            "no packing and no length grouping",
-            "seed 000: short legal QA padded to 8192 wastes ~97 % of compute; enable packing or group_by_length",
-        )
     if m.max_seq_length > plan.arch.max_positions > 0:
         add(
             "error",
