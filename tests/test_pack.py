@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from legaltune.data.format import IGNORE
-from legaltune.data.pack import PaddingFreeCollator, efficiency, pack_examples, pack_lengths
+from legaltune.data.pack import BatchCollator, efficiency, pack_examples, pack_lengths
 from tests.conftest import make_tiny_llama
 
 
@@ -23,11 +23,11 @@ def test_collator_restarts_positions_and_rejects_all_masked():
     rows = pack_examples(
         [{"input_ids": [1, 2, 3], "labels": [IGNORE, 2, 3]}, {"input_ids": [4, 5], "labels": [IGNORE, 5]}], 8
     )
-    batch = PaddingFreeCollator()(rows)
+    batch = BatchCollator()(rows)
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
     assert batch["input_ids"].shape == (1, 5) and "attention_mask" not in batch
     with pytest.raises(ValueError, match="no trained tokens"):
-        PaddingFreeCollator()([{"input_ids": [1, 2], "labels": [IGNORE, IGNORE]}])
+        BatchCollator()([{"input_ids": [1, 2], "labels": [IGNORE, IGNORE]}])
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -37,7 +37,7 @@ def test_packed_logits_equal_each_example_alone(attn):
     examples = [torch.randint(0, 300, (n,), generator=g).tolist() for n in (7, 13, 4)]
     rows = pack_examples([{"input_ids": e, "labels": e} for e in examples], 64)
     assert len(rows) == 1
-    batch = PaddingFreeCollator()(rows)
+    batch = BatchCollator()(rows)
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
         start = 0
@@ -66,3 +66,22 @@ def test_efficiency_reproduces_the_seed_example():
     assert eff["padded_to_longest_in_batch"] == pytest.approx(650 / 900)
     packed = efficiency([4000, 4000, 150], 8192, 1, 1)
     assert packed["packed_rows_fill"] == pytest.approx(8150 / 8192)
+
+
+def test_unpacked_batches_are_padded_with_a_mask():
+    batch = BatchCollator(pad_token_id=9)(
+        [{"input_ids": [1, 2, 3], "labels": [IGNORE, 2, 3]}, {"input_ids": [4], "labels": [4]}]
+    )
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 9, 9]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[IGNORE, 2, 3], [4, IGNORE, IGNORE]]
+
+
+def test_packed_rows_of_unequal_length_restart_positions_in_padding():
+    rows = [
+        {"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4], "seq_lens": [2, 2]},
+        {"input_ids": [5, 6], "labels": [5, 6], "seq_lens": [2]},
+    ]
+    batch = BatchCollator()(rows)
+    assert batch["position_ids"].tolist() == [[0, 1, 0, 1], [0, 1, 0, 1]]
+    assert "attention_mask" not in batch and batch["labels"][1, 2:].tolist() == [IGNORE, IGNORE]

@@ -63,6 +63,58 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_from_args(args: argparse.Namespace):
+    from legaltune.config.load import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from legaltune.config.load import load_config
+    from legaltune.data.check import render_check
+    from legaltune.data.prepare import prepare_data
+    from legaltune.model.tokenizer import load_tokenizer
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides += [f"data.train_file={args.data}", "logging.eval_strategy=no"]
+    if args.model:
+        overrides.append(f"model.model_name={args.model}")
+    if not args.config and not args.data:
+        raise ValueError("give a CONFIG, or --data FILE (and --model NAME)")
+    cfg = load_config(args.config, overrides)
+    prep = prepare_data(cfg, load_tokenizer(cfg.model))
+    if args.json:
+        print(json.dumps(prep.stats.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        render_check(prep)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from legaltune.train.trainer import run_training
+
+    cfg = _config_from_args(args)
+    resume: str | bool | None = args.resume if args.resume != "" else True
+    result = run_training(cfg, resume=resume)
+    print(f"run directory: {result.run_dir}")
+    print(f"adapter: {result.adapter_dir}")
+    if result.eval_loss_after is not None:
+        print(f"eval loss: {result.eval_loss_after:.4f}")
+    if result.interrupted:
+        print(
+            "training was interrupted; continue with: legaltune train CONFIG --resume " + str(result.run_dir)
+        )
+        return 130
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from legaltune.demo import run_demo
+
+    return run_demo(_config_from_args(args))
+
+
 def _not_built(name: str, issue: int) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(f"legaltune {name}: not built yet (tracked in issue #{issue}).", file=sys.stderr)
@@ -95,16 +147,51 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, required=False)
     p.set_defaults(func=cmd_config)
 
+    p = sub.add_parser("train", help="fine-tune with LoRA/QLoRA (SFTTrainer) and write a run directory")
+    p.description = (
+        "Fine-tune per CONFIG: prepare and check the data, load the model (4/8-bit if asked), add LoRA, train "
+        "with TRL's SFTTrainer, and write output_dir/<run>/ (adapter, tokenizer, resolved config, data stats, "
+        "metrics.jsonl, checkpoints, TensorBoard logs). Ctrl-C saves a checkpoint and stops."
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="continue from a checkpoint: PATH (run dir or checkpoint-N), or the newest run of this config",
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("data", help="check a dataset: schema, token lengths, masking, packing efficiency")
+    p.description = (
+        "legaltune data check CONFIG (or --data FILE --model NAME): records per split, detected schema, "
+        "token-length percentiles, truncated/dropped counts, trained-token fraction, packing efficiency, "
+        "duplicates, hygiene fixes, and the first formatted example with its trained part marked."
+    )
+    p.add_argument("action", choices=["check"], help="what to do (check)")
+    _add_config_args(p, required=False)
+    p.add_argument("--data", help="a data file to check with the default config")
+    p.add_argument("--model", help="model whose tokenizer to use (default: the config's)")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("demo", help="fine-tune the embedded model on the bundled sample and show the result")
+    p.description = (
+        "What `make demo` runs: train CONFIG (configs/demo.yaml), print eval loss before and after, and the "
+        "tuned model's answer to a held-out question beside the reference."
+    )
+    _add_config_args(p)
+    p.set_defaults(func=cmd_demo)
+
     stubs = [
-        ("train", "fine-tune with LoRA/QLoRA (SFTTrainer) and write a run directory", 4),
-        ("data", "check a dataset: schema, token lengths, masking, packing efficiency", 3),
         ("eval", "evaluate base vs tuned: loss, EM/F1/ROUGE-L/BLEU, citation accuracy", 5),
         ("generate", "batch-answer questions from a JSONL file with a tuned run", 5),
         ("chat", "interactive multi-turn chat with a tuned run", 5),
         ("merge", "merge the LoRA adapter into the base model (16-bit safetensors)", 5),
         ("export", "export a run to GGUF", 5),
         ("report", "regenerate a run's HTML report with plots", 5),
-        ("demo", "fine-tune the embedded model on the bundled sample and show the result", 4),
     ]
     for name, help_text, issue in stubs:
         p = sub.add_parser(name, help=help_text)

@@ -119,7 +119,8 @@ class ChatFormatter:
         self, text: str, spans: list[tuple[int, int]], max_len: int, overlength: str
     ) -> Encoded | None:
         """Tokenize and label; None when the example is dropped for length (overlength: drop)."""
-        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        # verbose=False: over-long texts are expected here; they are truncated or dropped below, and counted
+        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         ids: list[int] = enc["input_ids"]
         labels = [IGNORE] * len(ids)
         j = 0

@@ -1,9 +1,9 @@
-"""Packing and padding-free batches in which examples never attend to each other.
+"""Packing and batching in which examples never attend to each other.
 
-A micro-batch is one row of concatenated examples with ``position_ids`` restarting at 0 for each
-example and no attention mask. transformers derives per-example boundaries from the position
-resets (varlen flash attention, or a block-diagonal mask for SDPA / eager / flex), so no token
-sees another example; ``tests/test_pack.py`` checks that a packed row's logits equal each
+A packed row concatenates examples with ``position_ids`` restarting at 0 for each example and no
+attention mask. transformers derives per-example boundaries from the position resets (varlen
+flash attention, or a block-diagonal mask for SDPA / eager / flex), so no token sees another
+example; ``tests/test_pack.py`` checks that a packed row's logits equal each
 example's logits computed alone. Labels need no extra care at boundaries because every example's
 first label is already ignored (see format.py).
 """
@@ -61,32 +61,43 @@ def pack_examples(examples: list[dict[str, Any]], capacity: int) -> list[dict[st
 
 
 @dataclass
-class PaddingFreeCollator:
-    """Concatenate a micro-batch into one row; positions restart per example; nothing is padded.
+class BatchCollator:
+    """Micro-batches for the Trainer, in one of two layouts.
+
+    - Unpacked examples: right-padded to the longest in the batch, with an attention mask.
+    - Packed rows (``seq_lens`` present): no attention mask; ``position_ids`` restart at 0 for every
+      example (and for the padding tail), which is how transformers separates packed examples.
+      A single packed row per micro-batch is fully padding-free.
 
     Raises when a micro-batch has no trained token: that would be a silent zero loss.
     """
 
+    pad_token_id: int = 0
+
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        ids: list[int] = []
-        labels: list[int] = []
-        pos: list[int] = []
-        for f in features:
-            lens = f.get("seq_lens") or [len(f["input_ids"])]
-            ids.extend(f["input_ids"])
-            labels.extend(f["labels"])
-            for n in lens:
-                pos.extend(range(n))
-        if all(x == IGNORE for x in labels):
+        n, width = len(features), max(len(f["input_ids"]) for f in features)
+        ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, width), IGNORE, dtype=torch.long)
+        packed = any("seq_lens" in f for f in features)
+        extra = torch.zeros((n, width), dtype=torch.long)  # position ids (packed) or attention mask
+        for r, f in enumerate(features):
+            k = len(f["input_ids"])
+            ids[r, :k] = torch.tensor(f["input_ids"])
+            labels[r, :k] = torch.tensor(f["labels"])
+            if packed:
+                pos: list[int] = []
+                for length in [*(f.get("seq_lens") or [k]), width - k]:
+                    pos.extend(range(length))
+                extra[r] = torch.tensor(pos)
+            else:
+                extra[r, :k] = 1
+        if bool((labels == IGNORE).all()):
             raise ValueError(
                 "a micro-batch has no trained tokens (all labels ignored); this would train on a zero loss. "
                 "Check data.train_on and that assistant answers survive truncation (legaltune data check)"
             )
-        return {
-            "input_ids": torch.tensor([ids], dtype=torch.long),
-            "labels": torch.tensor([labels], dtype=torch.long),
-            "position_ids": torch.tensor([pos], dtype=torch.long),
-        }
+        key = "position_ids" if packed else "attention_mask"
+        return {"input_ids": ids, "labels": labels, key: extra}
 
 
 def efficiency(
@@ -108,5 +119,4 @@ def efficiency(
     out["padded_to_longest_in_batch"] = real / padded
     if packed_rows:
         out["packed_rows_fill"] = real / (packed_rows * max_len)
-    out["legaltune_padding_free"] = 1.0  # concatenated rows: no pad token is ever computed
     return out

@@ -164,7 +164,9 @@ def _dedup(items: list[dict[str, Any]], stats: SplitStats) -> list[dict[str, Any
     return out
 
 
-def _subsample(items: list[dict[str, Any]], limit: int | None, seed: int, stats: SplitStats) -> list[dict[str, Any]]:
+def _subsample(
+    items: list[dict[str, Any]], limit: int | None, seed: int, stats: SplitStats
+) -> list[dict[str, Any]]:
     """A seeded sample of ``limit`` items in their original order; the number left out is recorded."""
     if limit is None or len(items) <= limit:
         return items

@@ -1,0 +1,102 @@
+"""Batched answer generation with a tuned run or a base model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Answer:
+    text: str
+    new_tokens: int
+    stopped: bool  # the end-of-turn token was emitted before max_new_tokens
+
+
+def stop_token_ids(tokenizer: Any, end_of_turn: str | None = None) -> list[int]:
+    """Token ids that end an answer: the tokenizer's eos and the template's end-of-turn token."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    if end_of_turn:
+        tid = tokenizer.convert_tokens_to_ids(end_of_turn)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return sorted(ids)
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[dict[str, str]]],
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    chat_template: str | None = None,
+    end_of_turn: str | None = None,
+) -> list[Answer]:
+    """Answer each conversation (its last turn is the user's); greedy unless do_sample."""
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues from the right end of every row
+    stops = stop_token_ids(tokenizer, end_of_turn)
+    device = next(model.parameters()).device
+    kwargs = {"chat_template": chat_template} if chat_template else {}
+    out: list[Answer] = []
+    try:
+        for i in range(0, len(conversations), batch_size):
+            chunk = conversations[i : i + batch_size]
+            prompts = [
+                tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True, **kwargs)
+                for c in chunk
+            ]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            gen_kwargs: dict[str, Any] = {
+                "max_new_tokens": max_new_tokens,
+                "do_sample": do_sample,
+                "eos_token_id": stops,
+                "pad_token_id": tokenizer.pad_token_id,
+            }
+            if do_sample:
+                gen_kwargs.update(temperature=temperature, top_p=top_p)
+            seqs = model.generate(**enc, **gen_kwargs)
+            new = seqs[:, enc["input_ids"].shape[1] :]
+            for row in new.tolist():
+                stop_at = next((k for k, t in enumerate(row) if t in stops), None)
+                kept = row if stop_at is None else row[:stop_at]
+                out.append(
+                    Answer(
+                        tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                        len(kept),
+                        stop_at is not None,
+                    )
+                )
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return out
+
+
+def load_run(run_dir: str | Path) -> tuple[Any, Any, Any]:
+    """(model with the run's adapter, tokenizer, resolved config) for inference on CPU or GPU."""
+    from peft import PeftModel
+
+    from legaltune.config.load import load_config
+    from legaltune.model.load import load_model
+
+    run_dir = Path(run_dir)
+    adapter = run_dir / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"{run_dir}: no adapter/adapter_config.json — is this a finished legaltune run directory?"
+        )
+    cfg = load_config(run_dir / "config.yaml")
+    base, tokenizer = load_model(cfg.model, cfg.quantization)
+    model = PeftModel.from_pretrained(base, str(adapter))
+    return model, tokenizer, cfg

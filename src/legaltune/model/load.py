@@ -1,0 +1,230 @@
+"""Load a base model and its tokenizer for LoRA/QLoRA training (seed §0.1, §1, §7).
+
+Model names resolve offline where they can: the embedded alias, a local directory, or a .gguf file
+converted once into the legaltune cache. Anything else is treated as a hub id and handed to
+transformers, with a failure message that says what to do when the hub is not reachable.
+Quantization is checked before anything is downloaded or loaded, so a CPU-only machine asked for
+QLoRA fails in milliseconds rather than after fetching 16 GB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from legaltune.model.arch import EMBEDDED_ALIAS, ModelNameError
+from legaltune.model.embedded import cache_root, convert_gguf, ensure_embedded_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from legaltune.config.schema import ModelConfig, QuantizationConfig
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_DTYPE_SPELLINGS = {
+    "bf16": "bfloat16",
+    "fp16": "float16",
+    "half": "float16",
+    "fp32": "float32",
+    "float": "float32",
+}
+ATTN_CHOICES = ("flash_attention_2", "sdpa", "eager", "flex_attention")
+# Tokenizers without a configured limit report ~1e30; anything above this is "unset".
+_UNSET_MAX_LENGTH = 10**9
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    """Cache directory of a converted .gguf: keyed by path and mtime, so an edited file converts again."""
+    st = gguf.stat()
+    digest = hashlib.sha256(f"{gguf.resolve()}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_root() / "models" / f"{gguf.stem}-{digest}"
+
+
+def resolve_model_path(model_name: str, trust_remote_code: bool = False) -> str:
+    """Turn ``model_name`` into something ``from_pretrained`` can load: a local directory or a hub id.
+
+    ``trust_remote_code`` is accepted for symmetry with the loaders; resolution itself never runs
+    repository code.
+    """
+    del trust_remote_code
+    if model_name.strip().lower() == EMBEDDED_ALIAS:
+        return str(ensure_embedded_model())
+    path = Path(model_name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNameError(
+                f"{path} is a directory without config.json; point model_name at a transformers model "
+                f"directory (save_pretrained output), a .gguf file, or the alias '{EMBEDDED_ALIAS}'"
+            )
+        return str(path)
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelNameError(f"{path}: no such .gguf file")
+        target = _gguf_cache_dir(path)
+        # convert_gguf renames a finished temporary directory into place, so config.json there means complete.
+        if not (target / "config.json").is_file():
+            print(f"converting {path} to a transformers model in {target} (once) …", file=sys.stderr)
+            convert_gguf(path, target)
+        return str(target)
+    # A hub id is "name" or "org/name"; anything shaped like a filesystem path that does not exist is a typo.
+    if model_name.startswith(("/", "./", "../", "~")) or model_name.count("/") > 1:
+        raise ModelNameError(f"{model_name}: no such model directory")
+    return model_name
+
+
+def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
+    """The compute dtype: auto = bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
+    name = "auto" if dtype is None else str(dtype).strip().lower().removeprefix("torch.")
+    name = _DTYPE_SPELLINGS.get(name, name)
+    on_cuda = device.startswith("cuda")
+    if name in ("auto", "none"):
+        if on_cuda:
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r}: choose auto, bfloat16, float16 or float32")
+    if name == "float16" and not on_cuda:
+        raise ValueError(
+            "dtype float16 on CPU: fp16 training on CPU is not supported (no fp16 loss scaling or kernels there); "
+            "use dtype auto/float32 on CPU (or bfloat16), or train on a GPU"
+        )
+    return _DTYPES[name]
+
+
+def resolve_attn(attn: str) -> str:
+    """The attention implementation to request from transformers, falling back to SDPA for flash-attn."""
+    if attn not in ATTN_CHOICES:
+        raise ValueError(f"attn_implementation {attn!r}: choose one of {', '.join(ATTN_CHOICES)}")
+    if attn != "flash_attention_2":
+        return attn
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if has_flash and torch.cuda.is_available():
+        return attn
+    # SDPA dispatches to a FlashAttention kernel itself on Hopper/Ampere, so the fallback loses little.
+    reason = "no CUDA device" if has_flash else "flash-attn not installed"
+    print(f"{reason}; using SDPA (FlashAttention-backed on Hopper)", file=sys.stderr)
+    return "sdpa"
+
+
+def _check_quantization(quant_cfg: QuantizationConfig) -> None:
+    """Refuse impossible quantization requests before anything is fetched or loaded."""
+    if quant_cfg.load_in_4bit and quant_cfg.load_in_8bit:
+        raise ValueError("load_in_4bit and load_in_8bit are both set; choose one")
+    if not (quant_cfg.load_in_4bit or quant_cfg.load_in_8bit):
+        return
+    bits = "4-bit" if quant_cfg.load_in_4bit else "8-bit"
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"{bits} quantization (bitsandbytes QLoRA) needs a CUDA GPU and none is available; "
+            "set load_in_4bit/load_in_8bit to false to train in bf16/fp32, or run on a CUDA machine"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(
+            f"{bits} quantization needs bitsandbytes, which is not installed: pip install bitsandbytes "
+            "(or pip install 'legaltune[gpu]')"
+        )
+
+
+def _device_map(device_map: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+    if isinstance(device_map, str) and device_map.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device_map {device_map!r} but no CUDA device is available; use auto or cpu")
+    if not torch.cuda.is_available() and device_map in ("auto", "cpu"):
+        # accelerate's dispatch adds hooks for nothing on a CPU-only machine; a plain load is simpler.
+        return None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device_map == "auto" and world > 1:
+        # Under DDP every process holds a full replica on its own GPU; "auto" would shard each
+        # replica across all GPUs of the node.
+        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return device_map
+
+
+def _compute_device(device_map: str | dict[str, Any] | None) -> str:
+    if not torch.cuda.is_available() or device_map == "cpu":
+        return "cpu"
+    return "cuda"
+
+
+def _hub_error(name: str, exc: Exception) -> ModelNameError:
+    return ModelNameError(
+        f"cannot load model '{name}': hub not reachable or repo not found ({type(exc).__name__}: "
+        f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}). "
+        f"Fix: point model_name at a local model directory (or a .gguf file), use the embedded alias "
+        f"'{EMBEDDED_ALIAS}', or check the hub id, your network, and HF_TOKEN for gated repos"
+    )
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> None:
+    """Give the tokenizer a pad token and a model_max_length of ``max_seq_length`` if it has none/larger."""
+    if tokenizer.pad_token is None:
+        # Safe because labels are built explicitly with the attention mask: pad positions get label
+        # -100 and are never trained, so the model never learns to emit eos in place of padding.
+        tokenizer.pad_token = tokenizer.eos_token
+    limit = getattr(tokenizer, "model_max_length", None)
+    if limit is None or limit > _UNSET_MAX_LENGTH or limit > max_seq_length:
+        # Truncation defaults follow model_max_length; an unset (~1e30) or larger limit would let
+        # tokenization produce sequences the run was not configured for.
+        tokenizer.model_max_length = max_seq_length
+
+
+_prepare_tokenizer = prepare_tokenizer  # the name model/tokenizer.py imports
+
+
+def load_model(
+    model_cfg: ModelConfig, quant_cfg: QuantizationConfig
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load ``model_cfg.model_name`` in the resolved dtype (optionally 4/8-bit) and its tokenizer."""
+    _check_quantization(quant_cfg)
+    device_map = _device_map(model_cfg.device_map)
+    dtype = resolve_dtype(model_cfg.dtype, _compute_device(model_cfg.device_map))
+    attn = resolve_attn(model_cfg.attn_implementation)
+    path = resolve_model_path(model_cfg.model_name, model_cfg.trust_remote_code)
+    is_hub = not Path(path).is_dir()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "attn_implementation": attn,
+        "device_map": device_map,
+        "trust_remote_code": model_cfg.trust_remote_code,
+    }
+    if quant_cfg.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant_cfg.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=quant_cfg.bnb_4bit_use_double_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    elif quant_cfg.load_in_8bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+
+    try:
+        # Tokenizer first: it is small, so a wrong hub id fails before any weights are fetched.
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        if is_hub:
+            raise _hub_error(model_cfg.model_name, exc) from exc
+        raise
+
+    prepare_tokenizer(tokenizer, model_cfg.max_seq_length)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    offloaded = sorted(
+        {str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()} & {"cpu", "disk"}
+    )
+    if offloaded and torch.cuda.is_available():
+        print(
+            f"warning: device_map placed part of the model on {'/'.join(offloaded)} (it does not fit the GPU); "
+            "training will be very slow — use 4-bit quantization or a smaller model",
+            file=sys.stderr,
+        )
+    model.max_seq_length = model_cfg.max_seq_length
+    return model, tokenizer

@@ -1,0 +1,232 @@
+"""Offloaded activation checkpointing (the seed's ``use_gradient_checkpointing="unsloth"``).
+
+Each decoder layer runs under non-reentrant ``torch.utils.checkpoint``: nothing inside the layer
+is kept, it is recomputed in backward. What checkpointing *does* keep is the layer's input hidden
+state, one ``batch × seq × hidden`` tensor per layer, which at 8k tokens is most of the activation
+memory that remains. We move that tensor to pinned CPU memory with a non-blocking copy on a side
+CUDA stream, so the copy overlaps the next layers' compute, and copy it back when backward needs
+it for the recompute.
+
+The mechanism is ``torch.autograd.graph.saved_tensors_hooks`` around the checkpoint call: the
+checkpoint saves its inputs through autograd (so our pack hook sees them), while everything saved
+*inside* the layer is handled by the checkpoint's own, innermost hooks. Only tensors on CUDA and of
+meaningful size are offloaded, never parameters; on a CPU-only machine packing is the identity, so
+the same code path runs (and is tested) there.
+
+Everything is per model instance: each layer's ``forward`` is replaced by a wrapper on that layer
+object only, and the model's checkpointing switches are overridden on the instance so that the
+Trainer's ``gradient_checkpointing=True`` keeps this mode instead of stacking transformers' own
+checkpointing on top.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+logger = logging.getLogger(__name__)
+
+# Below this the copy costs more in launch/sync overhead than the memory it frees (RoPE cos/sin, masks).
+MIN_OFFLOAD_BYTES = 1 << 20
+_INNER = "_legaltune_inner_forward"
+_OFFLOADER = "_legaltune_offloader"
+_LAYER_PATHS = (
+    "model.layers",
+    "model.decoder.layers",
+    "model.language_model.layers",
+    "transformer.h",
+    "layers",
+)
+
+
+class _Offloader:
+    """Pack/unpack hooks that park large CUDA activations in pinned host memory."""
+
+    def __init__(self) -> None:
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Offloader:
+        return _Offloader()  # a copied model gets its own (lazily created) side streams
+
+    def _stream(self, device: torch.device) -> torch.cuda.Stream:
+        if device not in self._streams:
+            self._streams[device] = torch.cuda.Stream(device=device)
+        return self._streams[device]
+
+    def pack(self, tensor: torch.Tensor) -> Any:
+        if (
+            not tensor.is_cuda
+            or isinstance(tensor, nn.Parameter)
+            or not tensor.is_contiguous()
+            or tensor.numel() * tensor.element_size() < MIN_OFFLOAD_BYTES
+        ):
+            return tensor
+        device = tensor.device
+        stream = self._stream(device)
+        # The side stream must see the tensor fully computed before copying it out.
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host.copy_(tensor, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(stream)
+        # Tell the caching allocator the side stream still reads this memory, so it is not handed
+        # to a later kernel on the compute stream before the copy has finished.
+        tensor.record_stream(stream)
+        return device, host, done
+
+    @staticmethod
+    def unpack(packed: Any) -> torch.Tensor:
+        if isinstance(packed, torch.Tensor):
+            return packed
+        device, host, done = packed
+        # GPU-side wait (no host sync): the host copy must be complete before we read it back.
+        torch.cuda.current_stream(device).wait_event(done)
+        return host.to(device, non_blocking=True)
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The repeated decoder blocks of a (possibly PEFT-wrapped) causal LM."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for path in _LAYER_PATHS:
+        obj: Any = base
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return obj
+    raise ValueError(
+        f"offloaded checkpointing: cannot find the decoder layers of {type(base).__name__} "
+        f"(looked for {', '.join(_LAYER_PATHS)}); use use_gradient_checkpointing=True for this model"
+    )
+
+
+def _hf_model(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+# The wrappers are plain functions bound to one instance with types.MethodType, not closures: a
+# bound method is re-bound by copy.deepcopy, so a copied model runs its own layers, not the original's.
+def _offloaded_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    inner = layer.__dict__.get(_INNER) or types.MethodType(type(layer).forward, layer)
+    if not (layer.training and torch.is_grad_enabled()):
+        return inner(*args, **kwargs)
+    if getattr(layer, "gradient_checkpointing", False):
+        # transformers' own checkpointing was switched on behind our back; nesting both would
+        # recompute every layer twice.
+        logger.warning(
+            "transformers checkpointing was enabled on an offload-checkpointed layer; turning it off"
+        )
+        layer.gradient_checkpointing = False
+    # A recompute would append to a KV cache a second time; training never needs one.
+    if kwargs.get("use_cache"):
+        kwargs["use_cache"] = False
+    for key in ("past_key_values", "past_key_value", "layer_past"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = None
+    if not args and "hidden_states" in kwargs:
+        # Positional tensors are saved through autograd (and so offloaded); keyword ones are not.
+        args = (kwargs.pop("hidden_states"),)
+    offloader: _Offloader = layer.__dict__[_OFFLOADER]
+    with torch.autograd.graph.saved_tensors_hooks(offloader.pack, offloader.unpack):
+        return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+
+
+def _is_wrapped(layer: nn.Module) -> bool:
+    return getattr(layer.__dict__.get("forward"), "__func__", None) is _offloaded_forward
+
+
+def _wrap_layer(layer: nn.Module, offloader: _Offloader) -> None:
+    if "forward" in layer.__dict__:  # e.g. accelerate's dispatch hook: call it inside, restore on disable
+        layer.__dict__[_INNER] = layer.__dict__["forward"]
+    layer.__dict__[_OFFLOADER] = offloader
+    layer.forward = types.MethodType(_offloaded_forward, layer)
+
+
+def _unwrap_layer(layer: nn.Module) -> None:
+    if not _is_wrapped(layer):
+        return
+    del layer.__dict__["forward"]
+    layer.__dict__.pop(_OFFLOADER, None)
+    if _INNER in layer.__dict__:
+        layer.forward = layer.__dict__.pop(_INNER)
+
+
+def _keep_offload(hf: nn.Module, *_args: Any, **_kwargs: Any) -> None:
+    """Stands in for ``*_checkpointing_enable``: the Trainer's switch keeps offloaded checkpointing."""
+    logger.info("model uses offloaded checkpointing; keeping it instead of transformers' checkpointing")
+    enable_offloaded_checkpointing(hf)
+
+
+def _gradient_checkpointing_disable(hf: nn.Module) -> None:
+    disable_offloaded_checkpointing(hf)
+    type(hf).gradient_checkpointing_disable(hf)
+
+
+def _activation_checkpointing_disable(hf: nn.Module) -> None:
+    disable_offloaded_checkpointing(hf)
+    type(hf).activation_checkpointing_disable(hf)
+
+
+# transformers 5.17 has only the gradient_* names; 5.23 adds activation_* (the Trainer calls those).
+_SWITCHES = {
+    "gradient_checkpointing_enable": _keep_offload,
+    "activation_checkpointing_enable": _keep_offload,
+    "gradient_checkpointing_disable": _gradient_checkpointing_disable,
+    "activation_checkpointing_disable": _activation_checkpointing_disable,
+}
+
+
+def is_offloaded(model: nn.Module) -> bool:
+    """Whether offloaded checkpointing is active on ``model``."""
+    return _is_wrapped(find_decoder_layers(model)[0])
+
+
+def enable_offloaded_checkpointing(model: nn.Module) -> None:
+    """Checkpoint every decoder layer of this model instance, offloading the saved layer inputs to CPU.
+
+    Idempotent. Turns transformers' own checkpointing off first, and makes later calls to the
+    model's ``gradient_checkpointing_enable``/``activation_checkpointing_enable`` (the Trainer's
+    ``gradient_checkpointing=True``) keep this mode; ``*_disable`` or
+    :func:`disable_offloaded_checkpointing` turn it off.
+    """
+    layers = find_decoder_layers(model)
+    hf = _hf_model(model)
+    if is_offloaded(model):
+        return
+    if any(getattr(m, "gradient_checkpointing", False) for m in hf.modules()):
+        name = "activation_checkpointing_disable"
+        getattr(type(hf), name if hasattr(type(hf), name) else "gradient_checkpointing_disable")(hf)
+    offloader = _Offloader()
+    for layer in layers:
+        _wrap_layer(layer, offloader)
+    for name, function in _SWITCHES.items():
+        if hasattr(type(hf), name):
+            setattr(hf, name, types.MethodType(function, hf))
+    hf.legaltune_checkpointing = "offload"
+
+
+def disable_offloaded_checkpointing(model: nn.Module) -> None:
+    """Undo :func:`enable_offloaded_checkpointing` on this instance (no-op if it is not active)."""
+    hf = _hf_model(model)
+    for layer in find_decoder_layers(model):
+        _unwrap_layer(layer)
+    for name in _SWITCHES:
+        hf.__dict__.pop(name, None)
+    if getattr(hf, "legaltune_checkpointing", None) == "offload":
+        hf.legaltune_checkpointing = "none"
+
+
+__all__ = [
+    "MIN_OFFLOAD_BYTES",
+    "disable_offloaded_checkpointing",
+    "enable_offloaded_checkpointing",
+    "find_decoder_layers",
+    "is_offloaded",
+]

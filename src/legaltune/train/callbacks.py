@@ -1,0 +1,125 @@
+"""Trainer callbacks: progress bar, metrics.jsonl, and a clean Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+
+def peak_memory_gib() -> float:
+    """Peak GPU memory allocated (CUDA) or the process's peak resident memory (CPU)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    # ru_maxrss is KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class MetricsCallback(TrainerCallback):
+    """Appends one JSON line per log event to RUN/metrics.jsonl and drives the progress bar.
+
+    The bar shows loss, learning rate and tokens/s; tqdm adds the ETA. ``trained_tokens`` (tokens
+    with a label) comes from the trainer's counter, ``tokens`` from transformers' input-token count.
+    """
+
+    def __init__(self, path: Path, trainer_ref: Any = None, show_progress: bool = True):
+        self.path = path
+        self.trainer_ref = trainer_ref
+        self.show_progress = show_progress
+        self.bar: tqdm | None = None
+        self._t0 = self._last_time = time.perf_counter()
+        self._last_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._t0 = self._last_time = time.perf_counter()
+        self._last_tokens = int(state.num_input_tokens_seen or 0)
+        if self.show_progress:
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                desc="training",
+                unit="step",
+                dynamic_ncols=True,
+            )
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = dict(logs or {})
+        now = time.perf_counter()
+        tokens = int(state.num_input_tokens_seen or 0)
+        row: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        for key in ("loss", "eval_loss", "learning_rate", "grad_norm", "train_loss"):
+            if key in logs:
+                row["lr" if key == "learning_rate" else key] = logs[key]
+        if "loss" in logs:
+            dt = now - self._last_time
+            row["tokens_per_s"] = round((tokens - self._last_tokens) / dt, 1) if dt > 0 else None
+            self._last_time, self._last_tokens = now, tokens
+        row["tokens"] = tokens
+        trainer = self.trainer_ref
+        if trainer is not None and hasattr(trainer, "trained_tokens_seen"):
+            row["trained_tokens"] = trainer.trained_tokens_seen()
+        row["peak_memory_gib"] = round(peak_memory_gib(), 3)
+        row["elapsed_s"] = round(now - self._t0, 2)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.bar is not None:
+            post = {}
+            if "loss" in row:
+                post["loss"] = f"{row['loss']:.4f}"
+            if "lr" in row:
+                post["lr"] = f"{row['lr']:.2e}"
+            if row.get("tokens_per_s"):
+                post["tok/s"] = f"{row['tokens_per_s']:.0f}"
+            if "eval_loss" in row:
+                post["eval_loss"] = f"{row['eval_loss']:.4f}"
+            if post:
+                self.bar.set_postfix(post)
+
+    def on_train_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class InterruptCallback(TrainerCallback):
+    """First Ctrl-C: finish the current step, save a checkpoint, stop. Second Ctrl-C: stop now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)", file=sys.stderr)
+
+        try:
+            signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not in the main thread: leave Ctrl-C alone
+            self._previous = None
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kw):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

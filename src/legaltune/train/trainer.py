@@ -1,0 +1,220 @@
+"""`legaltune train`: set up → train → save, on TRL's SFTTrainer.
+
+Data is prepared by legaltune (formatting, masking, packing, counts) and handed to SFTTrainer
+already tokenized, with our padding-free collator. Gradient accumulation is normalised by the
+number of trained tokens across the whole accumulated batch: transformers counts the labels of
+all micro-batches of an optimizer step (``num_items_in_batch``) and the model's loss divides the
+summed token losses by that count; tests/test_train.py checks bs 4 × GA 1 == bs 1 × GA 4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from trl import SFTConfig, SFTTrainer
+
+from legaltune.config.load import save_config
+from legaltune.config.schema import Config
+from legaltune.data.pack import BatchCollator
+from legaltune.data.prepare import PreparedData, prepare_data
+from legaltune.train.callbacks import InterruptCallback, MetricsCallback
+from legaltune.train.rundir import make_run_dir, resolve_resume
+
+
+class LegalSFTTrainer(SFTTrainer):
+    """SFTTrainer that also counts trained (labelled) tokens, for metrics.jsonl."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._trained_tokens = torch.zeros((), dtype=torch.long)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):  # type: ignore[override]
+        labels = inputs.get("labels")
+        if labels is not None:
+            # stays on device; read only when logging, so no extra CPU-GPU sync per step
+            self._trained_tokens = self._trained_tokens.to(labels.device) + (labels != -100).sum()
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def trained_tokens_seen(self) -> int:
+        return int(self._trained_tokens.item())
+
+
+def _supports(name: str) -> bool:
+    return name in {f.name for f in dataclasses.fields(SFTConfig)}
+
+
+def build_args(cfg: Config, run_dir: Path, *, use_cuda: bool, dtype: torch.dtype) -> SFTConfig:
+    """SFTConfig carrying every training, optimization, data-loading and logging parameter of the config."""
+    t, o, d, lg = cfg.training, cfg.optimization, cfg.data, cfg.logging
+    kwargs: dict[str, Any] = {
+        "output_dir": str(run_dir / "checkpoints"),
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "per_device_eval_batch_size": t.per_device_eval_batch_size or t.per_device_train_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "num_train_epochs": t.num_train_epochs,
+        "max_steps": t.max_steps,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler_type,
+        "weight_decay": t.weight_decay,
+        "optim": o.optim,
+        "max_grad_norm": o.max_grad_norm,
+        "adam_beta1": o.adam_beta1,
+        "adam_beta2": o.adam_beta2,
+        "adam_epsilon": o.adam_epsilon,
+        "seed": cfg.effective_seed,
+        "data_seed": cfg.effective_seed,
+        "dataloader_num_workers": d.dataloader_num_workers,
+        "dataloader_pin_memory": d.dataloader_pin_memory and use_cuda,
+        "logging_steps": lg.logging_steps,
+        "save_strategy": lg.save_strategy,
+        "eval_strategy": lg.eval_strategy,
+        "save_total_limit": lg.save_total_limit,
+        "load_best_model_at_end": t.load_best_model_at_end,
+        "report_to": [r for r in lg.report_to if r not in ("none", "tensorboard")] or "none",
+        # Activation checkpointing is applied by legaltune per model instance (incl. CPU offload), so the
+        # Trainer's own switch stays at its default (off).
+        "bf16": use_cuda and dtype == torch.bfloat16,
+        "fp16": use_cuda and dtype == torch.float16,
+        "use_cpu": not use_cuda,
+        "remove_unused_columns": False,
+        "include_num_input_tokens_seen": True,
+        "dataset_kwargs": {"skip_prepare_dataset": True},
+        "max_length": cfg.model.max_seq_length,
+        "packing": False,  # packing is done in legaltune.data.pack, with per-example positions
+        "disable_tqdm": True,  # our progress bar shows loss, lr, tokens/s and ETA
+    }
+    if lg.save_steps:
+        kwargs["save_steps"] = lg.save_steps
+    if lg.eval_steps:
+        kwargs["eval_steps"] = lg.eval_steps
+    if t.load_best_model_at_end:
+        kwargs["metric_for_best_model"] = "eval_loss"
+        kwargs["greater_is_better"] = False
+    if t.lr_scheduler_type == "cosine_with_min_lr":
+        kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": t.min_lr_rate if t.min_lr_rate is not None else 0.1}
+    # transformers ≥ 5.18 folds warmup_ratio into a fractional warmup_steps; older 5.x has both.
+    if t.warmup_ratio is not None:
+        if _supports("warmup_ratio"):
+            kwargs["warmup_ratio"] = t.warmup_ratio
+        else:
+            kwargs["warmup_steps"] = t.warmup_ratio
+    else:
+        kwargs["warmup_steps"] = t.warmup_steps or 0
+    return SFTConfig(**kwargs)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    adapter_dir: Path
+    data: PreparedData
+    train_metrics: dict[str, Any]
+    eval_loss_before: float | None
+    eval_loss_after: float | None
+    interrupted: bool
+    trainer_model: Any = None  # the trained PEFT model, still in memory
+    tokenizer: Any = None
+
+
+def _to_dataset(rows: list[dict[str, Any]]):
+    from datasets import Dataset
+
+    return Dataset.from_list(rows) if rows else None
+
+
+def run_training(
+    cfg: Config,
+    *,
+    resume: str | bool | None = None,
+    eval_before: bool = False,
+    show_progress: bool = True,
+    model_and_tokenizer: tuple[Any, Any] | None = None,
+    extra_callbacks: list[Any] | None = None,
+) -> TrainResult:
+    """Train per ``cfg`` and write the run directory. ``model_and_tokenizer`` skips loading (tests)."""
+    from transformers import EarlyStoppingCallback
+    from transformers.integrations import TensorBoardCallback
+
+    from legaltune.model.load import load_model
+    from legaltune.model.tokenizer import load_tokenizer
+    from legaltune.model.lora import apply_lora
+
+    run_dir, checkpoint = resolve_resume(cfg, resume) if resume else (make_run_dir(cfg), None)
+    # Tokenize and check the data before spending time on the weights: bad data fails in seconds.
+    tokenizer = model_and_tokenizer[1] if model_and_tokenizer else load_tokenizer(cfg.model)
+    data = prepare_data(cfg, tokenizer)
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "data_stats.json").write_text(
+        json.dumps(data.stats.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8"
+    )
+
+    model, tokenizer = model_and_tokenizer or load_model(cfg.model, cfg.quantization)
+    model.config.use_cache = False  # a KV cache disables packed-sequence detection in attention
+    model = apply_lora(
+        model,
+        cfg.lora,
+        gradient_checkpointing=cfg.optimization.gradient_checkpointing,
+        max_seq_length=cfg.model.max_seq_length,
+    )
+    use_cuda = next(model.parameters()).is_cuda
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    args = build_args(cfg, run_dir, use_cuda=use_cuda, dtype=dtype)
+    eval_ds = _to_dataset(data.eval)
+    if eval_ds is None and cfg.logging.eval_strategy != "no":
+        args.eval_strategy = "no"
+    trainer = LegalSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=_to_dataset(data.train),
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        data_collator=BatchCollator(pad_token_id=tokenizer.pad_token_id or 0),
+    )
+    metrics_cb = MetricsCallback(run_dir / "metrics.jsonl", trainer, show_progress)
+    interrupt = InterruptCallback()
+    for cb in (metrics_cb, interrupt, *(extra_callbacks or [])):
+        trainer.add_callback(cb)
+    if "tensorboard" in cfg.logging.report_to:
+        from torch.utils.tensorboard import SummaryWriter
+
+        trainer.add_callback(
+            TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "tensorboard")))
+        )
+    if cfg.training.early_stopping_patience:
+        trainer.add_callback(
+            EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience)
+        )
+
+    before = trainer.evaluate()["eval_loss"] if (eval_before and eval_ds is not None) else None
+    t0 = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_metrics = dict(out.metrics, wall_s=round(time.perf_counter() - t0, 2))
+    after = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
+
+    adapter_dir = run_dir / "adapter"
+    trainer.save_model(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    summary = {
+        "train": train_metrics,
+        "eval_loss_before": before,
+        "eval_loss_after": after,
+        "interrupted": interrupt.requested,
+    }
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return TrainResult(
+        run_dir,
+        adapter_dir,
+        data,
+        train_metrics,
+        before,
+        after,
+        interrupt.requested,
+        trainer.model,
+        tokenizer,
+    )

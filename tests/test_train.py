@@ -1,0 +1,195 @@
+"""Training end to end on a tiny random Llama: run dir, GA normalisation, resume, rotation."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from legaltune.config.load import build_config
+from legaltune.train.trainer import run_training
+from tests.conftest import make_tiny_llama
+
+RECORDS = [
+    {
+        "question": "Thời gian thử việc tối đa?",
+        "answer": "Không quá 180 ngày (Điều 25 Bộ luật Lao động 2019).",
+    },
+    {"question": "Tuổi kết hôn của nữ?", "answer": "Từ đủ 18 tuổi."},
+    {
+        "question": "Người lao động nghỉ hằng năm bao nhiêu ngày khi làm việc bình thường?",
+        "answer": "12 ngày làm việc (Điều 113).",
+    },
+    {
+        "question": "Ai là người thành niên?",
+        "answer": "Người từ đủ mười tám tuổi trở lên là người thành niên theo Điều 20 Bộ luật Dân sự 2015.",
+    },
+]
+
+
+def base_cfg(tmp_path, **over):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    f = tmp_path / "train.jsonl"
+    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS), encoding="utf-8")
+    raw = {
+        "model": {"model_name": "unused-in-tests", "max_seq_length": 256, "device_map": "cpu"},
+        "lora": {
+            "r": 4,
+            "lora_alpha": 8,
+            "target_modules": ["q_proj", "v_proj", "down_proj"],
+            "use_rslora": False,
+            "use_gradient_checkpointing": False,
+        },
+        "training": {
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "max_steps": 4,
+            "learning_rate": 1e-3,
+            "warmup_steps": 0,
+            "lr_scheduler_type": "constant",
+        },
+        "optimization": {"gradient_checkpointing": False},
+        "data": {"train_file": str(f), "system_prompt": None, "dataloader_num_workers": 0},
+        "logging": {
+            "output_dir": str(tmp_path / "runs"),
+            "run_name": "t",
+            "save_strategy": "no",
+            "eval_strategy": "no",
+            "report_to": ["none"],
+            "logging_steps": 1,
+        },
+    }
+    for sec, kv in over.items():
+        raw.setdefault(sec, {}).update(kv)
+    return build_config(raw)
+
+
+def train(cfg, tokenizer, **kw):
+    return run_training(
+        cfg, model_and_tokenizer=(make_tiny_llama(len(tokenizer)), tokenizer), show_progress=False, **kw
+    )
+
+
+def adapter(run_dir):
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def test_run_directory_contents(tmp_path, tokenizer):
+    cfg = base_cfg(tmp_path, logging={"report_to": ["tensorboard"]})
+    res = train(cfg, tokenizer)
+    run = res.run_dir
+    for name in (
+        "config.yaml",
+        "data_stats.json",
+        "metrics.jsonl",
+        "train_summary.json",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/tokenizer.json",
+    ):
+        assert (run / name).exists(), name
+    assert any((run / "tensorboard").iterdir())
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in losses] == [1, 2, 3, 4]
+    for key in ("lr", "grad_norm", "tokens_per_s", "tokens", "trained_tokens", "peak_memory_gib", "epoch"):
+        assert key in losses[-1], key
+    assert 0 < losses[-1]["trained_tokens"] < losses[-1]["tokens"]
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokenizer):
+    # One SGD step from the same init: the update is -lr × the gradient. Examples have
+    # different numbers of trained tokens, so averaging per-micro-batch means would differ.
+    common = {
+        "optimization": {"optim": "sgd", "max_grad_norm": 0.0},
+        "training": {"max_steps": 1, "learning_rate": 0.5, "weight_decay": 0.0},
+    }
+    one = base_cfg(
+        tmp_path / "a",
+        **{
+            **common,
+            "training": {
+                **common["training"],
+                "per_device_train_batch_size": 4,
+                "gradient_accumulation_steps": 1,
+            },
+        },
+    )
+    acc = base_cfg(
+        tmp_path / "b",
+        **{
+            **common,
+            "training": {
+                **common["training"],
+                "per_device_train_batch_size": 1,
+                "gradient_accumulation_steps": 4,
+            },
+        },
+    )
+    ra, rb = train(one, tokenizer), train(acc, tokenizer)
+    trained = [sum(1 for x in r["labels"] if x != -100) for r in ra.data.train]
+    assert len(set(trained)) > 1
+    wa, wb = adapter(ra.run_dir), adapter(rb.run_dir)
+    assert wa.keys() == wb.keys()
+    moved = 0
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=1e-4)
+        moved += int(wa[k].abs().sum() > 0 and "lora_B" in k)
+    assert moved > 0
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_interrupted_and_resumed_run_ends_where_uninterrupted_one_does(tmp_path, tokenizer):
+    over = {
+        "training": {"max_steps": 6, "per_device_train_batch_size": 1},
+        "logging": {"save_strategy": "steps", "save_steps": 3},
+    }
+    full = train(base_cfg(tmp_path / "full", **over), tokenizer)
+    part_cfg = base_cfg(tmp_path / "part", **over)
+    part = train(part_cfg, tokenizer, extra_callbacks=[StopAt(3)])
+    assert (part.run_dir / "checkpoints" / "checkpoint-3").is_dir()
+    resumed = train(part_cfg, tokenizer, resume=str(part.run_dir))
+    assert resumed.run_dir == part.run_dir
+
+    def last_loss(run):
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in rows if "loss" in r][-1]
+
+    assert last_loss(full.run_dir)["step"] == last_loss(resumed.run_dir)["step"] == 6
+    assert last_loss(full.run_dir)["loss"] == pytest.approx(last_loss(resumed.run_dir)["loss"], rel=1e-5)
+    for k, v in adapter(full.run_dir).items():
+        torch.testing.assert_close(v, adapter(resumed.run_dir)[k], atol=1e-6, rtol=1e-5)
+
+
+def test_save_total_limit_rotates_checkpoints(tmp_path, tokenizer):
+    cfg = base_cfg(tmp_path, logging={"save_strategy": "steps", "save_steps": 1, "save_total_limit": 2})
+    res = train(cfg, tokenizer)
+    names = sorted(p.name for p in (res.run_dir / "checkpoints").glob("checkpoint-*"))
+    assert names == ["checkpoint-3", "checkpoint-4"]
+
+
+def test_eval_loss_logged_per_epoch_and_early_stopping_config(tmp_path, tokenizer):
+    cfg = base_cfg(
+        tmp_path,
+        training={
+            "max_steps": -1,
+            "num_train_epochs": 2,
+            "load_best_model_at_end": True,
+            "early_stopping_patience": 1,
+        },
+        data={"val_split": 0.25},
+        logging={"save_strategy": "epoch", "eval_strategy": "epoch"},
+    )
+    res = train(cfg, tokenizer, eval_before=True)
+    rows = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum(1 for r in rows if "eval_loss" in r) >= 2
+    assert res.eval_loss_before is not None and res.eval_loss_after is not None
