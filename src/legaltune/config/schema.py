@@ -281,9 +281,13 @@ class DataConfig:
         False, "Turn pyvi/VnCoreNLP word-segmentation underscores back into spaces."
     )
     max_train_examples: int | None = opt(
-        None, "Use only this many training examples (seeded sample, reported); null = all. For quick runs.", ge=1
+        None,
+        "Use only this many training examples (seeded sample, reported); null = all. For quick runs.",
+        ge=1,
     )
-    max_eval_examples: int | None = opt(None, "Use only this many evaluation examples (seeded sample, reported).", ge=1)
+    max_eval_examples: int | None = opt(
+        None, "Use only this many evaluation examples (seeded sample, reported).", ge=1
+    )
     dedup: bool = opt(True, "Drop exact duplicate records (counted).")
     dataloader_num_workers: int = opt(
         8, "Worker processes for loading and mapping data.", seed="000: 8 (4–8 optimal).", ge=0

@@ -142,8 +142,8 @@ def run_training(
     from transformers.integrations import TensorBoardCallback
 
     from legaltune.model.load import load_model
-    from legaltune.model.tokenizer import load_tokenizer
     from legaltune.model.lora import apply_lora
+    from legaltune.model.tokenizer import load_tokenizer
 
     run_dir, checkpoint = resolve_resume(cfg, resume) if resume else (make_run_dir(cfg), None)
     # Tokenize and check the data before spending time on the weights: bad data fails in seconds.
