@@ -193,3 +193,41 @@ def test_eval_loss_logged_per_epoch_and_early_stopping_config(tmp_path, tokenize
     rows = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert sum(1 for r in rows if "eval_loss" in r) >= 2
     assert res.eval_loss_before is not None and res.eval_loss_after is not None
+
+
+def test_trainer_does_not_add_its_own_checkpointing(tmp_path):
+    from legaltune.train.trainer import build_args
+
+    args = build_args(base_cfg(tmp_path), tmp_path, use_cuda=False, dtype=torch.float32)
+    assert args.gradient_checkpointing is False  # TRL's SFTConfig would default it to True
+
+
+def test_ctrl_c_requests_checkpoint_and_stop():
+    import os
+    import signal
+
+    from transformers import TrainerControl
+
+    from legaltune.train.callbacks import InterruptCallback
+
+    cb = InterruptCallback()
+    cb.on_train_begin(None, None, None)
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # handled: no KeyboardInterrupt on the first press
+        control = TrainerControl()
+        cb.on_step_end(None, None, control)
+        assert cb.requested and control.should_save and control.should_training_stop
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second press aborts
+    finally:
+        cb.on_train_end(None, None, None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_embeddings_and_lm_head_can_be_trained(tmp_path, tokenizer):
+    cfg = base_cfg(
+        tmp_path, lora={"target_modules": ["q_proj", "embed_tokens", "lm_head"]}, training={"max_steps": 1}
+    )
+    res = train(cfg, tokenizer)
+    keys = adapter(res.run_dir).keys()
+    assert any("embed_tokens" in k for k in keys) and any("lm_head" in k for k in keys)

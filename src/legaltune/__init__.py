@@ -8,7 +8,19 @@ from __future__ import annotations
 from typing import Any
 
 
+__all__ = ["FastLanguageModel", "SFTTrainer", "TrainingArguments"]
+
+
 def __getattr__(name: str) -> Any:
+    # Lazy: `import legaltune` must not import torch; the seed's API loads on first use.
+    if name == "FastLanguageModel":
+        from legaltune.api import FastLanguageModel
+
+        return FastLanguageModel
+    if name in ("SFTTrainer", "TrainingArguments"):
+        from legaltune import compat
+
+        return getattr(compat, name)
     if name == "__version__":
         from importlib.metadata import version
 

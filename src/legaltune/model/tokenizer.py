@@ -10,9 +10,9 @@ from legaltune.config.schema import ModelConfig
 def load_tokenizer(model_cfg: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
-    from legaltune.model.load import _prepare_tokenizer, resolve_model_path
+    from legaltune.model.load import prepare_tokenizer, resolve_model_path
 
     path = resolve_model_path(model_cfg.model_name, model_cfg.trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
-    _prepare_tokenizer(tokenizer, model_cfg.max_seq_length)
+    prepare_tokenizer(tokenizer, model_cfg.max_seq_length)
     return tokenizer

@@ -77,8 +77,9 @@ def build_args(cfg: Config, run_dir: Path, *, use_cuda: bool, dtype: torch.dtype
         "save_total_limit": lg.save_total_limit,
         "load_best_model_at_end": t.load_best_model_at_end,
         "report_to": [r for r in lg.report_to if r not in ("none", "tensorboard")] or "none",
-        # Activation checkpointing is applied by legaltune per model instance (incl. CPU offload), so the
-        # Trainer's own switch stays at its default (off).
+        # Activation checkpointing is applied by legaltune per model instance (incl. CPU offload); the
+        # Trainer's own switch must stay off (TRL's SFTConfig defaults it to on).
+        "gradient_checkpointing": False,
         "bf16": use_cuda and dtype == torch.bfloat16,
         "fp16": use_cuda and dtype == torch.float16,
         "use_cpu": not use_cuda,
@@ -89,6 +90,8 @@ def build_args(cfg: Config, run_dir: Path, *, use_cuda: bool, dtype: torch.dtype
         "packing": False,  # packing is done in legaltune.data.pack, with per-example positions
         "disable_tqdm": True,  # our progress bar shows loss, lr, tokens/s and ETA
     }
+    if _supports("activation_checkpointing"):  # transformers ≥ 5.2x renamed it; the old name warns
+        kwargs["activation_checkpointing"] = False
     if lg.save_steps:
         kwargs["save_steps"] = lg.save_steps
     if lg.eval_steps:
@@ -138,7 +141,7 @@ def run_training(
     extra_callbacks: list[Any] | None = None,
 ) -> TrainResult:
     """Train per ``cfg`` and write the run directory. ``model_and_tokenizer`` skips loading (tests)."""
-    from transformers import EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback, PrinterCallback
     from transformers.integrations import TensorBoardCallback
 
     from legaltune.model.load import load_model
@@ -176,6 +179,7 @@ def run_training(
         processing_class=tokenizer,
         data_collator=BatchCollator(pad_token_id=tokenizer.pad_token_id or 0),
     )
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
     metrics_cb = MetricsCallback(run_dir / "metrics.jsonl", trainer, show_progress)
     interrupt = InterruptCallback()
     for cb in (metrics_cb, interrupt, *(extra_callbacks or [])):

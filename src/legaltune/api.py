@@ -1,0 +1,117 @@
+"""The seed's Unsloth-style API (seed 000 §0.1, §0.2), backed by legaltune's loader and LoRA code.
+
+``FastLanguageModel.from_pretrained`` and ``FastLanguageModel.get_peft_model`` accept the seed's
+calls unchanged and build the same config objects a YAML run uses, so a notebook written against
+Unsloth and ``legaltune train`` load and adapt models the same way. Arguments we do not implement
+raise ``TypeError`` naming them, rather than being silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from legaltune.config.schema import SEVEN_PROJECTIONS, LoraConfig, ModelConfig, QuantizationConfig
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def _reject_unknown(method: str, kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        names = ", ".join(repr(k) for k in kwargs)
+        raise TypeError(f"FastLanguageModel.{method}() got unsupported argument(s) {names}")
+
+
+def _dtype_name(dtype: torch.dtype | str | None) -> str:
+    """The seed passes None or torch dtypes; the config speaks strings."""
+    if dtype is None:
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return str(dtype).removeprefix("torch.")
+    if isinstance(dtype, str):
+        return dtype
+    raise TypeError(f"dtype must be None, a torch.dtype or a string, not {type(dtype).__name__}")
+
+
+class FastLanguageModel:
+    """Drop-in for ``unsloth.FastLanguageModel``: load a causal LM, then add LoRA adapters."""
+
+    @staticmethod
+    def from_pretrained(
+        model_name: str = ModelConfig.model_name,
+        max_seq_length: int = 2048,
+        dtype: torch.dtype | str | None = None,
+        load_in_4bit: bool = False,
+        load_in_8bit: bool = False,
+        attn_implementation: str = "flash_attention_2",
+        device_map: str | dict[str, Any] | None = "auto",
+        trust_remote_code: bool = False,
+        **kwargs: Any,
+    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """Load ``model_name`` (hub id, local dir, .gguf, or ``smollm2-135m-instruct``) and its tokenizer."""
+        _reject_unknown("from_pretrained", kwargs)
+        from legaltune.model.load import load_model
+
+        model_cfg = ModelConfig(
+            model_name=model_name,
+            max_seq_length=max_seq_length,
+            dtype=_dtype_name(dtype),
+            attn_implementation=attn_implementation,
+            device_map=device_map,
+            trust_remote_code=trust_remote_code,
+        )
+        quant_cfg = QuantizationConfig(load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
+        model, tokenizer = load_model(model_cfg, quant_cfg)
+        model.max_seq_length = max_seq_length
+        return model, tokenizer
+
+    @staticmethod
+    def get_peft_model(
+        model: PreTrainedModel,
+        r: int = 16,
+        target_modules: list[str] | str | None = None,
+        lora_alpha: float = 16,
+        lora_dropout: float = 0.0,
+        bias: str = "none",
+        use_gradient_checkpointing: bool | str = "unsloth",
+        random_state: int = 3407,
+        use_rslora: bool = False,
+        max_seq_length: int | None = None,
+        loftq_config: Any = None,
+        **kwargs: Any,
+    ) -> PeftModel:
+        """Add LoRA adapters; ``use_gradient_checkpointing="unsloth"`` = recompute + CPU offload of layer inputs."""
+        _reject_unknown("get_peft_model", kwargs)
+        if loftq_config:
+            raise NotImplementedError(
+                "loftq_config is not supported by legaltune; use load_in_4bit=True (QLoRA) with standard LoRA init"
+            )
+        if use_gradient_checkpointing not in (True, False, "unsloth"):
+            raise ValueError(
+                f"use_gradient_checkpointing {use_gradient_checkpointing!r}: choose False, True or 'unsloth'"
+            )
+        from legaltune.model.lora import apply_lora
+
+        targets = list(SEVEN_PROJECTIONS) if target_modules is None else target_modules
+        lora_cfg = LoraConfig(
+            r=r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            bias=bias,
+            target_modules=[targets] if isinstance(targets, str) else list(targets),
+            use_rslora=use_rslora,
+            use_gradient_checkpointing=use_gradient_checkpointing,
+            random_state=random_state,
+        )
+        return apply_lora(
+            model,
+            lora_cfg,
+            gradient_checkpointing=use_gradient_checkpointing is not False,
+            max_seq_length=max_seq_length,
+        )
+
+
+__all__ = ["FastLanguageModel"]
