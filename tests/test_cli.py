@@ -53,5 +53,10 @@ def test_config_prints_resolved_yaml(capsys):
 
 
 def test_unbuilt_command_says_so(capsys):
-    assert main(["report", "runs/x"]) == EXIT_NOT_BUILT
+    assert main(["chat", "x"]) == EXIT_NOT_BUILT
     assert "not built yet" in capsys.readouterr().err
+
+
+def test_merge_reports_a_missing_adapter(tmp_path, capsys):
+    assert main(["merge", "--run", str(tmp_path), "--output", str(tmp_path / "out")]) == 1
+    assert "adapter" in capsys.readouterr().err

@@ -115,6 +115,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_config_from_args(args))
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    import warnings
+
+    from legaltune.export.merge import ExportError, QuantizedBaseWarning, merge_run
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", QuantizedBaseWarning)
+        try:
+            out = merge_run(args.run, args.output, args.dtype, overwrite=args.overwrite)
+        except ExportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    for w in caught:
+        if issubclass(w.category, QuantizedBaseWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+    print(f"merged model: {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from legaltune.export.gguf_export import export_gguf
+    from legaltune.export.merge import ExportError
+
+    try:
+        out = export_gguf(args.run, args.output, args.type, overwrite=args.overwrite)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"GGUF written: {out}")
+    return 0
+
+
 def _not_built(name: str, issue: int) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(f"legaltune {name}: not built yet (tracked in issue #{issue}).", file=sys.stderr)
@@ -185,12 +217,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("merge", help="merge the LoRA adapter into the base model (16-bit safetensors)")
+    p.description = (
+        "Merge RUN_DIR/adapter into its base model and save safetensors + tokenizer + generation config that "
+        "transformers' AutoModelForCausalLM loads. A 4/8-bit base is merged into a 16-bit load of the same "
+        "weights, with a warning: the result differs from the quantized model by the quantization error."
+    )
+    p.add_argument("--run", required=True, help="run directory (or its adapter / checkpoint-N folder)")
+    p.add_argument("--output", required=True, help="directory to write (must be empty unless --overwrite)")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("export", help="export a run to GGUF (llama.cpp and compatible runtimes)")
+    p.description = (
+        "legaltune export gguf --run RUN_DIR --output FILE [--type f16|bf16|q8_0]: merge the adapter and write a "
+        "GGUF with the gguf package (Llama-architecture models; no llama.cpp build needed), tokenizer and chat "
+        "template included."
+    )
+    p.add_argument("format", choices=["gguf"], help="output format")
+    p.add_argument("--run", required=True, help="run directory, or a merged model directory")
+    p.add_argument("--output", required=True, help="the .gguf file to write")
+    p.add_argument("--type", default="f16", choices=["f16", "bf16", "q8_0"])
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
+
     stubs = [
         ("eval", "evaluate base vs tuned: loss, EM/F1/ROUGE-L/BLEU, citation accuracy", 5),
         ("generate", "batch-answer questions from a JSONL file with a tuned run", 5),
         ("chat", "interactive multi-turn chat with a tuned run", 5),
-        ("merge", "merge the LoRA adapter into the base model (16-bit safetensors)", 5),
-        ("export", "export a run to GGUF", 5),
         ("report", "regenerate a run's HTML report with plots", 5),
     ]
     for name, help_text, issue in stubs:
@@ -209,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
         # Domain errors carry their own "what and how to fix" text; a traceback adds nothing.
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,1 @@
+"""After training: merge a run's LoRA adapter into its base model, and export the result to GGUF."""

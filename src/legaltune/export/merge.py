@@ -1,0 +1,227 @@
+"""Merge a run's LoRA adapter into a 16/32-bit copy of its base model.
+
+A run directory holds ``adapter/`` (PEFT ``save_pretrained`` output plus the tokenizer) and
+``config.yaml``. Merging computes W' = W + scale·B·A for every adapted projection, so the result is
+a plain transformers model that loads with ``AutoModelForCausalLM.from_pretrained`` and runs
+without PEFT. The output is written into a temporary sibling and renamed into place, so an
+interrupted merge never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DTYPES = ("bf16", "fp16", "fp32")
+_DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+
+
+class ExportError(RuntimeError):
+    """A merge or export that cannot proceed; the message says what was expected and how to fix it."""
+
+
+class QuantizedBaseWarning(UserWarning):
+    """The adapter was trained against a 4/8-bit base but is merged into 16/32-bit weights."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Where a run's adapter, tokenizer and base model are, and how the base was loaded in training."""
+
+    adapter_dir: Path
+    base: str  # a local directory, or a hub id when no such directory exists
+    tokenizer_dir: Path | str
+    quantized: str | None  # "4-bit" / "8-bit" when training loaded the base through bitsandbytes
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """'bf16' / 'fp16' / 'fp32' (or their long spellings) → the torch dtype."""
+    import torch
+
+    key = _DTYPE_ALIASES.get(name.lower(), name.lower())
+    if key not in DTYPES:
+        raise ExportError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPES)}")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[key]
+
+
+def _resolve_base(name: str) -> str:
+    """A local directory for the base model, or the hub id as given; fail early on a missing path."""
+    from legaltune.model.arch import EMBEDDED_ALIAS
+    from legaltune.model.embedded import embedded_model_dir
+
+    if name == EMBEDDED_ALIAS:
+        name = str(embedded_model_dir())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    # A hub id is exactly "owner/name"; anything else (absolute, ./, ~, deeper paths) meant a directory.
+    looks_like_path = path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1
+    if looks_like_path:
+        raise ExportError(
+            f"base model not found: {name} (from adapter_config.json's base_model_name_or_path). "
+            "The base must be available locally at that path or on the Hugging Face Hub; copy it "
+            "there, or edit base_model_name_or_path to point at a directory with config.json and "
+            "safetensors."
+        )
+    return name
+
+
+def _training_quantization(config_yaml: Path) -> str | None:
+    """Read quantization.load_in_4bit / load_in_8bit from the run's resolved config, if there is one."""
+    import yaml
+
+    if not config_yaml.is_file():
+        return None
+    data = yaml.safe_load(config_yaml.read_text(encoding="utf-8")) or {}
+    quant = data.get("quantization") or {}
+    if quant.get("load_in_4bit"):
+        return "4-bit"
+    if quant.get("load_in_8bit"):
+        return "8-bit"
+    return None
+
+
+def inspect_run(run_dir: str | Path) -> RunInfo:
+    """Locate the adapter, tokenizer and base of a run directory (or of an adapter/checkpoint directory)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ExportError(f"run directory not found: {run_dir}")
+    # Accept RUN_DIR (adapter in RUN_DIR/adapter) as well as an adapter or checkpoint directory itself.
+    adapter_dir = run_dir if (run_dir / "adapter_config.json").is_file() else run_dir / "adapter"
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        checkpoints = sorted(
+            p.name for p in run_dir.glob("checkpoint-*") if (p / "adapter_config.json").is_file()
+        )
+        hint = (
+            f" It has checkpoints ({', '.join(checkpoints)}); pass one of those instead."
+            if checkpoints
+            else ""
+        )
+        raise ExportError(
+            f"{run_dir} has no adapter: expected {adapter_dir}/adapter_config.json and "
+            "adapter_model.safetensors (PEFT save_pretrained output, written by `legaltune train` into "
+            "RUN_DIR/adapter/). Pass the run directory, or an adapter/checkpoint directory itself." + hint
+        )
+    if not any((adapter_dir / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise ExportError(f"{adapter_dir} has adapter_config.json but no adapter_model.safetensors")
+    adapter_config = json.loads(config_file.read_text(encoding="utf-8"))
+    base_name = adapter_config.get("base_model_name_or_path")
+    if not base_name:
+        raise ExportError(
+            f"{config_file} names no base_model_name_or_path; cannot tell which base to merge into"
+        )
+    base = _resolve_base(base_name)
+    # Training saves the tokenizer next to the adapter (it may carry a chat template or added tokens
+    # that the base lacks); fall back to the base's own tokenizer.
+    has_tokenizer = any((adapter_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    return RunInfo(
+        adapter_dir=adapter_dir,
+        base=base,
+        tokenizer_dir=adapter_dir if has_tokenizer else base,
+        quantized=_training_quantization(adapter_dir.parent / "config.yaml"),
+    )
+
+
+def _warn_quantized(info: RunInfo) -> None:
+    warnings.warn(
+        QuantizedBaseWarning(
+            f"the adapter was trained against a {info.quantized} quantized base, but is merged into "
+            "full-precision base weights. Training optimised B·A for dequant(Q(W)) + B·A; the merged "
+            "model computes W + B·A, which differs by the quantization error W − dequant(Q(W)) in "
+            "every layer. The difference is usually small, but evaluate the merged model rather than "
+            "assuming it reproduces the QLoRA model's outputs exactly."
+        ),
+        stacklevel=3,
+    )
+
+
+def load_merged(
+    run_dir: str | Path, dtype: str = "bf16"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, RunInfo]:
+    """Load the base in `dtype` on CPU, apply the run's adapter and merge it; return model, tokenizer, info."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info = inspect_run(run_dir)
+    target = torch_dtype(dtype)
+    if info.quantized:
+        _warn_quantized(info)
+    try:
+        base = AutoModelForCausalLM.from_pretrained(info.base, dtype=target, device_map=None)
+    except OSError as exc:
+        raise ExportError(
+            f"cannot load the base model {info.base!r}: {exc}. The base must be available locally or "
+            "on the Hugging Face Hub."
+        ) from exc
+    tokenizer = AutoTokenizer.from_pretrained(str(info.tokenizer_dir))
+    peft_model = PeftModel.from_pretrained(base, str(info.adapter_dir))
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    return merged, tokenizer, info
+
+
+def _check_output(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ExportError(f"{output_dir} exists and is not a directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise ExportError(f"{output_dir} is not empty; choose another directory or pass overwrite=True")
+
+
+def replace_dir(tmp: Path, output_dir: Path) -> None:
+    """Move a finished temporary directory to `output_dir`, replacing what is there."""
+    old: Path | None = None
+    if output_dir.exists():
+        # Move the old one aside first so that a failed rename never loses both versions.
+        old = output_dir.with_name(f".{output_dir.name}.old-{tmp.name}")
+        output_dir.rename(old)
+    tmp.rename(output_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def merge_run(
+    run_dir: str | Path, output_dir: str | Path, dtype: str = "bf16", *, overwrite: bool = False
+) -> Path:
+    """Merge RUN_DIR's adapter into its base and save a standalone model (safetensors + tokenizer).
+
+    `dtype` is the precision of the saved weights: bf16 (default), fp16 or fp32. Refuses a non-empty
+    `output_dir` unless `overwrite`. Returns `output_dir`.
+    """
+    output_dir = Path(output_dir)
+    _check_output(output_dir, overwrite)
+    torch_dtype(dtype)  # reject a bad dtype before loading gigabytes
+    model, tokenizer, info = load_merged(run_dir, dtype)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=output_dir.parent))
+    try:
+        model.save_pretrained(tmp)  # safetensors, config.json, generation_config.json
+        tokenizer.save_pretrained(tmp)
+        (tmp / "legaltune_merge.json").write_text(
+            json.dumps(_provenance(run_dir, info, dtype), indent=2) + "\n", encoding="utf-8"
+        )
+        replace_dir(tmp, output_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return output_dir
+
+
+def _provenance(run_dir: str | Path, info: RunInfo, dtype: str) -> dict[str, Any]:
+    """What was merged, so a merged directory can be traced back to its run."""
+    return {
+        "run_dir": str(Path(run_dir).resolve()),
+        "adapter_dir": str(info.adapter_dir.resolve()),
+        "base": info.base,
+        "dtype": _DTYPE_ALIASES.get(dtype.lower(), dtype.lower()),
+        "trained_on_quantized_base": info.quantized,
+    }

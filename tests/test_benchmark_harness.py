@@ -1,0 +1,165 @@
+"""The train-step benchmark harness (benchmarks/train_step.py) end to end on the CPU, in --quick mode.
+
+The harness runs on the GPU machine; this keeps it working between GPU runs: rows run in child
+processes, results come back as JSON with tokens/s and legaltune's plan estimate per row and shape.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "train_step.py"
+ROWS = ("hf", "legaltune-offload", "legaltune-nockpt")
+
+
+def load_harness() -> ModuleType:
+    """Import the script as a module (it is not part of the package); its top level is stdlib only."""
+    spec = importlib.util.spec_from_file_location("train_step_harness", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def harness() -> ModuleType:
+    return load_harness()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("bench") / "train_step.json"
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH", "")) if p)
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        "--arch",
+        "smollm2-135m",
+        "--layers",
+        "2",
+        "--rows",
+        ",".join(ROWS),
+        # Three rows at once: each child spends most of its time importing torch/transformers/peft,
+        # and --quick timings are not measurements anyway.
+        "--jobs",
+        "3",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text(encoding="utf-8"))
+
+
+def test_quick_run_measures_every_row(quick_run):
+    _, data = quick_run
+    rows = data["rows"]
+    assert [r["row"] for r in rows] == list(ROWS)  # one shape (64x2) per row, in the requested order
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert (r["seq"], r["batch"], r["tokens_per_step"]) == (64, 2, 128)
+        assert r["tokens_per_s"] > 0
+        assert len(r["step_s"]) == 2 and len(r["warmup_s"]) == 1
+        assert r["trainable_params"] > 0
+        assert r["row_wall_s"] > 0
+        assert r["flops_per_token"] > 0
+        assert math.isfinite(r["loss"]) and 0 < r["loss"] < 20  # random tokens: near ln(vocab)
+
+
+def test_quick_run_has_plan_estimates(quick_run):
+    _, data = quick_run
+    for r in data["rows"]:
+        assert r["plan_peak_gib"] > 0
+        assert sum(r["plan_components_gib"].values()) == pytest.approx(r["plan_peak_gib"])
+        assert r["plan_applies"] is True and r["plan_note"] is None
+        # On a CPU nothing is measured, so there is no error to report (the fields are still there).
+        assert "plan_error_pct" in r and "plan_within_target" in r
+        if r["device"] == "cpu":
+            assert "peak_alloc_gib" not in r
+            assert r["plan_error_pct"] is None and r["mfu"] is None
+    modes = {r["row"]: r["plan_checkpointing"] for r in data["rows"]}
+    assert modes == {"hf": True, "legaltune-offload": "unsloth", "legaltune-nockpt": False}
+
+
+def test_quick_run_metadata_and_table(quick_run):
+    stdout, data = quick_run
+    assert "--quick" in data["command"] and "train_step.py" in data["command"]
+    assert data["versions"]["torch"] and data["versions"]["transformers"] and data["versions"]["peft"]
+    assert data["settings"]["shapes"] == ["64x2"] and data["settings"]["layers"] == 2
+    assert data["date"] and data["total_wall_s"] > 0
+    assert all(r["ratio_vs"] == "hf" for r in data["rows"])  # no unsloth row: ratios against hf
+    assert "tok/s" in stdout and "plan GiB" in stdout
+    for name in ROWS:
+        assert name in stdout
+
+
+def test_flops_and_plan_inputs_match_the_reference(harness):
+    arch = harness.plan_arch("llama-3.1-8b", None)
+    # DESIGN.md: ≈ 31.6 GFLOP/token at 2048 (2 × forward); the documented formula gives 31.1.
+    assert harness.flops_per_token(arch, 2048) == pytest.approx(31.09e9, rel=1e-3)
+    assert harness.flops_per_token(arch, 8192) > harness.flops_per_token(arch, 2048)
+    # The plan's calibration point: HF + PEFT with checkpointing, 8,192 tokens → 31.8 GiB estimated.
+    plan = harness.plan_fields(arch, "hf", 8192, 1, 31.3, 2)
+    assert plan["plan_peak_gib"] == pytest.approx(31.8, abs=0.1)
+    assert plan["plan_error_pct"] == pytest.approx(1.6, abs=0.2) and plan["plan_within_target"]
+    assert harness.plan_fields(arch, "unsloth", 8192, 1, None, 2)["plan_applies"] is False
+    assert harness.plan_fields(arch, "hf+qlora", 8192, 1, None, 2)["plan_applies"] is False
+    assert harness.plan_fields(arch, "legaltune-offload+qlora", 8192, 1, None, 2)["plan_applies"] is True
+
+
+def test_row_selection(harness):
+    assert harness.expand_variants("hf,unsloth", qlora=True) == ["hf", "unsloth", "hf+qlora", "unsloth+qlora"]
+    assert harness.expand_variants("hf,unsloth", qlora=False, only_qlora=True) == [
+        "hf+qlora",
+        "unsloth+qlora",
+    ]
+    assert harness.expand_variants(None, qlora=False) == list(harness.ROWS)
+    with pytest.raises(SystemExit, match="unknown"):
+        harness.expand_variants("hf,nope", qlora=False)
+    assert harness.parse_shapes("2048x4,8192x1") == [(2048, 4), (8192, 1)]
+    with pytest.raises(SystemExit):
+        harness.parse_shapes("2048")
+
+
+def test_saved_random_model_loads(harness, tmp_path):
+    """The directory Unsloth and the 4-bit rows load from: config, finite weights, a tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    threads = torch.get_num_threads()
+    try:
+        assert harness.main(["--save-model", str(tmp_path), "--arch", "smollm2-135m", "--layers", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the saver limits threads for its own process
+    assert harness.model_dir_ready(tmp_path, "smollm2-135m", 1)
+    assert not harness.model_dir_ready(tmp_path, "smollm2-135m", 2)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert model.config.num_hidden_layers == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert AutoTokenizer.from_pretrained(tmp_path).pad_token is not None
+
+
+def test_rows_waiting_for_the_saved_model_fail_clearly(harness, tmp_path):
+    """A row that needs the saved model reports the saver's failure or the deadline, never hangs."""
+    ctx = harness.Ctx("unsloth", False, "smollm2-135m", 1, 64, "cpu", "float32", tmp_path, deadline=0.0)
+    with pytest.raises(TimeoutError):
+        ctx.wait_for_model_dir()
+    (tmp_path / harness.FAILED).write_text("RuntimeError: disk full", encoding="utf-8")
+    with pytest.raises(RuntimeError, match="disk full"):
+        ctx.wait_for_model_dir()
+    with pytest.raises(RuntimeError, match="none was prepared"):
+        harness.Ctx("unsloth", False, "smollm2-135m", 1, 64, "cpu", "float32", None, 0.0).wait_for_model_dir()
