@@ -183,32 +183,71 @@ def _question_key(it: dict[str, Any]) -> str | None:
     return " ".join(vn.normalize_tone_marks(user.lower()).split())
 
 
+def _encode_one(item: dict[str, Any], fmt: ChatFormatter, max_len: int, mode: str) -> dict[str, Any]:
+    """One record → ids, labels and the counts the split statistics need (runs in datasets.map workers)."""
+    msgs = item.get("messages")
+    enc = fmt.encode(msgs, max_len, mode) if msgs else fmt.encode_text(item["text"], max_len, mode)
+    chars = sum(len(m["content"]) for m in msgs) if msgs else len(item["text"])
+    if enc is None:
+        return {
+            "input_ids": [],
+            "labels": [],
+            "trained": 0,
+            "truncated": False,
+            "lost": 0,
+            "dropped": True,
+            "chars": chars,
+        }
+    return {
+        "input_ids": enc.input_ids,
+        "labels": enc.labels,
+        "trained": enc.trained,
+        "truncated": enc.truncated,
+        "lost": enc.lost_trained,
+        "dropped": False,
+        "chars": chars,
+    }
+
+
 def _encode(
     items: list[dict[str, Any]], fmt: ChatFormatter, cfg: Config, stats: SplitStats
 ) -> list[dict[str, Any]]:
+    """Tokenize and label with `datasets.map`, in data.dataloader_num_workers processes for large sets."""
+    from datasets import Dataset
+
+    if not items:
+        return []
     max_len, mode = cfg.model.max_seq_length, cfg.data.overlength
+    # messages/text columns only: `loc`/`id` may be missing or mixed-typed across records
+    table = Dataset.from_list([{"messages": it.get("messages"), "text": it.get("text")} for it in items])
+    workers = cfg.data.dataloader_num_workers
+    # Worker processes pay off only on large sets (each re-imports the tokenizer).
+    num_proc = workers if workers > 1 and len(items) >= 2000 else None
+    mapped = table.map(
+        _encode_one,
+        fn_kwargs={"fmt": fmt, "max_len": max_len, "mode": mode},
+        remove_columns=table.column_names,
+        num_proc=num_proc,
+        desc="tokenizing",
+        keep_in_memory=True,
+    )
     out = []
-    for it in items:
-        enc = (
-            fmt.encode(it["messages"], max_len, mode)
-            if "messages" in it
-            else fmt.encode_text(it["text"], max_len, mode)
-        )
-        if enc is None:
+    for row in mapped:
+        if row["dropped"]:
             stats.dropped_overlength += 1
             continue
-        if enc.truncated:
+        if row["truncated"]:
             stats.truncated += 1
-            if enc.lost_trained:
+            if row["lost"]:
                 stats.answers_lost_tokens += 1
-                stats.lost_trained_tokens += enc.lost_trained
-        if enc.trained == 0:
+                stats.lost_trained_tokens += row["lost"]
+        if row["trained"] == 0:
             stats.dropped_no_trained_tokens += 1
             continue
-        stats.tokens += len(enc.input_ids)
-        stats.trained_tokens += enc.trained
-        stats.chars += sum(len(m["content"]) for m in it["messages"]) if "messages" in it else len(it["text"])
-        out.append({"input_ids": enc.input_ids, "labels": enc.labels})
+        stats.tokens += len(row["input_ids"])
+        stats.trained_tokens += row["trained"]
+        stats.chars += row["chars"]
+        out.append({"input_ids": row["input_ids"], "labels": row["labels"]})
     stats.examples = len(out)
     return out
 
