@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from legaltune.cli import EXIT_NOT_BUILT, build_parser, main
+from legaltune.cli import build_parser, main
 
 COMMANDS = [
     "train",
@@ -50,11 +50,6 @@ def test_config_prints_resolved_yaml(capsys):
     assert main(["config", "configs/demo.yaml", "--set", "lora.r=4"]) == 0
     out = capsys.readouterr().out
     assert "r: 4" in out and "model_name: smollm2-135m-instruct" in out
-
-
-def test_unbuilt_command_says_so(capsys):
-    assert main(["chat", "x"]) == EXIT_NOT_BUILT
-    assert "not built yet" in capsys.readouterr().err
 
 
 def test_merge_reports_a_missing_adapter(tmp_path, capsys):

@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 
 from legaltune.config.fields import ConfigError
 
 EXIT_USAGE = 2
-EXIT_NOT_BUILT = 3
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -147,12 +145,83 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_built(name: str, issue: int) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(f"legaltune {name}: not built yet (tracked in issue #{issue}).", file=sys.stderr)
-        return EXIT_NOT_BUILT
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
 
-    return run
+    from legaltune.evaluate.run_eval import evaluate_run, render_eval
+    from legaltune.report.html import write_report
+
+    result = evaluate_run(
+        args.run,
+        data_file=args.data,
+        limit=args.limit,
+        base_model=args.base_model,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        compare_base=not args.no_base,
+    )
+    render_eval(result, Console())
+    print(f"report: {write_report(args.run)}")  # refreshed with the eval table
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from legaltune.evaluate.batch import generate_file
+
+    done = generate_file(
+        args.input,
+        args.output,
+        run_dir=args.run,
+        model_name=args.model,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+    )
+    print(f"{done['generated']} answered, {done['skipped']} already answered, in {done['output']}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from legaltune.chat import run_chat
+
+    return run_chat(
+        args.run,
+        args.model,
+        stream=not args.no_stream,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from legaltune.report.html import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
+def _add_generation_args(p: argparse.ArgumentParser, batch: bool = True, max_new_tokens: int = 256) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="answer length limit in tokens")
+    if batch:
+        p.add_argument("--batch-size", type=int, default=8, help="questions generated together")
+    p.add_argument(
+        "--sample", dest="do_sample", action="store_true", help="sample instead of greedy decoding"
+    )
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --sample)")
+
+
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run", metavar="RUN_DIR", help="a tuned run directory (base model + adapter)")
+    g.add_argument("--model", metavar="NAME", help="a base model alone (hub id, directory, .gguf, alias)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,17 +311,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
 
-    stubs = [
-        ("eval", "evaluate base vs tuned: loss, EM/F1/ROUGE-L/BLEU, citation accuracy", 5),
-        ("generate", "batch-answer questions from a JSONL file with a tuned run", 5),
-        ("chat", "interactive multi-turn chat with a tuned run", 5),
-        ("report", "regenerate a run's HTML report with plots", 5),
-    ]
-    for name, help_text, issue in stubs:
-        p = sub.add_parser(name, help=help_text)
-        p.description = help_text[0].upper() + help_text[1:] + f". (Not built yet: issue #{issue}.)"
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(func=_not_built(name, issue))
+    p = sub.add_parser("eval", help="evaluate base vs tuned: loss, EM/F1/ROUGE-L/BLEU, citation accuracy")
+    p.description = (
+        "Validation loss and perplexity of the tuned adapter and of the base model on the same data, and "
+        "generation metrics base vs tuned on held-out QA (exact match, token F1 and ROUGE-L over Vietnamese "
+        "syllables, BLEU, citation precision/recall/F1, answer length, share of answers that stop). Writes "
+        "RUN_DIR/eval.json and refreshes RUN_DIR/report.html."
+    )
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="the run to evaluate")
+    p.add_argument("--data", metavar="FILE", help="evaluation data instead of the run's eval set")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N evaluation records")
+    p.add_argument("--base-model", metavar="NAME", help="where the base weights are, if they moved")
+    p.add_argument("--no-base", action="store_true", help="skip the base-model comparison")
+    _add_generation_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="batch-answer questions from a JSONL file (resumable)")
+    p.description = (
+        "Answer every row of --input (question [+ context, id] or messages) into --output, batched with a "
+        "progress bar; rows already answered in --output are skipped, so an interrupted run resumes."
+    )
+    _add_model_source(p)
+    p.add_argument("--input", required=True, help="questions, JSONL")
+    p.add_argument("--output", required=True, help="answers, JSONL (appended)")
+    _add_generation_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat with a tuned run or a base model")
+    p.description = (
+        "Chat in the terminal with streamed answers; /reset, /system TEXT, /exit. Reads one question per line "
+        "from a pipe, so it can be scripted."
+    )
+    _add_model_source(p)
+    _add_generation_args(p, batch=False, max_new_tokens=512)
+    p.add_argument("--no-stream", action="store_true", help="print each answer whole")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("report", help="regenerate a run's HTML report with plots")
+    p.description = (
+        "Write RUN_DIR/report.html: loss, learning rate, tokens/s and memory plots, eval table, config."
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import Trainer
 from trl import SFTConfig, SFTTrainer
 
 from legaltune.config.load import save_config
@@ -27,8 +28,8 @@ from legaltune.train.callbacks import InterruptCallback, MetricsCallback
 from legaltune.train.rundir import make_run_dir, resolve_resume
 
 
-class LegalSFTTrainer(SFTTrainer):
-    """SFTTrainer that also counts trained (labelled) tokens, for metrics.jsonl."""
+class _CountsTrainedTokens:
+    """Mixin: counts trained (labelled) tokens for metrics.jsonl."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -39,10 +40,20 @@ class LegalSFTTrainer(SFTTrainer):
         if labels is not None:
             # stays on device; read only when logging, so no extra CPU-GPU sync per step
             self._trained_tokens = self._trained_tokens.to(labels.device) + (labels != -100).sum()
-        return super().training_step(model, inputs, num_items_in_batch)
+        return super().training_step(model, inputs, num_items_in_batch)  # type: ignore[misc]
 
     def trained_tokens_seen(self) -> int:
         return int(self._trained_tokens.item())
+
+
+class LegalSFTTrainer(_CountsTrainedTokens, SFTTrainer):
+    """TRL's SFTTrainer (its fused LM head computes the loss without full logits)."""
+
+
+class LegalLMHeadTrainer(_CountsTrainedTokens, Trainer):
+    """For runs that put LoRA on lm_head: TRL's fused head reads lm_head.weight directly and so refuses
+    an adapter there; transformers' Trainer computes the loss from the adapted head's logits, with the
+    same token-count normalisation across accumulated micro-batches."""
 
 
 def _supports(name: str) -> bool:
@@ -171,7 +182,9 @@ def run_training(
     eval_ds = _to_dataset(data.eval)
     if eval_ds is None and cfg.logging.eval_strategy != "no":
         args.eval_strategy = "no"
-    trainer = LegalSFTTrainer(
+    lm_head_adapted = "lm_head" in cfg.lora.target_modules
+    trainer_cls = LegalLMHeadTrainer if lm_head_adapted else LegalSFTTrainer
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=_to_dataset(data.train),
@@ -211,6 +224,9 @@ def run_training(
         "interrupted": interrupt.requested,
     }
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    from legaltune.report.html import write_report
+
+    write_report(run_dir)  # loss curves, lr, tokens/s, memory; `legaltune eval` refreshes it
     return TrainResult(
         run_dir,
         adapter_dir,

@@ -1,0 +1,252 @@
+"""`legaltune generate`: answer a JSONL file of questions with a tuned run or a base model.
+
+Resumable by construction: the output file is only ever appended to. On start, complete output
+lines are matched to input rows (by ``id`` when the input row has one, else by the 1-based input
+line number stored as ``input_line``), and only unanswered rows are generated. A last line left
+half-written by a crash (no trailing newline) is cut off before appending, so it cannot merge
+with the next row; complete lines are never touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from legaltune.data import vietnamese as vn
+from legaltune.data.schemas import user_prompt
+
+_Key = tuple[str, Any]
+
+
+@dataclass
+class Generator:
+    """A model ready to answer, with the prompt format it was trained with."""
+
+    model: Any
+    tokenizer: Any
+    name: str  # written into every output row's `model`
+    template: str | None  # chat template text; None = the tokenizer's own
+    end_of_turn: str | None
+    system_prompt: str | None
+    use_context: bool = True
+    nfc: bool = True
+    tone_style: str | None = None
+
+
+def model_label(run_dir: str | Path | None = None, model_name: str | None = None) -> str:
+    """What output rows record as ``model``: the run's absolute path, or the base model's name."""
+    if (run_dir is None) == (model_name is None):
+        raise ValueError("give exactly one of --run RUN_DIR or --model NAME")
+    return str(Path(run_dir).resolve()) if run_dir is not None else str(model_name)
+
+
+def load_generator(run_dir: str | Path | None = None, model_name: str | None = None) -> Generator:
+    """Load a run (base + adapter, its training prompt format) or a base model alone (defaults)."""
+    from legaltune.config.load import load_config
+    from legaltune.data.format import ChatFormatter, TemplateError, load_template
+
+    name = model_label(run_dir, model_name)
+    if run_dir is not None:
+        from legaltune.generate import load_run
+
+        model, tokenizer, cfg = load_run(run_dir)
+    else:
+        from legaltune.model.load import load_model
+
+        cfg = load_config(None)  # the defaults: legaltune's system prompt, the tokenizer's template
+        cfg.model = dataclasses.replace(cfg.model, model_name=model_name)
+        model, tokenizer = load_model(cfg.model, cfg.quantization)
+    template = load_template(cfg.data.chat_template)
+    try:
+        end_of_turn: str | None = ChatFormatter(tokenizer, template=template).end_of_turn.strip()
+    except TemplateError:
+        # A base model whose template does not close turns can still answer; it stops at eos only.
+        end_of_turn = None
+    return Generator(
+        model.eval(),
+        tokenizer,
+        name,
+        template,
+        end_of_turn,
+        cfg.data.system_prompt,
+        cfg.data.use_context,
+        cfg.data.nfc,
+        cfg.data.tone_style,
+    )
+
+
+def _clean(text: str, gen: Generator) -> str:
+    # The same hygiene as training (NFC, tone style), so that NFD input tokenizes as the model saw it.
+    return vn.clean(text, nfc=gen.nfc, tone_style=gen.tone_style)  # type: ignore[arg-type]
+
+
+def row_messages(row: dict[str, Any], gen: Generator, where: str = "") -> list[dict[str, str]]:
+    """Conversation to answer for an input row: ``messages`` (a trailing assistant turn is dropped),
+    or ``question`` with an optional ``context``, formatted as in training; system prompt prepended."""
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
+            raise ValueError(f"{where}field 'messages' must be a list of {{role, content}}")
+        msgs = [{"role": m.get("role", ""), "content": _clean(str(m.get("content", "")), gen)} for m in msgs]
+        while msgs and msgs[-1]["role"] == "assistant":
+            msgs = msgs[:-1]  # a reference answer: the model answers the user turn before it
+        if not msgs or msgs[-1]["role"] != "user":
+            raise ValueError(f"{where}'messages' must end with a user turn")
+    elif isinstance(row.get("question"), str) and row["question"].strip():
+        context = row.get("context") if gen.use_context else None
+        text = user_prompt(row["question"], context if isinstance(context, str) else "")
+        msgs = [{"role": "user", "content": _clean(text, gen)}]
+    else:
+        raise ValueError(f"{where}a row needs a non-empty 'question' (+ optional 'context') or 'messages'")
+    if gen.system_prompt and msgs[0]["role"] != "system":
+        msgs = [{"role": "system", "content": gen.system_prompt}, *msgs]
+    return msgs
+
+
+def read_input(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(1-based line number, row) for each non-blank line of a JSONL file."""
+    rows = []
+    with path.open(encoding="utf-8-sig") as fh:  # -sig: tolerate a BOM written by Windows editors
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: each line must be a JSON object")
+            rows.append((n, row))
+    return rows
+
+
+def row_key(line: int, row: dict[str, Any]) -> _Key:
+    return ("id", row["id"]) if row.get("id") is not None else ("line", line)
+
+
+def _done_keys(path: Path, model_name: str) -> set[_Key]:
+    """Keys of rows already answered; cuts off a half-written last line (the only write ever undone)."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    if complete < len(data):
+        print(
+            f"{path}: dropping a half-written last line ({len(data) - complete} bytes) before resuming",
+            file=sys.stderr,
+        )
+        with path.open("r+b") as fh:
+            fh.truncate(complete)
+    done: set[_Key] = set()
+    for n, line in enumerate(data[:complete].decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            print(
+                f"{path}:{n}: unreadable line left as is; its question will be answered again",
+                file=sys.stderr,
+            )
+            continue
+        if row.get("model") not in (None, model_name):
+            raise ValueError(
+                f"{path}:{n} was written by {row['model']!r}, not {model_name!r}; "
+                "write to another --output rather than mixing two models' answers"
+            )
+        if row.get("id") is not None:
+            done.add(("id", row["id"]))
+        elif isinstance(row.get("input_line"), int):
+            done.add(("line", row["input_line"]))
+    return done
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def generate_file(
+    input_jsonl: str | Path,
+    output_jsonl: str | Path,
+    *,
+    run_dir: str | Path | None = None,
+    model_name: str | None = None,
+    generator: Generator | None = None,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Answer every row of ``input_jsonl`` not yet in ``output_jsonl``, appending one row per answer.
+
+    Each output row is the input row plus ``answer``, ``stopped``, ``new_tokens``, ``model`` and
+    ``input_line`` (an input ``answer``, e.g. an eval file's gold answer, moves to ``reference``).
+    Returns counts: total, skipped (already answered), generated.
+    """
+    from tqdm.auto import tqdm
+
+    from legaltune.generate import generate_answers
+
+    src, dst = Path(input_jsonl), Path(output_jsonl)
+    rows = read_input(src)
+    keys = [row_key(n, r) for n, r in rows]
+    dupes = sorted(str(k[1]) for k, c in Counter(keys).items() if c > 1)
+    if dupes:
+        # Resuming matches rows by id; two rows sharing one would be answered once.
+        raise ValueError(f"{src}: duplicate ids {', '.join(dupes[:5])}; ids must be unique")
+    done = _done_keys(dst, generator.name if generator else model_label(run_dir, model_name))
+    pending = [(n, r) for (n, r), k in zip(rows, keys, strict=True) if k not in done]
+    if not pending:  # a finished file: answer at once, without loading the model
+        return {"total": len(rows), "skipped": len(rows), "generated": 0, "output": str(dst)}
+    gen = generator or load_generator(run_dir, model_name)
+    convs = [row_messages(r, gen, f"{src}:{n}: ") for n, r in pending]  # all checked before generating
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(pending), desc="generating", unit="q", disable=not show_progress, dynamic_ncols=True)
+    with dst.open("a", encoding="utf-8") as out:
+        for batch in _chunks(list(zip(pending, convs, strict=True)), batch_size):
+            answers = generate_answers(
+                gen.model,
+                gen.tokenizer,
+                [c for _, c in batch],
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_p=top_p,
+                chat_template=gen.template,
+                end_of_turn=gen.end_of_turn,
+            )
+            for ((n, row), _), ans in zip(batch, answers, strict=True):
+                rec = dict(row)
+                if "answer" in rec and "reference" not in rec:
+                    rec["reference"] = rec.pop(
+                        "answer"
+                    )  # an eval file's gold answer is kept, not overwritten
+                rec.update(
+                    answer=ans.text,
+                    stopped=ans.stopped,
+                    new_tokens=ans.new_tokens,
+                    model=gen.name,
+                    input_line=n,
+                )
+                out.write(json.dumps(rec, ensure_ascii=False) + "\n")  # one write per line: whole or cut
+            out.flush()
+            os.fsync(out.fileno())  # a crash loses at most the batch being generated
+            bar.update(len(batch))
+    bar.close()
+    return {
+        "total": len(rows),
+        "skipped": len(rows) - len(pending),
+        "generated": len(pending),
+        "output": str(dst),
+    }

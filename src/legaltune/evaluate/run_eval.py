@@ -1,0 +1,383 @@
+"""`legaltune eval`: a run's tuned adapter against its base model on the same held-out data.
+
+Both sides are the same loaded weights: the base is the PEFT model inside ``disable_adapter()``,
+so nothing is loaded twice and the comparison cannot pick up a different checkpoint or dtype.
+Loss is token-weighted (summed token losses / trained tokens over the whole eval set), so long
+answers count per token, as in training; perplexity is exp(loss).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from legaltune.evaluate.citations import aggregate_citation_scores, citation_scores
+from legaltune.evaluate.metrics import bleu, exact_match, rouge_l, syllables, token_f1
+
+EVAL_FILE = "eval.json"
+
+
+def _load(run_dir: Path, base_model: str | None) -> tuple[Any, Any, Any]:
+    from legaltune.generate import load_run
+
+    if base_model is None:
+        return load_run(run_dir)
+    # The base moved (another machine, a local copy of a hub model): same run, other weights path.
+    from peft import PeftModel
+
+    from legaltune.config.load import load_config
+    from legaltune.model.load import load_model
+
+    cfg = load_config(run_dir / "config.yaml")
+    cfg.model = dataclasses.replace(cfg.model, model_name=base_model)
+    base, tokenizer = load_model(cfg.model, cfg.quantization)
+    return PeftModel.from_pretrained(base, str(run_dir / "adapter")), tokenizer, cfg
+
+
+def _eval_config(cfg: Any, data_file: str | Path | None) -> Any:
+    if data_file is None:
+        return cfg  # the run's own held-out split, sampled exactly as during training
+    # prepare_data always reads a train file; pointing it at the eval file (one sampled record
+    # kept) means evaluating does not need the training data to be present.
+    cfg.data = dataclasses.replace(
+        cfg.data,
+        train_file=str(data_file),
+        eval_file=str(data_file),
+        max_train_examples=1,
+        max_eval_examples=None,
+    )
+    return cfg
+
+
+def token_loss(
+    model: Any, rows: list[dict[str, Any]], *, batch_size: int, pad_token_id: int
+) -> tuple[float, int]:
+    """(summed token loss / trained tokens, trained tokens) over tokenized rows (packed or not)."""
+    import torch  # here, not at module level: the report imports this module's table helpers
+    from torch.nn.functional import cross_entropy
+
+    from legaltune.data.format import IGNORE
+    from legaltune.data.pack import BatchCollator
+
+    collate = BatchCollator(pad_token_id=pad_token_id)
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            batch = collate(rows[i : i + batch_size])
+            labels = batch.pop("labels").to(device)
+            # use_cache=False: a KV cache would hide the position resets that separate packed examples
+            logits = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False).logits
+            for r in range(logits.shape[0]):  # one row at a time: an fp32 copy of all logits can be GBs
+                target = labels[r, 1:]
+                keep = target != IGNORE
+                total += cross_entropy(logits[r, :-1][keep].float(), target[keep], reduction="sum").item()
+                count += int(keep.sum())
+    return total / count, count
+
+
+def _perplexity(loss: float) -> float | None:
+    return math.exp(loss) if loss < 700 else None  # exp overflows a double past ~709; JSON has no inf
+
+
+def _loss_rows(prep: Any, records: list[dict[str, Any]], cfg: Any, limited: bool) -> list[dict[str, Any]]:
+    if not limited:
+        return prep.eval  # every eval example, as training evaluated it (packed rows included)
+    rows = []
+    for rec in records:  # the first N conversations only, so loss and generation see the same data
+        enc = prep.formatter.encode(rec["messages"], cfg.model.max_seq_length, cfg.data.overlength)
+        if enc is not None and enc.trained:
+            rows.append({"input_ids": enc.input_ids, "labels": enc.labels})
+    return rows
+
+
+def split_turn(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str, str]:
+    """(prompt, question, reference): the final assistant turn is the reference, all before it the prompt."""
+    k = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    prompt = messages[:k]
+    question = next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+    return prompt, question, messages[k]["content"]
+
+
+def _generate(
+    model: Any, tokenizer: Any, prompts: list[Any], gen: dict[str, Any], desc: str, show: bool, seed: int
+) -> list[Any]:
+    import torch
+    from tqdm.auto import tqdm
+
+    from legaltune.generate import generate_answers
+
+    torch.manual_seed(seed)  # sampled runs repeat; base and tuned draw from the same stream start
+    # Longest prompts first so that each batch pads little; answers go back to question order.
+    order = sorted(range(len(prompts)), key=lambda i: -sum(len(m["content"]) for m in prompts[i]))
+    out: list[Any] = [None] * len(prompts)
+    size = gen["batch_size"]
+    with tqdm(total=len(prompts), desc=desc, unit="q", disable=not show, dynamic_ncols=True) as bar:
+        for i in range(0, len(order), size):
+            idx = order[i : i + size]
+            for j, ans in zip(
+                idx, generate_answers(model, tokenizer, [prompts[j] for j in idx], **gen), strict=True
+            ):
+                out[j] = ans
+            bar.update(len(idx))
+    return out
+
+
+def score_answers(answers: list[Any], refs: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(summary, per-question rows) for answers against references."""
+    texts = [a.text for a in answers]
+    per = []
+    for a, ref in zip(answers, refs, strict=True):
+        c = citation_scores(a.text, ref)
+        per.append(
+            {
+                "answer": a.text,
+                "new_tokens": a.new_tokens,
+                "syllables": len(syllables(a.text)),
+                "stopped": a.stopped,
+                "exact_match": exact_match(a.text, ref),
+                "token_f1": round(token_f1(a.text, ref), 4),
+                "rouge_l": round(rouge_l(a.text, ref), 4),
+                "citation_precision": c["precision"],
+                "citation_recall": c["recall"],
+                "citation_f1": c["f1"],
+            }
+        )
+    cit = aggregate_citation_scores(zip(texts, refs, strict=True))
+    cit_article = aggregate_citation_scores(zip(texts, refs, strict=True), level="article")
+    summary = {
+        "exact_match": statistics.fmean(p["exact_match"] for p in per),
+        "token_f1": statistics.fmean(p["token_f1"] for p in per),
+        "rouge_l": statistics.fmean(p["rouge_l"] for p in per),
+        "bleu": bleu(texts, refs),
+        "citation_precision": cit["precision"],
+        "citation_recall": cit["recall"],
+        "citation_f1": cit["f1"],
+        "citation_f1_article_level": cit_article["f1"],  # clause/point ignored: right article, wrong clause
+        "mean_new_tokens": statistics.fmean(p["new_tokens"] for p in per),
+        "mean_syllables": statistics.fmean(p["syllables"] for p in per),
+        "stopped_rate": statistics.fmean(float(p["stopped"]) for p in per),
+        "citations": cit,
+    }
+    return summary, per
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write via a temp file in the same directory + rename: readers never see a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, ensure_ascii=False, indent=2, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _evaluate_side(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    prompts: list[Any],
+    refs: list[str],
+    gen: dict[str, Any],
+    side: str,
+    show: bool,
+    cfg: Any,
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, float]]:
+    """Loss, answers and scores of the model as it is now (adapter on, or inside disable_adapter())."""
+    t0 = time.perf_counter()
+    pad = tokenizer.pad_token_id or 0
+    loss, tokens = (
+        token_loss(model, rows, batch_size=gen["batch_size"], pad_token_id=pad) if rows else (None, 0)
+    )
+    t1 = time.perf_counter()
+    answers = _generate(model, tokenizer, prompts, gen, f"{side} answers", show, cfg.effective_seed)
+    t2 = time.perf_counter()
+    summary, per = score_answers(answers, refs)
+    summary |= {
+        "loss": loss,
+        "perplexity": _perplexity(loss) if loss is not None else None,
+        "loss_tokens": tokens,
+    }
+    new_tokens = sum(a.new_tokens for a in answers)
+    times = {
+        "loss_s": round(t1 - t0, 2),
+        "generation_s": round(t2 - t1, 2),
+        "new_tokens_per_s": round(new_tokens / (t2 - t1), 1) if t2 > t1 else 0.0,
+    }
+    return summary, per, times
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    data_file: str | Path | None = None,
+    limit: int | None = None,
+    base_model: str | None = None,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    compare_base: bool = True,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate RUN_DIR's adapter (and its base) on held-out data; write RUN_DIR/eval.json and return it."""
+    from legaltune.data.prepare import prepare_data
+
+    run_dir = Path(run_dir)
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be ≥ 1 (got {limit})")
+    model, tokenizer, cfg = _load(run_dir, base_model)
+    model.eval()
+    cfg = _eval_config(cfg, data_file)
+    prep = prepare_data(cfg, tokenizer)
+    available = prep.eval_records
+    if not available:
+        raise ValueError(
+            f"{run_dir}: the run has no evaluation conversations (data.eval_file / val_split); "
+            "pass --data FILE"
+        )
+    records = available[:limit] if limit is not None else available
+    rows = _loss_rows(prep, records, cfg, limit is not None)
+    turns = [split_turn(r["messages"]) for r in records]
+    prompts, refs = [t[0] for t in turns], [t[2] for t in turns]
+    gen = {
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "do_sample": do_sample,
+        "temperature": temperature,
+        "top_p": top_p,
+        "chat_template": prep.formatter.template,
+        "end_of_turn": prep.formatter.end_of_turn.strip(),
+    }
+    sides = ("tuned", "base") if compare_base else ("tuned",)
+    results: dict[str, Any] = {}
+    timing: dict[str, float] = {}
+    for side in sides:
+        # disable_adapter() turns the LoRA layers off in place: the base on the same weights
+        with model.disable_adapter() if side == "base" else contextlib.nullcontext():
+            summary, per, times = _evaluate_side(
+                model, tokenizer, rows, prompts, refs, gen, side, show_progress, cfg
+            )
+        results[side] = (summary, per)
+        timing.update({f"{side}_{k}": v for k, v in times.items()})
+    loss_tokens = results["tuned"][0].pop("loss_tokens")
+    if compare_base:
+        results["base"][0].pop("loss_tokens")
+    questions = []
+    for i, (rec, (_, question, ref)) in enumerate(zip(records, turns, strict=True)):
+        row = {"id": rec.get("id"), "loc": rec["loc"], "question": question, "reference": ref}
+        for side in sides:
+            row[side] = results[side][1][i]
+        questions.append(row)
+    summary_file = run_dir / "train_summary.json"
+    trainer_loss = None
+    if data_file is None and limit is None and summary_file.is_file():
+        # Same rows as the trainer's final evaluation: a consistency check on the loss (the trainer
+        # averages per batch, so a small difference is expected when batches differ in tokens).
+        trainer_loss = json.loads(summary_file.read_text(encoding="utf-8")).get("eval_loss_after")
+    result = {
+        "run_dir": str(run_dir),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "base_model": cfg.model.model_name,
+        "data": {
+            "source": str(data_file)
+            if data_file
+            else (cfg.data.eval_file or f"val_split of {cfg.data.train_file}"),
+            "available": len(available),
+            "limit": limit,
+            "questions": len(records),
+            "loss_rows": len(rows),
+            "loss_tokens": loss_tokens,
+            "multi_turn": sum(1 for p in prompts if sum(m["role"] == "user" for m in p) > 1),
+        },
+        "generation": {k: v for k, v in gen.items() if k not in ("chat_template",)},
+        "tuned": results["tuned"][0],
+        "base": results["base"][0] if compare_base else None,
+        "trainer_eval_loss": trainer_loss,
+        "timing_s": timing,
+        "questions": questions,
+    }
+    write_json_atomic(run_dir / EVAL_FILE, result)
+    return result
+
+
+# (key, label, format, which direction is better: -1 lower, +1 higher, 0 neither)
+TABLE_ROWS: list[tuple[str, str, str, int]] = [
+    ("loss", "eval loss (token-weighted)", "f4", -1),
+    ("perplexity", "perplexity", "f2", -1),
+    ("exact_match", "exact match", "pct", 1),
+    ("token_f1", "token F1 (syllables)", "pct", 1),
+    ("rouge_l", "ROUGE-L", "pct", 1),
+    ("bleu", "BLEU", "f2", 1),
+    ("citation_precision", "citation precision", "pct", 1),
+    ("citation_recall", "citation recall", "pct", 1),
+    ("citation_f1", "citation F1", "pct", 1),
+    ("citation_f1_article_level", "citation F1 (article level)", "pct", 1),
+    ("mean_new_tokens", "mean answer length (tokens)", "f1", 0),
+    ("mean_syllables", "mean answer length (syllables)", "f1", 0),
+    ("stopped_rate", "answers that stop", "pct", 1),
+]
+
+
+def fmt_value(value: float | None, kind: str) -> str:
+    if value is None:
+        return "—"
+    return f"{100 * value:.1f} %" if kind == "pct" else f"{value:.{kind[1]}f}"
+
+
+def fmt_delta(base: float | None, tuned: float | None, kind: str) -> str:
+    if base is None or tuned is None:
+        return ""
+    d = tuned - base
+    return f"{100 * d:+.1f} pt" if kind == "pct" else f"{d:+.{kind[1]}f}"
+
+
+def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, int]]:
+    """(label, base, tuned, delta, sign) per metric; sign is +1 better, -1 worse, 0 neutral/unknown."""
+    base, tuned = result.get("base") or {}, result["tuned"]
+    out = []
+    for key, label, kind, better in TABLE_ROWS:
+        b, t = base.get(key), tuned.get(key)
+        sign = 0 if (b is None or t is None or better == 0 or t == b) else (1 if (t - b) * better > 0 else -1)
+        out.append((label, fmt_value(b, kind), fmt_value(t, kind), fmt_delta(b, t, kind), sign))
+    return out
+
+
+def render_eval(result: dict[str, Any], console: Any = None) -> None:
+    """Print base vs tuned (and the change) as a rich table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    d, g = result["data"], result["generation"]
+    limit = f", first {d['limit']} of {d['available']} (--limit)" if d["limit"] is not None else ""
+    table = Table(
+        title=f"{result['run_dir']}: {d['questions']} questions from {d['source']}{limit}",
+        caption=(
+            f"{'sampled' if g['do_sample'] else 'greedy'}, ≤ {g['max_new_tokens']} new tokens; loss over "
+            f"{d['loss_tokens']:,} answer tokens; written to {Path(result['run_dir']) / EVAL_FILE}"
+        ),
+    )
+    table.add_column("metric")
+    table.add_column("base", justify="right")
+    table.add_column("tuned", justify="right")
+    table.add_column("Δ", justify="right")
+    for label, b, t, delta, sign in table_rows(result):
+        style = {1: "green", -1: "red"}.get(sign, "")
+        table.add_row(label, b, t, f"[{style}]{delta}[/{style}]" if style else delta)
+    console.print(table)
+    if result.get("trainer_eval_loss") is not None:
+        console.print(f"trainer's final eval loss (train_summary.json): {result['trainer_eval_loss']:.4f}")

@@ -1,0 +1,1 @@
+"""Run reports: RUN_DIR/report.html with training curves, memory, evaluation and data summaries."""

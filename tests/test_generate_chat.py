@@ -1,0 +1,182 @@
+"""`legaltune generate` (batched, resumable JSONL) and `legaltune chat` over a pipe, on a tiny run."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_eval import make_tiny_run, write_jsonl
+
+QUESTIONS = [
+    {"id": "a", "question": "Thời gian thử việc tối đa là bao lâu?"},
+    {"question": "Tuổi kết hôn của nữ là bao nhiêu?"},  # no id: matched by its input line
+    {"messages": [{"role": "user", "content": "Nghỉ phép năm bao nhiêu ngày?"}]},
+    {
+        "id": "d",
+        "question": "Công ty nợ lương thì sao?",
+        "context": "Điều 35 Bộ luật Lao động 2019 …",
+        "answer": "Được nghỉ không cần báo trước (điểm b khoản 2 Điều 35).",
+    },
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # The tiny model's matmuls are too small to gain from threads; on a shared CPU extra threads only
+    # wait on each other (measured: tests/test_eval.py 28 s with 2 threads, 14 s with 1).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tokenizer) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("gen"), tokenizer, system_prompt="Bạn là trợ lý pháp lý.")
+
+
+@pytest.fixture(scope="module")
+def gen(run):
+    from legaltune.evaluate.batch import load_generator
+
+    return load_generator(run_dir=run)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+
+def test_generate_writes_rows_and_resumes(run, gen, tmp_path):
+    from legaltune.evaluate.batch import generate_file
+
+    inp, out = write_jsonl(tmp_path / "q.jsonl", QUESTIONS), tmp_path / "a.jsonl"
+    kw = {"max_new_tokens": 3, "batch_size": 2, "show_progress": False}
+    first = generate_file(inp, out, run_dir=run, **kw)  # loads the run itself once
+    assert first == {"total": 4, "skipped": 0, "generated": 4, "output": str(out)}
+    rows = [json.loads(x) for x in lines(out)]
+    assert [r["input_line"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert isinstance(r["answer"], str) and isinstance(r["stopped"], bool)
+        assert 0 < r["new_tokens"] <= 3 and r["model"] == str(run.resolve())
+    assert rows[0]["id"] == "a" and rows[3]["context"].startswith("Điều 35")
+    assert rows[3]["reference"].startswith("Được nghỉ")  # the gold answer is kept, not overwritten
+
+    before = out.read_bytes()
+    assert generate_file(inp, out, run_dir=run, **kw)["skipped"] == 4  # and returns without loading
+    assert out.read_bytes() == before
+
+    # Delete the id-less row: only it is answered again, appended; every other line is untouched.
+    kept = lines(out)
+    out.write_text("".join(kept[:1] + kept[2:]), encoding="utf-8")
+    again = generate_file(inp, out, generator=gen, **kw)
+    assert (again["generated"], again["skipped"]) == (1, 3)
+    now = lines(out)
+    assert now[:3] == kept[:1] + kept[2:] and json.loads(now[3]) == json.loads(kept[1])  # greedy: same answer
+
+    # A crash mid-write leaves a half line: it is cut off and its row regenerated, nothing else changes.
+    out.write_text("".join(now[:3]) + now[3][:20], encoding="utf-8")
+    generate_file(inp, out, generator=gen, **kw)
+    final = lines(out)
+    assert final[:3] == now[:3] and final[3] == now[3] and len(final) == 4
+
+
+def test_generate_refuses_to_mix_models_and_checks_input(run, gen, tmp_path):
+    from legaltune.evaluate.batch import generate_file
+
+    inp, out = write_jsonl(tmp_path / "q.jsonl", QUESTIONS[:1]), tmp_path / "a.jsonl"
+    generate_file(inp, out, model_name=str(run.parent / "base"), max_new_tokens=2, show_progress=False)
+    assert json.loads(lines(out)[0])["model"] == str(run.parent / "base")
+    with pytest.raises(ValueError, match="another --output"):
+        generate_file(inp, out, generator=gen, max_new_tokens=2, show_progress=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "question": "x"}\n{"id": 2}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: a row needs"):
+        generate_file(bad, tmp_path / "b.jsonl", generator=gen, show_progress=False)
+    write_jsonl(bad, [{"id": 1, "question": "x"}, {"id": 1, "question": "y"}])
+    with pytest.raises(ValueError, match="duplicate ids"):
+        generate_file(bad, tmp_path / "b.jsonl", generator=gen, show_progress=False)
+
+
+def test_chat_over_a_pipe(gen, monkeypatch):
+    import legaltune.chat as chat
+
+    seen: list[list[dict[str, str]]] = []
+    real = chat._prompt_ids
+
+    def spy(tokenizer, messages, template, device):
+        seen.append(messages)
+        return real(tokenizer, messages, template, device)
+
+    monkeypatch.setattr(chat, "_prompt_ids", spy)
+    script = "Câu hỏi một?\nCâu hỏi hai?\n/reset\n\n/system Bạn là luật sư.\nCâu hỏi ba?\n/exit\nkhông đọc\n"
+    out, err = io.StringIO(), io.StringIO()
+    turns = chat.chat_loop(
+        gen.model,
+        gen.tokenizer,
+        system_prompt=gen.system_prompt,
+        template=gen.template,
+        end_of_turn=gen.end_of_turn,
+        stream=True,
+        input_stream=io.StringIO(script),
+        output=out,
+        status=err,
+        max_new_tokens=3,
+    )
+    assert [t["question"] for t in turns] == ["Câu hỏi một?", "Câu hỏi hai?", "Câu hỏi ba?"]
+    # history kept between lines, cleared by /reset; /system replaces the system prompt
+    assert [[m["role"] for m in s] for s in seen] == [
+        ["system", "user"],
+        ["system", "user", "assistant", "user"],
+        ["system", "user"],
+    ]
+    assert seen[1][2]["content"] == turns[0]["answer"] and seen[2][0]["content"] == "Bạn là luật sư."
+    # stdout carries the streamed answers only; notices went to stderr
+    assert out.getvalue().split() == " ".join(t["answer"] for t in turns).split()
+    assert "conversation cleared" in err.getvalue() and "luật sư" in err.getvalue()
+
+
+def test_chat_without_streaming_writes_each_answer_once(gen):
+    from legaltune.chat import chat_loop
+
+    out = io.StringIO()
+    turns = chat_loop(
+        gen.model,
+        gen.tokenizer,
+        system_prompt=None,
+        template=gen.template,
+        end_of_turn=gen.end_of_turn,
+        stream=False,
+        input_stream=io.StringIO("Điều 35 quy định gì?\n/unknown\nCòn Điều 36?"),  # no final newline
+        output=out,
+        status=io.StringIO(),
+        max_new_tokens=2,
+    )
+    assert len(turns) == 2
+    assert out.getvalue() == "".join(t["answer"] + "\n" for t in turns)
+
+
+def test_chat_drops_oldest_turns_beyond_the_context(gen, monkeypatch):
+    from legaltune.chat import _prompt_ids, chat_loop
+
+    q = "Điều 35 quy định gì?"
+    system = [{"role": "system", "content": gen.system_prompt}]
+    first = _prompt_ids(gen.tokenizer, [*system, {"role": "user", "content": q}], gen.template, "cpu")
+    # Room for one question and its answer, not for two.
+    monkeypatch.setattr(gen.model.config, "max_position_embeddings", first.shape[1] + 3 + 2)
+    err = io.StringIO()
+    turns = chat_loop(
+        gen.model,
+        gen.tokenizer,
+        system_prompt=gen.system_prompt,
+        template=gen.template,
+        end_of_turn=gen.end_of_turn,
+        input_stream=io.StringIO(f"{q}\n{q}\n"),
+        output=io.StringIO(),
+        status=err,
+        max_new_tokens=3,
+    )
+    assert len(turns) == 2 and "dropped the oldest turn" in err.getvalue()
