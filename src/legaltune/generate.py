@@ -70,13 +70,11 @@ def generate_answers(
             for row in new.tolist():
                 stop_at = next((k for k, t in enumerate(row) if t in stops), None)
                 kept = row if stop_at is None else row[:stop_at]
-                out.append(
-                    Answer(
-                        tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                        len(kept),
-                        stop_at is not None,
-                    )
-                )
+                text = tokenizer.decode(kept, skip_special_tokens=True)
+                if stop_at is None:
+                    # the token limit can cut a multi-byte character in half; drop the broken tail
+                    text = text.rstrip("\ufffd")
+                out.append(Answer(text.strip(), len(kept), stop_at is not None))
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
