@@ -231,3 +231,17 @@ def test_embeddings_and_lm_head_can_be_trained(tmp_path, tokenizer):
     res = train(cfg, tokenizer)
     keys = adapter(res.run_dir).keys()
     assert any("embed_tokens" in k for k in keys) and any("lm_head" in k for k in keys)
+
+
+def test_group_by_length_only_without_packing(tmp_path):
+    from legaltune.train.trainer import build_args
+
+    def grouped(**data):
+        args = build_args(base_cfg(tmp_path, data=data), tmp_path, use_cuda=False, dtype=torch.float32)
+        return getattr(args, "train_sampling_strategy", None) == "group_by_length" or getattr(
+            args, "group_by_length", False
+        )
+
+    assert grouped(group_by_length=True, packing=False)
+    assert not grouped(group_by_length=True, packing=True)
+    assert not grouped(group_by_length=False)

@@ -288,6 +288,10 @@ class DataConfig:
     max_eval_examples: int | None = opt(
         None, "Use only this many evaluation examples (seeded sample, reported).", ge=1
     )
+    group_by_length: bool = opt(
+        True,
+        "Without packing, put examples of similar length in the same micro-batch (less padding); randomised per mega-batch.",
+    )
     dedup: bool = opt(True, "Drop exact duplicate records (counted).")
     dataloader_num_workers: int = opt(
         8, "Worker processes for loading and mapping data.", seed="000: 8 (4–8 optimal).", ge=0

@@ -101,6 +101,13 @@ def build_args(cfg: Config, run_dir: Path, *, use_cuda: bool, dtype: torch.dtype
         "packing": False,  # packing is done in legaltune.data.pack, with per-example positions
         "disable_tqdm": True,  # our progress bar shows loss, lr, tokens/s and ETA
     }
+    if d.group_by_length and not d.packing:
+        # transformers ≥ 5.2x: a sampling strategy; older 5.x: a boolean flag. Lengths come from the "length" column.
+        if _supports("train_sampling_strategy"):
+            kwargs["train_sampling_strategy"] = "group_by_length"
+        elif _supports("group_by_length"):
+            kwargs["group_by_length"] = True
+        kwargs["length_column_name"] = "length"
     if _supports("activation_checkpointing"):  # transformers ≥ 5.2x renamed it; the old name warns
         kwargs["activation_checkpointing"] = False
     if lg.save_steps:
@@ -139,7 +146,9 @@ class TrainResult:
 def _to_dataset(rows: list[dict[str, Any]]):
     from datasets import Dataset
 
-    return Dataset.from_list(rows) if rows else None
+    if not rows:
+        return None
+    return Dataset.from_list([{**r, "length": len(r["input_ids"])} for r in rows])
 
 
 def run_training(

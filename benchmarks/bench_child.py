@@ -1,0 +1,208 @@
+"""The child process: one row, every shape; timed steps, peak memory, one JSON line per shape."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import importlib.util
+import json
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+# Nothing heavy at module level: an Unsloth child must import unsloth before torch/transformers.
+from bench_model import compute_dtype_name
+from bench_rows import ROWS, Ctx, parse_shapes, split_variant
+from bench_settings import GIB, LEARNING_RATE, MARK, SEED, WEIGHT_DECAY
+
+# --------------------------------------------------------------------------------------------
+# Child: one row, every shape
+# --------------------------------------------------------------------------------------------
+
+
+def _emit(record: dict[str, Any]) -> None:
+    print(MARK + json.dumps(record), flush=True)
+
+
+def _sync(cuda: bool) -> None:
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _release(cuda: bool) -> None:
+    gc.collect()
+    if cuda:
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def _failure(exc: BaseException, where: str = "") -> tuple[str, str]:
+    """(status, reason) of a failed step: Triton and bitsandbytes report running out of memory
+    as a RuntimeError, not torch.OutOfMemoryError; those count as OOM too."""
+    text = str(exc).strip()
+    status = "oom" if "out of memory" in text.lower() else "error"
+    return status, f"{where}{type(exc).__name__}: {text[:300]}"
+
+
+def run_shape(
+    model: Any, opt: Any, seq: int, batch: int, warmup: int, steps: int, device: str
+) -> dict[str, Any]:
+    """Warm-up + timed steps at one shape; a dict with status ok / oom / error."""
+    import torch
+
+    cuda = device == "cuda"
+    gen = torch.Generator(device=device).manual_seed(SEED)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq), device=device, generator=gen)
+    rec: dict[str, Any] = {"seq": seq, "batch": batch, "tokens_per_step": seq * batch}
+    _release(cuda)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    warm: list[float] = []
+    timed: list[float] = []
+    out = loss = None
+    failure: tuple[str, str] | None = None
+    try:
+        for i in range(warmup + steps):
+            _sync(cuda)
+            t0 = time.perf_counter()
+            out = model(input_ids=ids, labels=ids)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss = out.loss.detach()
+            # Drop the output (HF's holds [tokens × vocab] logits) before the next forward, or the
+            # next step's peak would include this step's logits.
+            out = None
+            _sync(cuda)
+            (timed if i >= warmup else warm).append(time.perf_counter() - t0)
+    except torch.OutOfMemoryError as exc:
+        failure = ("oom", str(exc).strip().splitlines()[0][:300])
+    except Exception as exc:  # a broken row must not take the others down
+        traceback.print_exc()
+        failure = _failure(exc)
+    # Out of the except block: the traceback (and the autograd graph it pins) is gone now.
+    out = None
+    if cuda:
+        rec["peak_alloc_gib"] = torch.cuda.max_memory_allocated() / GIB
+        rec["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GIB
+    opt.zero_grad(set_to_none=True)
+    del ids
+    _release(cuda)
+    rec["warmup_s"] = warm
+    rec["step_s"] = timed
+    if failure is not None:
+        rec["status"], rec["reason"] = failure
+        return rec
+    median = statistics.median(timed)
+    rec.update(
+        status="ok",
+        tokens_per_s=seq * batch / median,
+        tokens_per_s_steps=[seq * batch / t for t in timed],
+        step_median_s=median,
+        loss=float(loss) if loss is not None else None,
+    )
+    return rec
+
+
+def child_main(args: argparse.Namespace) -> int:
+    variant = args.child
+    base, qlora = split_variant(variant)
+    row = ROWS[base]
+    shapes = parse_shapes(args.shapes)
+
+    def emit_all(**fields: Any) -> int:
+        for seq, batch in shapes:
+            _emit({"variant": variant, "seq": seq, "batch": batch, "tokens_per_step": seq * batch, **fields})
+        return 0
+
+    def import_needs() -> str | None:
+        for module in row.needs:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:
+                return f"import {module} failed: {type(exc).__name__}: {str(exc).strip()[:200]}"
+        return None
+
+    # Import the row's own engine first: Unsloth patches transformers/peft on import and has to
+    # come before them (this module imports neither at top level for that reason). A prestarted
+    # row imports it only once the GPU is its own (Liger's import may create a CUDA context).
+    if not args.wait_go and (reason := import_needs()):
+        return emit_all(status="skipped", reason=reason)
+    import torch
+
+    cuda = torch.cuda.is_available()  # counts devices; creates no CUDA context
+    if (qlora or row.from_dir) and not cuda:
+        return emit_all(status="skipped", reason="needs a CUDA GPU")
+    if qlora and importlib.util.find_spec("bitsandbytes") is None:
+        return emit_all(status="skipped", reason="bitsandbytes not installed")
+    if args.wait_go:
+        # Prestarted: import what the setup needs (CPU only, seconds) while the previous row
+        # measures, then wait until the GPU is ours. From here on, a CUDA context may be created.
+        for module in ("transformers", "peft", "legaltune.model.lora"):
+            importlib.import_module(module)
+        from transformers import AutoConfig, AutoModelForCausalLM  # noqa: F401  (resolves lazy modules)
+
+        word, _, deadline = sys.stdin.readline().partition(" ")
+        if word.strip() != "go":
+            return 0
+        args.deadline = float(deadline)
+        if reason := import_needs():
+            return emit_all(status="skipped", reason=reason)
+    device = "cuda" if cuda else "cpu"
+    info: dict[str, Any] = {
+        "variant": variant,
+        "device": device,
+        "dtype": compute_dtype_name(cuda),
+        "torch_cuda": torch.version.cuda,
+    }
+    if cuda:
+        props = torch.cuda.get_device_properties(0)
+        info.update(device_name=props.name, device_total_gib=props.total_memory / GIB)
+    else:
+        info.update(device_name=platform.processor() or platform.machine(), device_total_gib=None)
+    ctx = Ctx(
+        variant=variant,
+        qlora=qlora,
+        arch=args.arch,
+        layers=args.layers,
+        max_seq=max(seq for seq, _ in shapes),
+        device=device,
+        dtype=compute_dtype_name(cuda),
+        model_dir=Path(args.model_dir) if args.model_dir else None,
+        deadline=args.deadline,
+    )
+    torch.manual_seed(SEED)
+    t0 = time.perf_counter()
+    failure: tuple[str, str] | None = None
+    try:
+        model = row.setup(ctx)
+        model.train()  # from_pretrained returns eval mode, where HF checkpointing is off
+    except torch.OutOfMemoryError as exc:
+        failure = ("oom", str(exc).strip().splitlines()[0][:300])
+    except Exception as exc:
+        traceback.print_exc()
+        failure = _failure(exc, "setup: ")
+    if failure is not None:
+        _release(cuda)
+        return emit_all(**info, status=failure[0], reason=failure[1])
+    _sync(cuda)
+    info["load_s"] = time.perf_counter() - t0
+    info["model_alloc_gib"] = torch.cuda.memory_allocated() / GIB if cuda else None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    info["trainable_params"] = sum(p.numel() for p in trainable)
+    # Fused AdamW (one kernel for all LoRA tensors) on CUDA, as optim adamw_torch_fused; CPU: default.
+    opt = torch.optim.AdamW(
+        trainable, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, fused=True if cuda else None
+    )
+    for seq, batch in shapes:
+        print(f"{seq}x{batch}: {args.warmup} warm-up + {args.steps} timed steps", file=sys.stderr)
+        _emit({**info, **run_shape(model, opt, seq, batch, args.warmup, args.steps, device)})
+    return 0

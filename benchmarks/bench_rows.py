@@ -1,0 +1,271 @@
+"""The benchmark's rows: how each engine builds its trainable model, and row/shape selection.
+
+Adding a row is one line in ``ROWS``: a name, a setup function (``Ctx`` in, trainable PEFT model
+out), and the checkpointing mode legaltune's plan should model for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Nothing heavy at module level: an Unsloth child must import unsloth before torch/transformers.
+from bench_model import build_random_model
+from bench_settings import ATTN, COMPLETE, FAILED, LORA_ALPHA, LORA_R, QLORA_SUFFIX, SEED, SEVEN_PROJECTIONS
+
+# --------------------------------------------------------------------------------------------
+# Rows: how each engine builds its trainable model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ctx:
+    """What a row's setup function gets: where and how to build the model."""
+
+    variant: str
+    qlora: bool
+    arch: str
+    layers: int | None
+    max_seq: int
+    device: str
+    dtype: str
+    model_dir: Path | None
+    deadline: float  # time.time() by which the parent stops waiting for this child
+
+    def random_model(self) -> Any:
+        return build_random_model(self.arch, self.layers, self.device, self.dtype)
+
+    def wait_for_model_dir(self) -> Path:
+        """The saved local model directory, once the background saver has finished it."""
+        if self.model_dir is None:
+            raise RuntimeError("this row loads from a local model directory, but none was prepared")
+        while True:
+            if (self.model_dir / COMPLETE).is_file():
+                return self.model_dir
+            if (self.model_dir / FAILED).is_file():
+                reason = (self.model_dir / FAILED).read_text(encoding="utf-8")
+                raise RuntimeError(f"saving the random model to {self.model_dir} failed: {reason}")
+            if time.time() > self.deadline:
+                raise TimeoutError(f"the random model in {self.model_dir} was not saved in time")
+            time.sleep(1.0)
+
+    def load_4bit(self) -> Any:
+        """The saved model loaded in NF4 + double quant, bf16 compute (legaltune's load_model settings)."""
+        import torch
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            self.wait_for_model_dir(),
+            dtype=torch.bfloat16,
+            attn_implementation=ATTN,
+            device_map={"": torch.cuda.current_device()},
+            quantization_config=quant,
+        )
+        model.config.use_cache = False
+        return model
+
+    def base_model(self) -> Any:
+        return self.load_4bit() if self.qlora else self.random_model()
+
+
+def _hf_checkpointing(model: Any) -> None:
+    kwargs = {"use_reentrant": False}
+    # The GPU image's transformers 5.17 has only gradient_checkpointing_enable; 5.23 renames it to
+    # activation_checkpointing_enable and warns on the old name. Same behaviour either way.
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _hf_base(ctx: Ctx) -> Any:
+    model = ctx.base_model()
+    if ctx.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        # The standard transformers + PEFT QLoRA recipe (what the reference row measured): it also
+        # upcasts the non-quantized weights to fp32 and turns checkpointing on.
+        return prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    _hf_checkpointing(model)
+    return model
+
+
+def _peft_lora(model: Any) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=LORA_R,
+        lora_alpha=LORA_ALPHA,
+        lora_dropout=0.0,
+        bias="none",
+        target_modules=list(SEVEN_PROJECTIONS),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def setup_hf(ctx: Ctx) -> Any:
+    """transformers + PEFT, SDPA, non-reentrant gradient checkpointing."""
+    return _peft_lora(_hf_base(ctx))
+
+
+def setup_hf_liger(ctx: Ctx) -> Any:
+    """setup_hf + Liger-Kernel applied to this model instance, with the fused linear cross-entropy."""
+    import liger_kernel.transformers as liger
+
+    model = _hf_base(ctx)
+    kernels = {
+        "rope": True,
+        "rms_norm": True,
+        "swiglu": True,
+        "cross_entropy": False,
+        "fused_linear_cross_entropy": True,
+    }
+    # _apply_liger_kernel_to_instance dispatches on config.model_type and patches the existing
+    # modules of this instance (apply_liger_kernel_to_llama(model=...) alone covers only Llama).
+    # Liger goes on before PEFT: its SwiGLU forward calls gate/up/down_proj, which PEFT then wraps.
+    apply = getattr(liger, "_apply_liger_kernel_to_instance", None)
+    if apply is not None:
+        apply(model=model, **kernels)
+    else:
+        liger.apply_liger_kernel_to_llama(model=model, **kernels)
+    return _peft_lora(model)
+
+
+def setup_legaltune(ctx: Ctx, *, checkpointing: bool | str) -> Any:
+    """legaltune.model.lora.apply_lora with ``use_gradient_checkpointing=checkpointing``."""
+    from legaltune.config.schema import LoraConfig
+    from legaltune.model.lora import apply_lora
+
+    lora = LoraConfig(
+        r=LORA_R,
+        lora_alpha=LORA_ALPHA,
+        lora_dropout=0.0,
+        target_modules=list(SEVEN_PROJECTIONS),
+        use_rslora=False,
+        use_gradient_checkpointing=checkpointing,
+        random_state=SEED,
+    )
+    return apply_lora(
+        ctx.base_model(), lora, gradient_checkpointing=checkpointing is not False, max_seq_length=ctx.max_seq
+    )
+
+
+def setup_unsloth(ctx: Ctx, *, checkpointing: bool | str) -> Any:
+    """Unsloth's FastLanguageModel from the saved local directory (it cannot take an in-memory model)."""
+    import torch
+    from unsloth import FastLanguageModel
+
+    model, _tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(ctx.wait_for_model_dir()),
+        max_seq_length=ctx.max_seq,
+        dtype=torch.bfloat16,
+        load_in_4bit=ctx.qlora,
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=LORA_R,
+        lora_alpha=LORA_ALPHA,
+        lora_dropout=0,
+        bias="none",
+        target_modules=list(SEVEN_PROJECTIONS),
+        use_gradient_checkpointing=checkpointing,
+        random_state=SEED,
+        use_rslora=False,
+        max_seq_length=ctx.max_seq,
+    )
+    FastLanguageModel.for_training(model)
+    return model
+
+
+FUSED_CE = "fused linear cross-entropy never materialises the logits, which the plan model counts"
+KBIT_UPCAST = (
+    "prepare_model_for_kbit_training upcasts embeddings, norms and lm_head to fp32 (fp32 hidden "
+    "states and logits), which the plan model does not model"
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One engine/mode; ``--qlora`` adds its 4-bit variant, named ``<row>+qlora``."""
+
+    setup: Callable[[Ctx], Any]
+    checkpointing: bool | str  # the mode legaltune's plan models: False, True (recompute), "unsloth"
+    what: str
+    needs: tuple[str, ...] = ()  # modules the row imports first; a failed import skips the row
+    from_dir: bool = False  # loads the saved local model directory even in bf16 (Unsloth)
+    plan_gap: str = ""  # why the plan's memory model does not describe this row ("" = it does)
+    plan_gap_qlora: str | None = None  # the same for the 4-bit variant (None = as plan_gap)
+    # Import while the previous row measures. Not Unsloth: its import must come before
+    # transformers and already creates a CUDA context, which must wait for the GPU to be free.
+    prestart: bool = True
+
+
+# Run order = this order (bf16 rows, then their 4-bit variants), so that if --budget-s runs out,
+# what is cut is the tail: the rows that compare least (Liger and Unsloth without checkpointing).
+# fmt: off
+ROWS: dict[str, Row] = {
+    "hf": Row(setup_hf, True, "transformers + PEFT, SDPA, non-reentrant checkpointing", plan_gap_qlora=KBIT_UPCAST),
+    "unsloth": Row(functools.partial(setup_unsloth, checkpointing="unsloth"), "unsloth", "Unsloth FastLanguageModel, offloaded checkpointing", ("unsloth",), from_dir=True, plan_gap=FUSED_CE, prestart=False),
+    "legaltune-offload": Row(functools.partial(setup_legaltune, checkpointing="unsloth"), "unsloth", "legaltune apply_lora, checkpointing with layer inputs offloaded to CPU"),
+    "legaltune-recompute": Row(functools.partial(setup_legaltune, checkpointing=True), True, "legaltune apply_lora, recompute checkpointing"),
+    "legaltune-nockpt": Row(functools.partial(setup_legaltune, checkpointing=False), False, "legaltune apply_lora, no checkpointing"),
+    "hf+liger": Row(setup_hf_liger, True, "hf + Liger-Kernel (RMSNorm, RoPE, SwiGLU, fused linear CE)", ("liger_kernel.transformers",), plan_gap=FUSED_CE, plan_gap_qlora=f"{FUSED_CE}; {KBIT_UPCAST}"),
+    "unsloth-nockpt": Row(functools.partial(setup_unsloth, checkpointing=False), False, "Unsloth FastLanguageModel, no checkpointing", ("unsloth",), from_dir=True, plan_gap=FUSED_CE, prestart=False),
+}
+# fmt: on
+
+
+def split_variant(variant: str) -> tuple[str, bool]:
+    """'hf+liger+qlora' → ('hf+liger', True)."""
+    if variant.endswith(QLORA_SUFFIX):
+        return variant[: -len(QLORA_SUFFIX)], True
+    return variant, False
+
+
+def expand_variants(rows: str | None, qlora: bool, only_qlora: bool = False) -> list[str]:
+    """Rows to run, in order: the selected rows in bf16, then (``--qlora``) their 4-bit variants.
+
+    ``--rows`` also takes explicit ``<row>+qlora`` names, to run a 4-bit variant alone;
+    ``only_qlora`` keeps just the 4-bit variants (the second half of a run split in two).
+    """
+    names = [n.strip() for n in (rows or ",".join(ROWS)).split(",") if n.strip()]
+    unknown = [n for n in names if split_variant(n)[0] not in ROWS]
+    if unknown:
+        raise SystemExit(
+            f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(ROWS)} (each also as <row>{QLORA_SUFFIX})"
+        )
+    variants = list(dict.fromkeys(names))
+    if qlora or only_qlora:
+        variants += [f"{n}{QLORA_SUFFIX}" for n in names if not n.endswith(QLORA_SUFFIX)]
+    if only_qlora:
+        variants = [v for v in variants if split_variant(v)[1]]
+    return list(dict.fromkeys(variants))
+
+
+def needs_model_dir(variant: str) -> bool:
+    base, qlora = split_variant(variant)
+    return qlora or ROWS[base].from_dir
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """'2048x4,8192x1' → [(seq 2048, batch 4), (seq 8192, batch 1)]."""
+    shapes = []
+    for part in text.split(","):
+        seq, sep, batch = part.strip().lower().partition("x")
+        if not sep or not seq.isdigit() or not batch.isdigit() or int(seq) < 2 or int(batch) < 1:
+            raise SystemExit(f"--shapes: {part!r} is not SEQxBATCH (e.g. 2048x4)")
+        shapes.append((int(seq), int(batch)))
+    return shapes
