@@ -121,11 +121,10 @@ def setup_hf(ctx: Ctx) -> Any:
     return _peft_lora(_hf_base(ctx))
 
 
-def setup_hf_liger(ctx: Ctx) -> Any:
-    """setup_hf + Liger-Kernel applied to this model instance, with the fused linear cross-entropy."""
+def _apply_liger(model: Any) -> None:
+    """Liger-Kernel's RoPE, RMSNorm, SwiGLU and fused linear cross-entropy on this model instance."""
     import liger_kernel.transformers as liger
 
-    model = _hf_base(ctx)
     kernels = {
         "rope": True,
         "rms_norm": True,
@@ -141,7 +140,41 @@ def setup_hf_liger(ctx: Ctx) -> Any:
         apply(model=model, **kernels)
     else:
         liger.apply_liger_kernel_to_llama(model=model, **kernels)
+
+
+def setup_hf_liger(ctx: Ctx) -> Any:
+    """setup_hf + Liger-Kernel applied to this model instance, with the fused linear cross-entropy."""
+    model = _hf_base(ctx)
+    _apply_liger(model)
     return _peft_lora(model)
+
+
+def setup_probe(ctx: Ctx, *, checkpointing: bool | str, compile_layers: bool = False) -> Any:
+    """Speed-lever probes (x-* rows): Liger kernels (incl. fused linear CE) under legaltune's LoRA and
+    checkpointing modes, optionally with every decoder layer compiled. Measurement only: the speed
+    layer that productises the winners is the speed issue's work."""
+    from legaltune.config.schema import LoraConfig
+    from legaltune.model.lora import apply_lora
+    from legaltune.model.offload import find_decoder_layers
+
+    base = ctx.base_model()
+    _apply_liger(base)
+    lora = LoraConfig(
+        r=LORA_R,
+        lora_alpha=LORA_ALPHA,
+        lora_dropout=0.0,
+        target_modules=list(SEVEN_PROJECTIONS),
+        use_rslora=False,
+        use_gradient_checkpointing=checkpointing,
+        random_state=SEED,
+    )
+    model = apply_lora(
+        base, lora, gradient_checkpointing=checkpointing is not False, max_seq_length=ctx.max_seq
+    )
+    if compile_layers:
+        for layer in find_decoder_layers(model):
+            layer.compile()
+    return model
 
 
 def setup_legaltune(ctx: Ctx, *, checkpointing: bool | str) -> Any:
@@ -224,6 +257,10 @@ ROWS: dict[str, Row] = {
     "legaltune-nockpt": Row(functools.partial(setup_legaltune, checkpointing=False), False, "legaltune apply_lora, no checkpointing"),
     "hf+liger": Row(setup_hf_liger, True, "hf + Liger-Kernel (RMSNorm, RoPE, SwiGLU, fused linear CE)", ("liger_kernel.transformers",), plan_gap=FUSED_CE, plan_gap_qlora=f"{FUSED_CE}; {KBIT_UPCAST}"),
     "unsloth-nockpt": Row(functools.partial(setup_unsloth, checkpointing=False), False, "Unsloth FastLanguageModel, no checkpointing", ("unsloth",), from_dir=True, plan_gap=FUSED_CE, prestart=False),
+    # probes for the speed layer (run with --rows x-...): not in the default set
+    "x-liger-offload": Row(functools.partial(setup_probe, checkpointing="unsloth"), "unsloth", "probe: Liger kernels + legaltune offloaded checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
+    "x-liger-nockpt": Row(functools.partial(setup_probe, checkpointing=False), False, "probe: Liger kernels, no checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
+    "x-liger-compile-nockpt": Row(functools.partial(setup_probe, checkpointing=False, compile_layers=True), False, "probe: Liger kernels + compiled decoder layers, no checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
 }
 # fmt: on
 
@@ -241,7 +278,8 @@ def expand_variants(rows: str | None, qlora: bool, only_qlora: bool = False) -> 
     ``--rows`` also takes explicit ``<row>+qlora`` names, to run a 4-bit variant alone;
     ``only_qlora`` keeps just the 4-bit variants (the second half of a run split in two).
     """
-    names = [n.strip() for n in (rows or ",".join(ROWS)).split(",") if n.strip()]
+    default = ",".join(n for n in ROWS if not n.startswith("x-"))  # probes run only when named
+    names = [n.strip() for n in (rows or default).split(",") if n.strip()]
     unknown = [n for n in names if split_variant(n)[0] not in ROWS]
     if unknown:
         raise SystemExit(
