@@ -153,24 +153,11 @@ def setup_probe(ctx: Ctx, *, checkpointing: bool | str, compile_layers: bool = F
     """Speed-lever probes (x-* rows): Liger kernels (incl. fused linear CE) under legaltune's LoRA and
     checkpointing modes, optionally with every decoder layer compiled. Measurement only: the speed
     layer that productises the winners is the speed issue's work."""
-    from legaltune.config.schema import LoraConfig
-    from legaltune.model.lora import apply_lora
     from legaltune.model.offload import find_decoder_layers
 
     base = ctx.base_model()
     _apply_liger(base)
-    lora = LoraConfig(
-        r=LORA_R,
-        lora_alpha=LORA_ALPHA,
-        lora_dropout=0.0,
-        target_modules=list(SEVEN_PROJECTIONS),
-        use_rslora=False,
-        use_gradient_checkpointing=checkpointing,
-        random_state=SEED,
-    )
-    model = apply_lora(
-        base, lora, gradient_checkpointing=checkpointing is not False, max_seq_length=ctx.max_seq
-    )
+    model = _legaltune_lora(ctx, base, checkpointing)
     if compile_layers:
         for layer in find_decoder_layers(model):
             layer.compile()
@@ -179,6 +166,10 @@ def setup_probe(ctx: Ctx, *, checkpointing: bool | str, compile_layers: bool = F
 
 def setup_legaltune(ctx: Ctx, *, checkpointing: bool | str) -> Any:
     """legaltune.model.lora.apply_lora with ``use_gradient_checkpointing=checkpointing``."""
+    return _legaltune_lora(ctx, ctx.base_model(), checkpointing)
+
+
+def _legaltune_lora(ctx: Ctx, base: Any, checkpointing: bool | str) -> Any:
     from legaltune.config.schema import LoraConfig
     from legaltune.model.lora import apply_lora
 
@@ -192,7 +183,7 @@ def setup_legaltune(ctx: Ctx, *, checkpointing: bool | str) -> Any:
         random_state=SEED,
     )
     return apply_lora(
-        ctx.base_model(), lora, gradient_checkpointing=checkpointing is not False, max_seq_length=ctx.max_seq
+        base, lora, gradient_checkpointing=checkpointing is not False, max_seq_length=ctx.max_seq
     )
 
 
