@@ -227,3 +227,10 @@ def test_cli_plan_json(capsys):
 def test_cli_plan_exits_nonzero_when_it_does_not_fit(capsys):
     assert main(["plan", "configs/llama31-8b-h200.yaml", "--examples", "1000", "--gpu-memory", "141GiB"]) == 1
     assert "does NOT fit" in capsys.readouterr().out
+
+
+def test_plan_counts_the_configs_training_examples(capsys):
+    assert main(["plan", "configs/demo.yaml", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps"]["train_examples"] == 32  # data.max_train_examples of the demo
+    assert out["steps"]["per_epoch"] == 8  # 32 examples / (2 × 2)

@@ -130,8 +130,12 @@ def split_train_eval(records: list[Any], val_split: float, seed: int) -> tuple[l
 
 
 def count_train_examples(cfg: Config) -> int:
-    """Training records the config will use (before token-length filtering)."""
+    """Training records the config will use (before deduplication and token-length filtering)."""
     records = read_records(cfg.data.train_file)  # type: ignore[arg-type]
-    if cfg.data.eval_file:
-        return len(records)
-    return len(split_train_eval(records, cfg.data.val_split, cfg.effective_seed)[0])
+    n = (
+        len(records)
+        if cfg.data.eval_file
+        else len(split_train_eval(records, cfg.data.val_split, cfg.effective_seed)[0])
+    )
+    limit = cfg.data.max_train_examples
+    return min(n, limit) if limit else n
