@@ -27,12 +27,17 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
+def _config_from_args(args: argparse.Namespace):
     from legaltune.config.load import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
     from legaltune.plan.core import make_plan, parse_size
     from legaltune.plan.render import render_plan
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _config_from_args(args)
     examples = args.examples
     if examples is None and cfg.data.train_file:
         from legaltune.data.sources import count_train_examples
@@ -54,17 +59,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
-    from legaltune.config.load import config_to_dict, load_config
+    from legaltune.config.load import config_to_dict
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _config_from_args(args)
     print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
     return 0
-
-
-def _config_from_args(args: argparse.Namespace):
-    from legaltune.config.load import load_config
-
-    return load_config(args.config, args.overrides)
 
 
 def cmd_data(args: argparse.Namespace) -> int:

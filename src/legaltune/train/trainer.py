@@ -177,7 +177,8 @@ def run_training(
         json.dumps(data.stats.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8"
     )
 
-    model, tokenizer = model_and_tokenizer or load_model(cfg.model, cfg.quantization)
+    # the tokenizer loaded above (and used for the data) is kept; load_model's own copy is dropped
+    model = model_and_tokenizer[0] if model_and_tokenizer else load_model(cfg.model, cfg.quantization)[0]
     model.config.use_cache = False  # a KV cache disables packed-sequence detection in attention
     model = apply_lora(
         model,
