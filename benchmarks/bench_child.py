@@ -53,7 +53,7 @@ def _failure(exc: BaseException, where: str = "") -> tuple[str, str]:
 
 
 def run_shape(
-    model: Any, opt: Any, seq: int, batch: int, warmup: int, steps: int, device: str
+    model: Any, opt: Any, seq: int, batch: int, warmup: int, steps: int, device: str, fused_head: bool = False
 ) -> dict[str, Any]:
     """Warm-up + timed steps at one shape; a dict with status ok / oom / error."""
     import torch
@@ -73,7 +73,8 @@ def run_shape(
         for i in range(warmup + steps):
             _sync(cuda)
             t0 = time.perf_counter()
-            out = model(input_ids=ids, labels=ids)
+            extra = {"fused_lm_head": True} if fused_head else {}
+            out = model(input_ids=ids, labels=ids, **extra)
             out.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -204,5 +205,5 @@ def child_main(args: argparse.Namespace) -> int:
     )
     for seq, batch in shapes:
         print(f"{seq}x{batch}: {args.warmup} warm-up + {args.steps} timed steps", file=sys.stderr)
-        _emit({**info, **run_shape(model, opt, seq, batch, args.warmup, args.steps, device)})
+        _emit({**info, **run_shape(model, opt, seq, batch, args.warmup, args.steps, device, row.fused_head)})
     return 0

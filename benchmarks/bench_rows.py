@@ -7,6 +7,7 @@ out), and the checkpointing mode legaltune's plan should model for it.
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -169,7 +170,25 @@ def setup_legaltune(ctx: Ctx, *, checkpointing: bool | str) -> Any:
     return _legaltune_lora(ctx, ctx.base_model(), checkpointing)
 
 
-def _legaltune_lora(ctx: Ctx, base: Any, checkpointing: bool | str) -> Any:
+def setup_speed(
+    ctx: Ctx, *, checkpointing: bool | str, compile_layers: bool | str = "auto", kernels: bool = True
+) -> Any:
+    """legaltune's speed engine as `legaltune train` runs it: apply_lora with a speed config, then
+    TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
+    ``fused_lm_head=True``, as SFTTrainer's compute_loss does)."""
+    from legaltune.config.schema import SpeedConfig
+
+    speed = SpeedConfig(mode="fast", kernels=kernels, compile=compile_layers)
+    model = _legaltune_lora(ctx, ctx.base_model(), checkpointing, speed=speed)
+    from trl.trainer.utils import add_fused_lm_head
+
+    add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))
+    report = model.get_base_model().legaltune_speed
+    print(report.summary(), *report.notes, sep="\n", file=sys.stderr)
+    return model
+
+
+def _legaltune_lora(ctx: Ctx, base: Any, checkpointing: bool | str, speed: Any = None) -> Any:
     from legaltune.config.schema import LoraConfig
     from legaltune.model.lora import apply_lora
 
@@ -183,7 +202,7 @@ def _legaltune_lora(ctx: Ctx, base: Any, checkpointing: bool | str) -> Any:
         random_state=SEED,
     )
     return apply_lora(
-        base, lora, gradient_checkpointing=checkpointing is not False, max_seq_length=ctx.max_seq
+        base, lora, gradient_checkpointing=checkpointing is not False, max_seq_length=ctx.max_seq, speed=speed
     )
 
 
@@ -215,6 +234,7 @@ def setup_unsloth(ctx: Ctx, *, checkpointing: bool | str) -> Any:
 
 
 FUSED_CE = "fused linear cross-entropy never materialises the logits, which the plan model counts"
+SPEED_PLAN = "the speed engine's activations are calibrated from this run (plan model: speed issue)"
 KBIT_UPCAST = (
     "prepare_model_for_kbit_training upcasts embeddings, norms and lm_head to fp32 (fp32 hidden "
     "states and logits), which the plan model does not model"
@@ -232,6 +252,7 @@ class Row:
     from_dir: bool = False  # loads the saved local model directory even in bf16 (Unsloth)
     plan_gap: str = ""  # why the plan's memory model does not describe this row ("" = it does)
     plan_gap_qlora: str | None = None  # the same for the 4-bit variant (None = as plan_gap)
+    fused_head: bool = False  # the step calls model(..., fused_lm_head=True) (TRL's head, as in training)
     # Import while the previous row measures. Not Unsloth: its import must come before
     # transformers and already creates a CUDA context, which must wait for the GPU to be free.
     prestart: bool = True
@@ -246,11 +267,16 @@ ROWS: dict[str, Row] = {
     "legaltune-offload": Row(functools.partial(setup_legaltune, checkpointing="unsloth"), "unsloth", "legaltune apply_lora, checkpointing with layer inputs offloaded to CPU"),
     "legaltune-recompute": Row(functools.partial(setup_legaltune, checkpointing=True), True, "legaltune apply_lora, recompute checkpointing"),
     "legaltune-nockpt": Row(functools.partial(setup_legaltune, checkpointing=False), False, "legaltune apply_lora, no checkpointing"),
+    "legaltune-fast": Row(functools.partial(setup_speed, checkpointing=False), False, "legaltune speed engine, no checkpointing (auto's choice where it fits)", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
+    "legaltune-lean": Row(functools.partial(setup_speed, checkpointing="unsloth"), "unsloth", "legaltune speed engine, every layer offload-checkpointed", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
     "hf+liger": Row(setup_hf_liger, True, "hf + Liger-Kernel (RMSNorm, RoPE, SwiGLU, fused linear CE)", ("liger_kernel.transformers",), plan_gap=FUSED_CE, plan_gap_qlora=f"{FUSED_CE}; {KBIT_UPCAST}"),
     "unsloth-nockpt": Row(functools.partial(setup_unsloth, checkpointing=False), False, "Unsloth FastLanguageModel, no checkpointing", ("unsloth",), from_dir=True, plan_gap=FUSED_CE, prestart=False),
     # probes for the speed layer (run with --rows x-...): not in the default set
     "x-liger-offload": Row(functools.partial(setup_probe, checkpointing="unsloth"), "unsloth", "probe: Liger kernels + legaltune offloaded checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
     "x-liger-nockpt": Row(functools.partial(setup_probe, checkpointing=False), False, "probe: Liger kernels, no checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
+    "x-fast-eager": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=False), False, "probe: speed engine without torch.compile, no checkpointing", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
+    "x-fast-nokernels": Row(functools.partial(setup_speed, checkpointing=False, kernels=False), False, "probe: speed engine without Liger kernels (compile only), no checkpointing", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
+    "x-lean-eager": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=False), "unsloth", "probe: speed engine without torch.compile, offload", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
     "x-liger-compile-nockpt": Row(functools.partial(setup_probe, checkpointing=False, compile_layers=True), False, "probe: Liger kernels + compiled decoder layers, no checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
 }
 # fmt: on

@@ -7,7 +7,7 @@ H200). Seed 003's recommendations are quoted in each field's ``seed`` text and c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from legaltune.config.fields import opt
@@ -326,6 +326,32 @@ class LoggingConfig:
     )
 
 
+@dataclass
+class SpeedConfig:
+    """Speed engine (legaltune's own; not in the seeds): fast paths applied to the model instance."""
+
+    mode: str = opt(
+        "auto",
+        "off: the transformers + PEFT reference path. fast: fused LoRA linears (+ Liger RMSNorm/SwiGLU, compiled layers); "
+        "checkpointing exactly as lora.use_gradient_checkpointing says, on every layer. auto: as fast, but checkpoint only "
+        "as many layers as the memory plan needs to fit gpu_memory_gb (none if everything fits); those layers use the "
+        "use_gradient_checkpointing mode ('unsloth' = offload, true = recompute).",
+        choices=("auto", "fast", "off"),
+    )
+    kernels: bool = opt(
+        True, "Liger-Kernel RMSNorm and SwiGLU on CUDA (per model instance); PyTorch elsewhere."
+    )
+    compile: bool | Literal["auto"] = opt(
+        "auto",
+        "torch.compile each decoder layer. auto: on a CUDA GPU with Triton; costs tens of seconds at start.",
+    )
+    gpu_memory_gb: float | None = opt(
+        None,
+        "Memory budget that speed.mode auto fits the run into (GiB). null: the GPU's total memory.",
+        gt=0,
+    )
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "quantization": QuantizationConfig,
@@ -334,6 +360,7 @@ SECTIONS: dict[str, type] = {
     "optimization": OptimizationConfig,
     "data": DataConfig,
     "logging": LoggingConfig,
+    "speed": SpeedConfig,
 }
 
 
@@ -348,6 +375,7 @@ class Config:
     optimization: OptimizationConfig
     data: DataConfig
     logging: LoggingConfig
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     source: str | None = None  # the YAML file it came from, if any
 
     @property

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedModel
 
-    from legaltune.config.schema import LoraConfig
+    from legaltune.config.schema import LoraConfig, SpeedConfig
 
 ALL_LINEAR = "all-linear"
 EMBEDDING_TARGETS = ("embed_tokens", "lm_head")
@@ -87,14 +87,17 @@ def _ties_embeddings(model: nn.Module) -> bool:
     return bool(getattr(text_config, "tie_word_embeddings", False))
 
 
-def _checkpointing_mode(model: PreTrainedModel, enabled: bool, mode: bool | str) -> str:
-    if not enabled or mode is False:
+def _checkpointing_mode(
+    model: PreTrainedModel, enabled: bool, mode: bool | str, layers: int | None = None
+) -> str:
+    if not enabled or mode is False or layers == 0:
         return "none"
-    if mode == "unsloth":
-        enable_offloaded_checkpointing(model)
-        return "offload"
-    if mode is not True:
+    if mode not in (True, "unsloth"):
         raise ValueError(f"use_gradient_checkpointing {mode!r}: choose false, true or 'unsloth'")
+    if mode == "unsloth" or layers is not None:
+        # a partial policy (the first `layers` layers) always goes through our per-layer wrapper
+        enable_offloaded_checkpointing(model, layers=layers, offload=mode == "unsloth")
+        return str(model.legaltune_checkpointing)
     kwargs = {"use_reentrant": False}
     # transformers 5.23 renamed the switch (the old name warns); 5.17 only has the old one.
     if hasattr(model, "activation_checkpointing_enable"):
@@ -113,11 +116,18 @@ def apply_lora(
     *,
     gradient_checkpointing: bool = True,
     max_seq_length: int | None = None,
+    speed: SpeedConfig | None = None,
+    checkpoint_layers: int | None = None,
 ) -> PeftModel:
     """Wrap ``model`` in a PEFT LoRA model per ``lora_cfg`` and set its checkpointing mode.
 
-    The mode (``"none"``, ``"recompute"`` or ``"offload"``) is recorded as
-    ``model.legaltune_checkpointing``.
+    ``speed`` applies the speed engine (fused LoRA, kernels, compiled layers) to the instance first;
+    None or ``mode: off`` keeps the plain transformers + PEFT path. ``checkpoint_layers`` checkpoints
+    only the first N decoder layers (None = all; the speed policy's choice).
+
+    The mode (``"none"``, ``"recompute"``, ``"offload"``, or ``"offload 12/32"`` for a partial
+    policy) is recorded as ``model.legaltune_checkpointing``, the speed report as
+    ``model.legaltune_speed``.
     """
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
@@ -154,9 +164,18 @@ def apply_lora(
         peft_model = get_peft_model(model, peft_config)
 
     base = peft_model.get_base_model()
+    report = None
+    if speed is not None:
+        from legaltune.speed.apply import apply_speed
+
+        # before checkpointing: the checkpoint wrapper must sit outside the compiled layer forward
+        report = apply_speed(peft_model, mode=speed.mode, kernels=speed.kernels, compile=speed.compile)
     base.legaltune_checkpointing = _checkpointing_mode(
-        base, gradient_checkpointing, lora_cfg.use_gradient_checkpointing
+        base, gradient_checkpointing, lora_cfg.use_gradient_checkpointing, checkpoint_layers
     )
+    if report is not None:
+        report.checkpointing = base.legaltune_checkpointing
+        base.legaltune_speed = report
     seq = max_seq_length if max_seq_length is not None else getattr(base, "max_seq_length", None)
     if seq is not None:
         base.max_seq_length = seq

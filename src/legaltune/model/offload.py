@@ -133,7 +133,9 @@ def _offloaded_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
     if not args and "hidden_states" in kwargs:
         # Positional tensors are saved through autograd (and so offloaded); keyword ones are not.
         args = (kwargs.pop("hidden_states"),)
-    offloader: _Offloader = layer.__dict__[_OFFLOADER]
+    offloader: _Offloader | None = layer.__dict__[_OFFLOADER]
+    if offloader is None:  # recompute-only layer (a partial checkpointing policy)
+        return checkpoint(inner, *args, use_reentrant=False, **kwargs)
     with torch.autograd.graph.saved_tensors_hooks(offloader.pack, offloader.unpack):
         return checkpoint(inner, *args, use_reentrant=False, **kwargs)
 
@@ -142,7 +144,7 @@ def _is_wrapped(layer: nn.Module) -> bool:
     return getattr(layer.__dict__.get("forward"), "__func__", None) is _offloaded_forward
 
 
-def _wrap_layer(layer: nn.Module, offloader: _Offloader) -> None:
+def _wrap_layer(layer: nn.Module, offloader: _Offloader | None) -> None:
     if "forward" in layer.__dict__:  # e.g. accelerate's dispatch hook: call it inside, restore on disable
         layer.__dict__[_INNER] = layer.__dict__["forward"]
     layer.__dict__[_OFFLOADER] = offloader
@@ -184,32 +186,49 @@ _SWITCHES = {
 
 
 def is_offloaded(model: nn.Module) -> bool:
-    """Whether offloaded checkpointing is active on ``model``."""
-    return _is_wrapped(find_decoder_layers(model)[0])
+    """Whether legaltune's per-layer checkpointing (offloaded or partial) is active on ``model``."""
+    return any(_is_wrapped(layer) for layer in find_decoder_layers(model))
 
 
-def enable_offloaded_checkpointing(model: nn.Module) -> None:
-    """Checkpoint every decoder layer of this model instance, offloading the saved layer inputs to CPU.
+def checkpointed_layers(model: nn.Module) -> int:
+    """How many decoder layers run under legaltune's checkpointing wrapper."""
+    return sum(_is_wrapped(layer) for layer in find_decoder_layers(model))
+
+
+def enable_offloaded_checkpointing(
+    model: nn.Module, *, layers: int | None = None, offload: bool = True
+) -> None:
+    """Checkpoint decoder layers of this model instance, offloading the saved layer inputs to CPU.
+
+    ``layers``: how many, counted from the first layer (None = all). The first layers are the ones
+    checkpointed because their saved inputs wait longest for backward (the copy has the most time
+    to hide), and the last layers' kept activations are the first backward needs. ``offload=False``
+    recomputes those layers without moving their inputs (plain non-reentrant checkpointing).
 
     Idempotent. Turns transformers' own checkpointing off first, and makes later calls to the
     model's ``gradient_checkpointing_enable``/``activation_checkpointing_enable`` (the Trainer's
     ``gradient_checkpointing=True``) keep this mode; ``*_disable`` or
     :func:`disable_offloaded_checkpointing` turn it off.
     """
-    layers = find_decoder_layers(model)
+    all_layers = find_decoder_layers(model)
     hf = _hf_model(model)
     if is_offloaded(model):
         return
+    count = len(all_layers) if layers is None else max(0, min(layers, len(all_layers)))
     if any(getattr(m, "gradient_checkpointing", False) for m in hf.modules()):
         name = "activation_checkpointing_disable"
         getattr(type(hf), name if hasattr(type(hf), name) else "gradient_checkpointing_disable")(hf)
-    offloader = _Offloader()
-    for layer in layers:
-        _wrap_layer(layer, offloader)
-    for name, function in _SWITCHES.items():
-        if hasattr(type(hf), name):
-            setattr(hf, name, types.MethodType(function, hf))
-    hf.legaltune_checkpointing = "offload"
+    if count == 0:
+        hf.legaltune_checkpointing = "none"
+    else:
+        offloader = _Offloader() if offload else None
+        for layer in list(all_layers)[:count]:
+            _wrap_layer(layer, offloader)
+        for name, function in _SWITCHES.items():
+            if hasattr(type(hf), name):
+                setattr(hf, name, types.MethodType(function, hf))
+        kind = "offload" if offload else "recompute"
+        hf.legaltune_checkpointing = kind if count == len(all_layers) else f"{kind} {count}/{len(all_layers)}"
 
 
 def disable_offloaded_checkpointing(model: nn.Module) -> None:
@@ -219,12 +238,13 @@ def disable_offloaded_checkpointing(model: nn.Module) -> None:
         _unwrap_layer(layer)
     for name in _SWITCHES:
         hf.__dict__.pop(name, None)
-    if getattr(hf, "legaltune_checkpointing", None) == "offload":
+    if str(getattr(hf, "legaltune_checkpointing", "")).startswith(("offload", "recompute ")):
         hf.legaltune_checkpointing = "none"
 
 
 __all__ = [
     "MIN_OFFLOAD_BYTES",
+    "checkpointed_layers",
     "disable_offloaded_checkpointing",
     "enable_offloaded_checkpointing",
     "find_decoder_layers",

@@ -1,0 +1,85 @@
+"""The speed engine in one call: fused LoRA, kernels, compiled layers — on one PEFT model instance.
+
+Checkpointing is not decided here: :func:`legaltune.model.lora.apply_lora` wraps the layers after
+this (so that the checkpoint sits outside the compiled region), with the layer count that
+:func:`legaltune.speed.policy.checkpoint_layers_for` picks from the memory plan.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from legaltune.speed.compile import compile_layers, compile_supported
+from legaltune.speed.kernels import apply_kernels, liger_available
+from legaltune.speed.lora_linear import fuse_lora_linears
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SpeedReport:
+    """What the speed engine changed on a model instance (logged, and saved with the run)."""
+
+    mode: str
+    fused_lora: int = 0
+    rms_norm: int = 0
+    swiglu: int = 0
+    compiled_layers: int = 0
+    checkpointing: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.mode == "off":
+            return "speed: off (transformers + PEFT reference path)"
+        parts = [f"{self.fused_lora} fused LoRA linears"]
+        if self.rms_norm or self.swiglu:
+            parts.append(f"Liger RMSNorm×{self.rms_norm} SwiGLU×{self.swiglu}")
+        if self.compiled_layers:
+            parts.append(f"{self.compiled_layers} compiled layers")
+        if self.checkpointing:
+            parts.append(f"checkpointing: {self.checkpointing}")
+        return f"speed: {self.mode} — " + ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def resolve_compile(setting: bool | str, *, on_cuda: bool) -> bool:
+    """``speed.compile``: auto = on a CUDA model with Triton available; true on CPU is refused."""
+    if setting == "auto":
+        return on_cuda and compile_supported()
+    return bool(setting)
+
+
+def apply_speed(
+    model: nn.Module,
+    *,
+    mode: str,
+    kernels: bool = True,
+    compile: bool | str = "auto",
+    compile_backend: str = "inductor",
+) -> SpeedReport:
+    """Apply the speed engine to this PEFT model instance per ``mode`` (``off``/``fast``/``auto``)."""
+    report = SpeedReport(mode=mode)
+    if mode == "off":
+        return report
+    report.fused_lora = fuse_lora_linears(model)
+    first = next(model.parameters())
+    on_cuda = first.is_cuda
+    if kernels:
+        if on_cuda and not liger_available():
+            report.notes.append(
+                "liger-kernel is not installed: RMSNorm/SwiGLU run in PyTorch (pip install liger-kernel)"
+            )
+        counts = apply_kernels(model)
+        report.rms_norm, report.swiglu = counts["rms_norm"], counts["swiglu"]
+    if resolve_compile(compile, on_cuda=on_cuda):
+        report.compiled_layers = compile_layers(model, backend=compile_backend)
+    return report
+
+
+__all__ = ["SpeedReport", "apply_speed", "resolve_compile"]

@@ -1,0 +1,70 @@
+"""``torch.compile`` of the decoder layers of one model instance.
+
+Each layer's forward becomes a compiled function stored on that layer object (nothing class-level).
+Inductor fuses the elementwise work between the matmuls — RoPE, residual adds, norms and the SiLU
+gate when Liger's kernels are not in use — and its partitioner recomputes cheap elementwise results
+in backward instead of saving them. All layers share one compiled graph: transformers' layers have
+identical code and dynamo treats the module's parameters as inputs, so compiling costs one trace,
+not one per layer. Checkpointing wrappers (legaltune.model.offload) are applied after this, around
+the compiled forward, so the saved-tensor hooks stay outside the compiled region.
+
+The first steps of a run pay the compile (tens of seconds for an 8B layer); sequence lengths that
+vary between batches are handled with dynamic shapes after the first recompile.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import types
+
+import torch
+from torch import nn
+
+from legaltune.model.offload import find_decoder_layers
+
+_COMPILED = "_legaltune_compiled"
+
+
+@functools.cache
+def compile_supported() -> bool:
+    """Inductor needs Triton for CUDA kernels; without a GPU, compiling buys nothing here."""
+    return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+
+
+def compile_layers(model: nn.Module, *, backend: str = "inductor") -> int:
+    """Compile the forward of every decoder layer of this instance; returns how many were compiled.
+
+    Idempotent. ``backend`` is for tests (``"aot_eager"`` checks tracing without a C compiler).
+    """
+    count = 0
+    for layer in find_decoder_layers(model):
+        if layer.__dict__.get(_COMPILED):
+            continue
+        inner = layer.__dict__.get("forward") or types.MethodType(type(layer).forward, layer)
+        layer.__dict__["_legaltune_uncompiled"] = inner
+        layer.forward = torch.compile(inner, backend=backend)
+        layer.__dict__[_COMPILED] = True
+        count += 1
+    return count
+
+
+def uncompile_layers(model: nn.Module) -> int:
+    """Undo :func:`compile_layers` on this instance."""
+    count = 0
+    for layer in find_decoder_layers(model):
+        if layer.__dict__.pop(_COMPILED, False):
+            inner = layer.__dict__.pop("_legaltune_uncompiled")
+            if getattr(inner, "__func__", None) is type(layer).forward:
+                layer.__dict__.pop("forward", None)
+            else:
+                layer.forward = inner
+            count += 1
+    return count
+
+
+def is_compiled(layer: nn.Module) -> bool:
+    return bool(layer.__dict__.get(_COMPILED))
+
+
+__all__ = ["compile_layers", "compile_supported", "is_compiled", "uncompile_layers"]

@@ -1,0 +1,201 @@
+"""LoRA linear layers computed in one autograd node beside the frozen matmul (per model instance).
+
+PEFT computes ``base(x) + B(A(x)) * s`` as separate modules: it casts ``x`` to the adapters' fp32
+(an extra ``tokens × in`` fp32 copy, saved for backward), runs both skinny matmuls in fp32, writes
+an fp32 ``tokens × out`` product (470 MB for one MLP projection at 8k tokens), and adds it in
+another pass. Here the adapters run in the compute dtype, and ``(x A^T) B^T · s`` is accumulated
+straight into the base output by the GEMM's epilogue (``addmm``); backward does the same for the
+input gradient. Saved for backward: ``x`` (which autograd shares between q/k/v and gate/up) and
+the ``tokens × r`` product ``x A^T``. Adapter gradients are accumulated in fp32 on CUDA.
+
+For a 4-bit (bitsandbytes NF4) base, the weight is dequantized to the compute dtype right before
+each matmul and dropped after it, forward and backward — the dense GEMM then runs at full speed.
+
+This is plain PyTorch: the same code runs on the CPU (and is tested there against PEFT's forward).
+Anything this path does not cover (DoRA, several active adapters, disabled/merged adapters, mixed
+adapter batches, an 8-bit base, LoRA biases) falls back to PEFT's own forward at call time.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+_FUSED = "_legaltune_fused_lora"
+
+
+def _dense_weight(weight: torch.Tensor, quant_state: Any, dtype: torch.dtype) -> torch.Tensor:
+    if quant_state is None:
+        return weight if weight.dtype == dtype else weight.to(dtype)
+    import bitsandbytes.functional as bnbf
+
+    return bnbf.dequantize_4bit(weight, quant_state).to(dtype)
+
+
+def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` accumulated and returned in fp32 (adapter gradients must not be rounded to bf16)."""
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError):  # torch without out_dtype for this device/dtype
+            pass
+    return torch.mm(a.float(), b.float())
+
+
+class LoraLinearFunction(torch.autograd.Function):
+    """``y = x W^T + b + s · (x_d A^T) B^T``, where ``x_d`` is ``x`` after LoRA dropout (or ``x``)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        x_lora: torch.Tensor | None,
+        weight: torch.Tensor,
+        quant_state: Any,
+        bias: torch.Tensor | None,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scale: float,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(dtype)
+        xl2 = x2 if x_lora is None else x_lora.reshape(-1, shape[-1]).to(dtype)
+        a, b = lora_a.to(dtype), lora_b.to(dtype)
+        w = _dense_weight(weight, quant_state, dtype)
+        out = x2 @ w.t() if bias is None else torch.addmm(bias.to(dtype), x2, w.t())
+        del w
+        xa = xl2 @ a.t()
+        out.addmm_(xa, b.t(), alpha=scale)
+        ctx.save_for_backward(xl2, xa, weight, lora_a, lora_b)
+        ctx.quant_state, ctx.scale, ctx.dtype = quant_state, scale, dtype
+        ctx.x_shape, ctx.x_dtype = shape, x.dtype
+        ctx.separate_lora_input = x_lora is not None
+        ctx.lora_input_dtype = None if x_lora is None else x_lora.dtype
+        return out.view(*shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        xl2, xa, weight, lora_a, lora_b = ctx.saved_tensors
+        dtype, scale = ctx.dtype, ctx.scale
+        g = grad.reshape(-1, grad.shape[-1]).to(dtype)
+        a, b = lora_a.to(dtype), lora_b.to(dtype)
+        # d(out)/d(xa) = s · g B: the only tokens × r intermediate of the backward
+        gb = (g @ b).mul_(scale)
+        grad_b = _mm_fp32(g.t(), xa).mul_(scale).to(lora_b.dtype) if lora_b.requires_grad else None
+        grad_a = _mm_fp32(gb.t(), xl2).to(lora_a.dtype) if lora_a.requires_grad else None
+        grad_x = grad_xl = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            w = _dense_weight(weight, ctx.quant_state, dtype)
+            grad_x = g @ w
+            del w
+            if ctx.separate_lora_input:
+                grad_xl = (gb @ a).view(ctx.x_shape).to(ctx.lora_input_dtype)
+            else:
+                grad_x.addmm_(gb, a)
+            grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
+        return grad_x, grad_xl, None, None, None, grad_a, grad_b, None, None
+
+
+def _base_weight(base: nn.Module) -> tuple[torch.Tensor, Any] | None:
+    """(weight, quant_state) of a dense or NF4/FP4 base layer; None for anything else (8-bit)."""
+    weight = getattr(base, "weight", None)
+    if weight is None:
+        return None
+    quant_state = getattr(weight, "quant_state", None)
+    if quant_state is not None:
+        return weight, quant_state
+    if type(base) is nn.Linear or (isinstance(base, nn.Linear) and weight.is_floating_point()):
+        if getattr(base, "state", None) is not None and hasattr(base.state, "SCB"):  # bnb 8-bit
+            return None
+        return weight, None
+    return None
+
+
+def _compute_dtype(x: torch.Tensor, weight: torch.Tensor, quant_state: Any) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    if quant_state is not None:
+        return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else quant_state.dtype
+    return weight.dtype
+
+
+def _fused_forward(module: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    plan = _fusable(module) if not (args or kwargs) else None
+    if plan is None:
+        return type(module).forward(module, x, *args, **kwargs)
+    adapter, (weight, quant_state) = plan
+    lora_a = module.lora_A[adapter].weight
+    lora_b = module.lora_B[adapter].weight
+    dropout = module.lora_dropout[adapter]
+    x_lora = None if isinstance(dropout, nn.Identity) else dropout(x)
+    base = module.base_layer
+    return LoraLinearFunction.apply(
+        x,
+        x_lora,
+        weight,
+        quant_state,
+        getattr(base, "bias", None),
+        lora_a,
+        lora_b,
+        float(module.scaling[adapter]),
+        _compute_dtype(x, weight, quant_state),
+    )
+
+
+def _fusable(module: nn.Module) -> tuple[str, tuple[torch.Tensor, Any]] | None:
+    """(adapter, base weight) when the fused path computes exactly what PEFT's forward would."""
+    if module.disable_adapters or module.merged:
+        return None
+    active = [a for a in module.active_adapters if a in module.lora_A]
+    if len(active) != 1:
+        return None
+    adapter = active[0]
+    if adapter in getattr(module, "lora_variant", {}) or getattr(module, "use_dora", {}).get(adapter):
+        return None
+    if getattr(module, "lora_bias", {}).get(adapter):
+        return None
+    if not isinstance(module.lora_A[adapter], nn.Linear) or not isinstance(module.lora_B[adapter], nn.Linear):
+        return None
+    base = _base_weight(module.base_layer)
+    if base is None:
+        return None
+    return adapter, base
+
+
+def fuse_lora_linears(model: nn.Module) -> int:
+    """Route every PEFT LoRA ``Linear`` of this model instance through :class:`LoraLinearFunction`.
+
+    Returns how many layers were switched. Only instance attributes change: PEFT's class, other
+    models and saving/merging are untouched; :func:`unfuse_lora_linears` undoes it.
+    """
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, LoraLinear) and _base_weight(module.base_layer) is not None:
+            if "forward" not in module.__dict__:
+                module.forward = types.MethodType(_fused_forward, module)
+                setattr(module, _FUSED, True)
+                count += 1
+    return count
+
+
+def unfuse_lora_linears(model: nn.Module) -> int:
+    """Give every fused LoRA layer of ``model`` PEFT's own forward back; returns how many."""
+    count = 0
+    for module in model.modules():
+        if module.__dict__.pop(_FUSED, False):
+            module.__dict__.pop("forward", None)
+            count += 1
+    return count
+
+
+def is_fused(module: nn.Module) -> bool:
+    return bool(module.__dict__.get(_FUSED, False))
+
+
+__all__ = ["LoraLinearFunction", "fuse_lora_linears", "is_fused", "unfuse_lora_linears"]

@@ -1,0 +1,184 @@
+"""GPU checks of the speed engine against the PyTorch/PEFT reference (``pytest -m gpu``).
+
+Every fast path is compared with the reference for forward and backward across a
+(dtype, atol, rtol) table, and a 50-step convergence run compares the loss curves.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from legaltune.speed.apply import apply_speed
+from legaltune.speed.compile import compile_layers
+from legaltune.speed.kernels import apply_kernels, kernel_kind
+from legaltune.speed.lora_linear import fuse_lora_linears
+from tests.gpu.test_gpu_model import random_llama
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+needs_liger = pytest.mark.skipif(
+    importlib.util.find_spec("liger_kernel") is None, reason="liger-kernel missing"
+)
+needs_bnb = pytest.mark.skipif(
+    importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes missing"
+)
+PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _llama(layers: int = 2, hidden: int = 512, dtype=torch.bfloat16, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=1024,
+        hidden_size=hidden,
+        intermediate_size=hidden * 7 // 2,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 128,
+        max_position_embeddings=4096,
+        use_cache=False,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(cfg).to("cuda", dtype)
+
+
+def _lora(model, seed: int = 0):
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=PROJ))
+    with torch.no_grad():  # non-zero B, so the adapter path matters
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return peft_model
+
+
+def _step(model, ids):
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.logits.float(), out.loss.float(), grads
+
+
+def _assert_grads_close(fast, ref, rel: float):
+    for name, g in ref.items():
+        err = (fast[name] - g).norm().item()
+        assert err <= rel * g.norm().item() + 1e-6, f"{name}: ‖Δ‖ {err:.3g} vs ‖g‖ {g.norm().item():.3g}"
+
+
+# (dtype, atol on logits, rtol on logits, relative L2 error of adapter gradients)
+TABLE = [(torch.float32, 1e-4, 1e-4, 1e-4), (torch.bfloat16, 0.06, 0.05, 0.03)]
+
+
+@pytest.mark.parametrize("dtype,atol,rtol,grad_rel", TABLE)
+def test_fused_lora_cuda_matches_peft(dtype, atol, rtol, grad_rel):
+    ref = _lora(_llama(dtype=dtype)).train()
+    fast = copy.deepcopy(ref)
+    fuse_lora_linears(fast)
+    ids = torch.randint(0, 1024, (2, 256), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    logits_r, loss_r, grads_r = _step(ref, ids)
+    logits_f, loss_f, grads_f = _step(fast, ids)
+    torch.testing.assert_close(logits_f, logits_r, atol=atol, rtol=rtol)
+    torch.testing.assert_close(loss_f, loss_r, atol=atol / 10, rtol=rtol / 10)
+    _assert_grads_close(grads_f, grads_r, grad_rel)
+
+
+@needs_bnb
+def test_fused_lora_nf4_matches_bitsandbytes(tmp_path):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    path = random_llama(tmp_path / "m", hidden=512, layers=2, vocab=512)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    base = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.bfloat16, quantization_config=quant, device_map={"": 0}
+    )
+    ref = _lora(base).train()
+    fast = copy.deepcopy(ref)
+    assert fuse_lora_linears(fast) == 2 * len(PROJ)
+    ids = torch.randint(0, 512, (2, 128), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    logits_r, loss_r, grads_r = _step(ref, ids)
+    logits_f, loss_f, grads_f = _step(fast, ids)
+    torch.testing.assert_close(logits_f, logits_r, atol=0.06, rtol=0.05)
+    torch.testing.assert_close(loss_f, loss_r, atol=5e-3, rtol=5e-3)
+    _assert_grads_close(grads_f, grads_r, 0.03)
+
+
+@needs_liger
+@pytest.mark.parametrize("dtype,atol,rtol,grad_rel", TABLE)
+def test_liger_kernels_on_instance_match_pytorch(dtype, atol, rtol, grad_rel):
+    ref = _lora(_llama(dtype=dtype)).train()
+    fast = copy.deepcopy(ref)
+    counts = apply_kernels(fast)
+    assert counts == {"rms_norm": 2 * 2 + 1, "swiglu": 2}
+    assert kernel_kind(fast.get_base_model().model.norm) == "rms_norm"
+    assert kernel_kind(ref.get_base_model().model.norm) is None  # the other instance is untouched
+    ids = torch.randint(0, 1024, (2, 256), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    logits_r, loss_r, grads_r = _step(ref, ids)
+    logits_f, loss_f, grads_f = _step(fast, ids)
+    torch.testing.assert_close(logits_f, logits_r, atol=atol, rtol=rtol)
+    _assert_grads_close(grads_f, grads_r, grad_rel)
+
+
+@pytest.mark.parametrize("kernels", [False, True] if importlib.util.find_spec("liger_kernel") else [False])
+def test_compiled_layers_match_eager_and_share_one_graph(kernels):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    ref = _lora(_llama(layers=4)).train()
+    fuse_lora_linears(ref)
+    if kernels:
+        apply_kernels(ref)
+    fast = copy.deepcopy(ref)
+    assert compile_layers(fast) == 4
+    ids = torch.randint(0, 1024, (2, 256), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    logits_r, _, grads_r = _step(ref, ids)
+    logits_f, _, grads_f = _step(fast, ids)
+    torch.testing.assert_close(logits_f, logits_r, atol=0.06, rtol=0.05)
+    _assert_grads_close(grads_f, grads_r, 0.03)
+    graphs = counters["stats"]["unique_graphs"]
+    print(f"kernels={kernels}: dynamo unique graphs for 4 layers: {graphs}")
+    assert graphs <= 2 * (1 + kernels) + 2, f"{graphs} graphs: layers are not sharing the compiled code"
+
+
+def test_fifty_steps_fast_vs_reference_loss_curves_within_2_percent():
+    """Convergence: the whole speed engine vs transformers + PEFT, same data, seed and init."""
+    ref = _lora(_llama(layers=4, seed=7), seed=7).train()
+    fast = copy.deepcopy(ref)
+    report = apply_speed(fast, mode="fast")
+    assert report.fused_lora == 4 * len(PROJ)
+    gen = torch.Generator("cuda").manual_seed(11)
+    # a learnable stream: repeated random phrases, so the loss falls well below log(vocab)
+    phrases = torch.randint(0, 1024, (16, 32), device="cuda", generator=gen)
+    batches = [
+        phrases[torch.randint(0, 16, (4, 8), device="cuda", generator=gen)].reshape(4, -1) for _ in range(50)
+    ]
+    curves = []
+    for model in (ref, fast):
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+        losses = []
+        for ids in batches:
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        curves.append(losses)
+    ref_curve, fast_curve = curves
+    assert ref_curve[-1] < 0.7 * ref_curve[0], "the reference did not learn; the comparison would be empty"
+    worst = max(abs(f - r) / r for f, r in zip(fast_curve, ref_curve, strict=True))
+    print(f"loss {ref_curve[0]:.3f} → {ref_curve[-1]:.3f}; worst relative gap {worst:.4f}")
+    assert worst <= 0.02, f"fast path's loss curve departs from the reference by {worst:.1%}"

@@ -1,0 +1,116 @@
+"""The fused LoRA linear (legaltune.speed.lora_linear) against PEFT's own forward, on the CPU."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from legaltune.speed.lora_linear import fuse_lora_linears, is_fused, unfuse_lora_linears
+from tests.conftest import make_tiny_llama
+
+PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _peft(dropout: float = 0.0, rslora: bool = False, dtype: torch.dtype = torch.float32, bias: bool = False):
+    model = make_tiny_llama(97, layers=2, seed=3).to(dtype)
+    if bias:  # a biased base layer (Qwen-style q/k/v)
+        lin = model.model.layers[0].self_attn.q_proj
+        lin.bias = torch.nn.Parameter(torch.randn(lin.out_features, dtype=dtype))
+    cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=PROJ, use_rslora=rslora)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, cfg)
+    # B starts at zero, which would hide mistakes in the adapter path: give it values.
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return peft_model
+
+
+def _loss_and_grads(model, ids):
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.logits.detach(), out.loss.detach(), grads
+
+
+# (dtype, atol, rtol) of logits and adapter gradients vs PEFT. fp32: same math, reordered sums.
+# bf16: PEFT runs the adapters in fp32, the fused path in bf16 with fp32 gradient accumulation.
+TOLERANCES = [(torch.float32, 2e-5, 1e-4), (torch.bfloat16, 3e-2, 5e-2)]
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", TOLERANCES)
+@pytest.mark.parametrize("rslora,bias", [(False, False), (True, True)])
+def test_fused_matches_peft(dtype, atol, rtol, rslora, bias):
+    ref = _peft(rslora=rslora, dtype=dtype, bias=bias).train()
+    fast = copy.deepcopy(ref)
+    assert fuse_lora_linears(fast) == 2 * len(PROJ)
+    ids = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(1))
+    logits_r, loss_r, grads_r = _loss_and_grads(ref, ids)
+    logits_f, loss_f, grads_f = _loss_and_grads(fast, ids)
+    torch.testing.assert_close(logits_f, logits_r, atol=atol, rtol=rtol)
+    torch.testing.assert_close(loss_f, loss_r, atol=atol, rtol=rtol)
+    assert grads_f.keys() == grads_r.keys() and len(grads_r) == 4 * len(PROJ)
+    for name, g in grads_r.items():
+        assert grads_f[name].dtype == g.dtype, name  # fp32 adapters keep fp32 gradients
+        scale = g.abs().max().item() + 1e-12
+        err = (grads_f[name] - g).abs().max().item()
+        assert err <= atol * 10 + rtol * scale, f"{name}: max|Δ| {err:.3g} vs max|g| {scale:.3g}"
+
+
+def test_dropout_path_matches_peft_under_same_rng():
+    ref = _peft(dropout=0.3).train()
+    fast = copy.deepcopy(ref)
+    fuse_lora_linears(fast)
+    ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(5)
+    _, loss_r, grads_r = _loss_and_grads(ref, ids)
+    torch.manual_seed(5)
+    _, loss_f, grads_f = _loss_and_grads(fast, ids)
+    torch.testing.assert_close(loss_f, loss_r, atol=2e-5, rtol=1e-4)
+    for name, g in grads_r.items():
+        torch.testing.assert_close(grads_f[name], g, atol=2e-5, rtol=1e-3)
+
+
+def test_fused_falls_back_when_adapters_disabled_and_changes_the_output():
+    fast = _peft().eval()
+    fuse_lora_linears(fast)
+    ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        tuned = fast(input_ids=ids).logits
+        with fast.disable_adapter():
+            base = fast(input_ids=ids).logits
+        ref_base = fast.get_base_model()  # same weights: compare with the adapters really off
+    assert not torch.allclose(tuned, base, atol=1e-4), "disabling the adapters must change the output"
+    unfuse_lora_linears(fast)
+    with torch.no_grad(), fast.disable_adapter():
+        torch.testing.assert_close(ref_base(input_ids=ids).logits, base)
+
+
+def test_unfuse_restores_peft_forward_and_merge_still_works():
+    model = _peft()
+    n = fuse_lora_linears(model)
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
+    assert is_fused(layer)
+    assert fuse_lora_linears(model) == 0  # idempotent
+    assert unfuse_lora_linears(model) == n
+    assert not is_fused(layer) and "forward" not in layer.__dict__
+    ids = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(4))
+    fuse_lora_linears(model)
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        merged = model.merge_and_unload()
+        torch.testing.assert_close(merged(input_ids=ids).logits, before, atol=1e-5, rtol=1e-4)
+
+
+def test_other_instances_and_the_class_are_untouched():
+    from peft.tuners.lora.layer import Linear
+
+    a, b = _peft(), _peft()
+    fuse_lora_linears(a)
+    assert "forward" not in b.get_base_model().model.layers[0].self_attn.q_proj.__dict__
+    assert Linear.forward.__qualname__ == "Linear.forward"
