@@ -171,7 +171,7 @@ def setup_legaltune(ctx: Ctx, *, checkpointing: bool | str) -> Any:
 
 
 def setup_speed(
-    ctx: Ctx, *, checkpointing: bool | str, compile_layers: bool | str = "auto", kernels: bool = True
+    ctx: Ctx, *, checkpointing: bool | str, compile_layers: bool | str = "auto", kernels: bool | str = "auto"
 ) -> Any:
     """legaltune's speed engine as `legaltune train` runs it: apply_lora with a speed config, then
     TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
@@ -275,7 +275,7 @@ ROWS: dict[str, Row] = {
     "x-liger-offload": Row(functools.partial(setup_probe, checkpointing="unsloth"), "unsloth", "probe: Liger kernels + legaltune offloaded checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
     "x-liger-nockpt": Row(functools.partial(setup_probe, checkpointing=False), False, "probe: Liger kernels, no checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
     "x-fast-eager": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=False), False, "probe: speed engine without torch.compile, no checkpointing", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
-    "x-fast-nokernels": Row(functools.partial(setup_speed, checkpointing=False, kernels=False), False, "probe: speed engine without Liger kernels (compile only), no checkpointing", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
+    "x-fast-liger": Row(functools.partial(setup_speed, checkpointing=False, kernels=True), False, "probe: speed engine with Liger kernels inside compiled layers, no checkpointing", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
     "x-lean-eager": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=False), "unsloth", "probe: speed engine without torch.compile, offload", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
     "x-liger-compile-nockpt": Row(functools.partial(setup_probe, checkpointing=False, compile_layers=True), False, "probe: Liger kernels + compiled decoder layers, no checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
 }

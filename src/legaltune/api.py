@@ -81,9 +81,15 @@ class FastLanguageModel:
         use_rslora: bool = False,
         max_seq_length: int | None = None,
         loftq_config: Any = None,
+        speed: str = "fast",
         **kwargs: Any,
     ) -> PeftModel:
-        """Add LoRA adapters; ``use_gradient_checkpointing="unsloth"`` = recompute + CPU offload of layer inputs."""
+        """Add LoRA adapters; ``use_gradient_checkpointing="unsloth"`` = recompute + CPU offload of layer inputs.
+
+        ``speed`` (legaltune's): ``"fast"`` applies the speed engine (fused LoRA linears, kernels,
+        compiled layers on CUDA) with checkpointing on every layer as asked; ``"off"`` keeps the plain
+        transformers + PEFT path. (``"auto"`` needs a batch and sequence plan: use ``legaltune train``.)
+        """
         _reject_unknown("get_peft_model", kwargs)
         if loftq_config:
             raise NotImplementedError(
@@ -93,6 +99,11 @@ class FastLanguageModel:
             raise ValueError(
                 f"use_gradient_checkpointing {use_gradient_checkpointing!r}: choose False, True or 'unsloth'"
             )
+        if speed not in ("fast", "off"):
+            raise ValueError(
+                f"speed {speed!r}: choose 'fast' or 'off' ('auto' is for legaltune train configs)"
+            )
+        from legaltune.config.schema import SpeedConfig
         from legaltune.model.lora import apply_lora
 
         targets = list(SEVEN_PROJECTIONS) if target_modules is None else target_modules
@@ -111,6 +122,7 @@ class FastLanguageModel:
             lora_cfg,
             gradient_checkpointing=use_gradient_checkpointing is not False,
             max_seq_length=max_seq_length,
+            speed=SpeedConfig(mode=speed),
         )
 
 

@@ -330,13 +330,13 @@ class LoggingConfig:
 class SpeedConfig:
     """Speed engine (legaltune's own; not in the seeds): fast paths applied to the model instance."""
 
-    mode: str = opt(
+    # YAML reads a bare off/on as false/true: they are accepted as "off"/"fast".
+    mode: bool | Literal["auto", "fast", "off"] = opt(
         "auto",
         "off: the transformers + PEFT reference path. fast: fused LoRA linears (+ Liger RMSNorm/SwiGLU, compiled layers); "
         "checkpointing exactly as lora.use_gradient_checkpointing says, on every layer. auto: as fast, but checkpoint only "
         "as many layers as the memory plan needs to fit gpu_memory_gb (none if everything fits); those layers use the "
         "use_gradient_checkpointing mode ('unsloth' = offload, true = recompute).",
-        choices=("auto", "fast", "off"),
     )
     kernels: bool = opt(
         True, "Liger-Kernel RMSNorm and SwiGLU on CUDA (per model instance); PyTorch elsewhere."
@@ -350,6 +350,10 @@ class SpeedConfig:
         "Memory budget that speed.mode auto fits the run into (GiB). null: the GPU's total memory.",
         gt=0,
     )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mode, bool):
+            self.mode = "fast" if self.mode else "off"
 
 
 SECTIONS: dict[str, type] = {

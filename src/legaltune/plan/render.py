@@ -66,6 +66,8 @@ def render_plan(plan: Plan, console: Console | None = None) -> None:
         fits = plan.memory.fits(plan.gpu_bytes)
         verdict = "[green]fits[/green]" if fits else "[bold red]does NOT fit[/bold red]"
         console.print(f"GPU {plan.gpu_bytes / GIB:.0f} GiB: {verdict}")
+    if plan.speed_choice:
+        console.print(f"speed {plan.config.speed.mode}: {plan.speed_choice}")
     for note in plan.memory.notes:
         console.print(f"note: {note}")
 

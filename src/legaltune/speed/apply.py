@@ -59,7 +59,7 @@ def apply_speed(
     model: nn.Module,
     *,
     mode: str,
-    kernels: bool = True,
+    kernels: bool | str = "auto",
     compile: bool | str = "auto",
     compile_backend: str = "inductor",
 ) -> SpeedReport:

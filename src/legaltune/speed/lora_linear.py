@@ -167,16 +167,19 @@ def _fusable(module: nn.Module) -> tuple[str, tuple[torch.Tensor, Any]] | None:
 
 
 def fuse_lora_linears(model: nn.Module) -> int:
-    """Route every PEFT LoRA ``Linear`` of this model instance through :class:`LoraLinearFunction`.
+    """Route every PEFT LoRA linear layer (dense or 4-bit base) of this model instance through :class:`LoraLinearFunction`.
 
     Returns how many layers were switched. Only instance attributes change: PEFT's class, other
     models and saving/merging are untouched; :func:`unfuse_lora_linears` undoes it.
     """
-    from peft.tuners.lora.layer import Linear as LoraLinear
+    from peft.tuners.lora.layer import LoraLayer
 
     count = 0
     for module in model.modules():
-        if isinstance(module, LoraLinear) and _base_weight(module.base_layer) is not None:
+        # PEFT has one LoRA class per base type (layer.Linear, bnb.Linear4bit, ...): any LoRA layer
+        # over a dense or 4-bit linear qualifies; embeddings, convolutions and 8-bit bases do not.
+        base = getattr(module, "base_layer", None)
+        if isinstance(module, LoraLayer) and isinstance(base, nn.Linear) and _base_weight(base) is not None:
             if "forward" not in module.__dict__:
                 module.forward = types.MethodType(_fused_forward, module)
                 setattr(module, _FUSED, True)

@@ -130,6 +130,26 @@ def build_args(cfg: Config, run_dir: Path, *, use_cuda: bool, dtype: torch.dtype
     return SFTConfig(**kwargs)
 
 
+def _speed_policy(cfg: Config, model: Any, train_examples: int) -> tuple[int | None, str]:
+    """speed.mode auto: how many layers to checkpoint so the run fits this GPU (plan's memory model)."""
+    if cfg.speed.mode != "auto":
+        return None, ""
+    first = next(model.parameters())
+    budget = None
+    if first.is_cuda:
+        budget = torch.cuda.get_device_properties(first.device).total_memory
+    elif not cfg.speed.gpu_memory_gb:
+        return None, ""  # CPU: host memory is not planned; checkpoint as configured
+    from legaltune.model.arch import ModelNameError
+    from legaltune.plan.core import make_plan
+
+    try:
+        plan = make_plan(cfg, gpu_memory=budget, train_examples=train_examples)
+    except ModelNameError as exc:  # no offline architecture for this model: stay as configured
+        return None, f"no memory plan for this model ({exc}); every layer checkpointed as configured"
+    return plan.checkpoint_layers, plan.speed_choice
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -180,12 +200,21 @@ def run_training(
     # the tokenizer loaded above (and used for the data) is kept; load_model's own copy is dropped
     model = model_and_tokenizer[0] if model_and_tokenizer else load_model(cfg.model, cfg.quantization)[0]
     model.config.use_cache = False  # a KV cache disables packed-sequence detection in attention
+    checkpoint_layers, speed_choice = _speed_policy(cfg, model, len(data.train))
     model = apply_lora(
         model,
         cfg.lora,
         gradient_checkpointing=cfg.optimization.gradient_checkpointing,
         max_seq_length=cfg.model.max_seq_length,
+        speed=cfg.speed,
+        checkpoint_layers=checkpoint_layers,
     )
+    speed_report = getattr(model.get_base_model(), "legaltune_speed", None)
+    if speed_report is not None:
+        if speed_choice:
+            speed_report.notes.append(f"speed auto: {speed_choice}")
+        if show_progress:
+            print(speed_report.summary(), *speed_report.notes, sep="\n  ")
     use_cuda = next(model.parameters()).is_cuda
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
     args = build_args(cfg, run_dir, use_cuda=use_cuda, dtype=dtype)
@@ -232,6 +261,7 @@ def run_training(
         "eval_loss_before": before,
         "eval_loss_after": after,
         "interrupted": interrupt.requested,
+        "speed": speed_report.to_dict() if speed_report is not None else None,
     }
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     from legaltune.report.html import write_report
