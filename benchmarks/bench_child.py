@@ -113,6 +113,48 @@ def run_shape(
     return rec
 
 
+def find_max_seq(
+    model: Any, opt: Any, limit: int, start: int, device: str, fused_head: bool, deadline: float
+) -> dict[str, Any]:
+    """Longest sequence (batch 1) for which one full step (forward, backward, AdamW) runs: doubling
+    from ``start`` until a step fails or ``limit``, then halving the gap twice. Every probe is listed."""
+    probes: list[dict[str, Any]] = []
+
+    def fits(seq: int) -> bool:
+        rec = run_shape(model, opt, seq, 1, 0, 1, device, fused_head)
+        probes.append({k: rec.get(k) for k in ("seq", "status", "peak_alloc_gib", "tokens_per_s", "reason")})
+        print(f"  max-seq probe {seq}: {rec['status']}", file=sys.stderr, flush=True)
+        return rec["status"] == "ok"
+
+    lo, hi, seq = 0, None, start
+    while seq <= limit and time.time() < deadline:
+        if not fits(seq):
+            hi = seq
+            break
+        lo, seq = seq, seq * 2
+    for _ in range(2):
+        if hi is None or time.time() >= deadline:
+            break
+        mid = (lo + hi) // 2 // 1024 * 1024
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    best = next((p for p in probes if p["seq"] == lo), {})
+    return {
+        "seq": lo,
+        "batch": 1,
+        "tokens_per_step": lo,
+        "status": "ok" if lo else "oom",
+        "max_seq": lo,
+        "max_seq_first_failure": hi,
+        "max_seq_limit": limit,
+        "max_seq_probes": probes,
+        "peak_alloc_gib": best.get("peak_alloc_gib"),
+        "tokens_per_s": best.get("tokens_per_s"),
+    }
+
+
 def child_main(args: argparse.Namespace) -> int:
     variant = args.child
     base, qlora = split_variant(variant)
@@ -174,7 +216,7 @@ def child_main(args: argparse.Namespace) -> int:
         qlora=qlora,
         arch=args.arch,
         layers=args.layers,
-        max_seq=max(seq for seq, _ in shapes),
+        max_seq=args.find_max_seq or max(seq for seq, _ in shapes),
         device=device,
         dtype=compute_dtype_name(cuda),
         model_dir=Path(args.model_dir) if args.model_dir else None,
@@ -203,6 +245,18 @@ def child_main(args: argparse.Namespace) -> int:
     opt = torch.optim.AdamW(
         trainable, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, fused=True if cuda else None
     )
+    if args.find_max_seq:
+        found = find_max_seq(
+            model,
+            opt,
+            args.find_max_seq,
+            min(16384, max(64, args.find_max_seq // 8)),
+            device,
+            row.fused_head,
+            args.deadline,
+        )
+        _emit({**info, **found})
+        return 0
     for seq, batch in shapes:
         print(f"{seq}x{batch}: {args.warmup} warm-up + {args.steps} timed steps", file=sys.stderr)
         _emit({**info, **run_shape(model, opt, seq, batch, args.warmup, args.steps, device, row.fused_head)})

@@ -96,6 +96,8 @@ class Child:
         cmd += ["--shapes", args.shapes, "--warmup", str(args.warmup), "--steps", str(args.steps)]
         if args.layers:
             cmd += ["--layers", str(args.layers)]
+        if getattr(args, "find_max_seq", None):
+            cmd += ["--find-max-seq", str(args.find_max_seq)]
         if args.model_dir:
             cmd += ["--model-dir", str(args.model_dir)]
         # A prestarted child learns its deadline (time.time() by which it must be done) with "go".

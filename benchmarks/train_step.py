@@ -193,7 +193,9 @@ def parent_main(args: argparse.Namespace) -> int:
     ) -> None:
         by_shape = {(r["seq"], r["batch"]): r for r in records}
         rows = []
-        for seq, batch in shapes:
+        # --find-max-seq: one record per row, at the sequence length it found
+        row_shapes = list(by_shape) if args.find_max_seq and records else shapes
+        for seq, batch in row_shapes:
             rec = by_shape.get((seq, batch))
             if rec is None:  # the child died or was stopped before this shape
                 status, _, reason = problem.partition(": ")
@@ -320,6 +322,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--clean-model-dir", action="store_true", help="delete the saved model at the end")
     parser.add_argument("--list-rows", action="store_true", help="print the rows and exit")
+    parser.add_argument(
+        "--find-max-seq",
+        type=int,
+        metavar="LIMIT",
+        help="instead of timing shapes: the longest sequence (batch 1, up to LIMIT) each row can train",
+    )
     # Internal: one row in a child process / the background saver.
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--save-model", help=argparse.SUPPRESS)
