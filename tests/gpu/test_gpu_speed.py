@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -182,3 +183,58 @@ def test_fifty_steps_fast_vs_reference_loss_curves_within_2_percent():
     worst = max(abs(f - r) / r for f, r in zip(fast_curve, ref_curve, strict=True))
     print(f"loss {ref_curve[0]:.3f} → {ref_curve[-1]:.3f}; worst relative gap {worst:.4f}")
     assert worst <= 0.02, f"fast path's loss curve departs from the reference by {worst:.1%}"
+
+
+def _tokenizer_dir():
+    """The embedded model's tokenizer: LEGALTUNE_GPU_TOKENIZER, .gpu_tok/ (carried to the GPU
+    machine, which cannot fetch the embedded model), or the local embedded model."""
+    import os
+    from pathlib import Path
+
+    for cand in (os.environ.get("LEGALTUNE_GPU_TOKENIZER"), ".gpu_tok"):
+        if cand and (Path(cand) / "tokenizer.json").is_file():
+            return Path(cand)
+    from legaltune.model.embedded import embedded_model_dir
+
+    path = embedded_model_dir()
+    if not (path / "tokenizer.json").is_file():
+        pytest.skip("no tokenizer: copy the embedded model's tokenizer files to .gpu_tok/")
+    return path
+
+
+@pytest.mark.parametrize("ckpt", [False, "unsloth"])
+def test_legaltune_train_speed_auto_matches_speed_off_on_gpu(tmp_path, ckpt):
+    """The product path end to end (SFTTrainer, TRL's chunked head, autocast): speed auto vs off."""
+    from transformers import AutoTokenizer
+
+    from legaltune.train.trainer import run_training
+    from tests.test_train import base_cfg
+
+    tok = AutoTokenizer.from_pretrained(str(_tokenizer_dir()))
+    results = {}
+    for mode in ("off", "auto"):
+        cfg = base_cfg(
+            tmp_path / mode,
+            model={"device_map": "auto"},
+            lora={"target_modules": PROJ, "use_gradient_checkpointing": ckpt, "r": 8, "lora_alpha": 16},
+            optimization={"gradient_checkpointing": ckpt is not False},
+            training={"max_steps": 20, "learning_rate": 2e-3},
+            speed={"mode": mode},
+        )
+        model = _llama(layers=4, hidden=512, dtype=torch.bfloat16, seed=1)
+        model.resize_token_embeddings(len(tok))
+        res = run_training(cfg, model_and_tokenizer=(model, tok), show_progress=False)
+        losses = [
+            json.loads(line)["loss"]
+            for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()
+            if '"loss"' in line and "eval" not in line
+        ]
+        summary = json.loads((res.run_dir / "train_summary.json").read_text())
+        results[mode] = (losses, summary["speed"])
+    (off, off_speed), (fast, fast_speed) = results["off"], results["auto"]
+    print(f"ckpt={ckpt}: off {off[0]:.3f}→{off[-1]:.3f}  auto {fast[0]:.3f}→{fast[-1]:.3f}  {fast_speed}")
+    assert off_speed["fused_lora"] == 0 and fast_speed["fused_lora"] == 4 * len(PROJ)
+    # no offline architecture for this test model: auto keeps the configured checkpointing
+    assert fast_speed["checkpointing"] == ("none" if ckpt is False else "offload")
+    assert off[-1] < off[0]
+    assert abs(fast[-1] - off[-1]) / off[-1] < 0.05 and abs(fast[0] - off[0]) / off[0] < 0.01
