@@ -44,11 +44,31 @@ _LAYER_PATHS = (
 )
 
 
+class _Slot:
+    """One offloaded tensor: its pinned host copy, and (once prefetched) its way back to the GPU."""
+
+    __slots__ = ("device", "host", "copied", "siblings", "index", "gpu", "ready")
+
+    def __init__(self, device: torch.device, host: torch.Tensor, copied: torch.cuda.Event, siblings: list):
+        self.device, self.host, self.copied = device, host, copied
+        self.siblings, self.index = siblings, len(siblings)  # the slots of the same forward, in order
+        self.gpu: torch.Tensor | None = None
+        self.ready: torch.cuda.Event | None = None
+
+
 class _Offloader:
-    """Pack/unpack hooks that park large CUDA activations in pinned host memory."""
+    """Pack/unpack hooks that park large CUDA activations in pinned host memory.
+
+    Backward consumes the slots in reverse order of packing. When slot k is unpacked, slot k-1's
+    host-to-device copy starts on the side stream, so that it overlaps layer k's recompute and
+    backward instead of stalling the compute stream when layer k-1 needs it (double buffering: at
+    most two offloaded inputs are on the GPU at a time).
+    """
 
     def __init__(self) -> None:
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
+        self._slots: list[_Slot] = []
+        self._unpacked_since_pack = False
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Offloader:
         return _Offloader()  # a copied model gets its own (lazily created) side streams
@@ -66,6 +86,8 @@ class _Offloader:
             or tensor.numel() * tensor.element_size() < MIN_OFFLOAD_BYTES
         ):
             return tensor
+        if self._unpacked_since_pack:  # a new forward after a backward: a new sequence of slots
+            self._slots, self._unpacked_since_pack = [], False
         device = tensor.device
         stream = self._stream(device)
         # The side stream must see the tensor fully computed before copying it out.
@@ -73,21 +95,43 @@ class _Offloader:
         with torch.cuda.stream(stream):
             host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
             host.copy_(tensor, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(stream)
+            copied = torch.cuda.Event()
+            copied.record(stream)
         # Tell the caching allocator the side stream still reads this memory, so it is not handed
         # to a later kernel on the compute stream before the copy has finished.
         tensor.record_stream(stream)
-        return device, host, done
+        slot = _Slot(device, host, copied, self._slots)
+        self._slots.append(slot)
+        return slot
 
-    @staticmethod
-    def unpack(packed: Any) -> torch.Tensor:
+    def _prefetch(self, slot: _Slot) -> None:
+        if slot.gpu is not None:
+            return
+        stream = self._stream(slot.device)
+        with torch.cuda.stream(stream):
+            stream.wait_event(slot.copied)
+            slot.gpu = slot.host.to(slot.device, non_blocking=True)
+            slot.ready = torch.cuda.Event()
+            slot.ready.record(stream)
+
+    def unpack(self, packed: Any) -> torch.Tensor:
         if isinstance(packed, torch.Tensor):
             return packed
-        device, host, done = packed
-        # GPU-side wait (no host sync): the host copy must be complete before we read it back.
-        torch.cuda.current_stream(device).wait_event(done)
-        return host.to(device, non_blocking=True)
+        slot: _Slot = packed
+        self._unpacked_since_pack = True
+        compute = torch.cuda.current_stream(slot.device)
+        if slot.gpu is None:  # not prefetched (the last layer, or a recompute out of order)
+            compute.wait_event(slot.copied)  # GPU-side wait (no host sync) for the host copy
+            tensor = slot.host.to(slot.device, non_blocking=True)
+        else:
+            compute.wait_event(slot.ready)
+            tensor = slot.gpu
+            # allocated on the side stream, used and freed on the compute stream
+            tensor.record_stream(compute)
+        slot.gpu = None
+        if slot.index > 0:
+            self._prefetch(slot.siblings[slot.index - 1])
+        return tensor
 
 
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
