@@ -338,12 +338,13 @@ class SpeedConfig:
         "as many layers as the memory plan needs to fit gpu_memory_gb (none if everything fits); those layers use the "
         "use_gradient_checkpointing mode ('unsloth' = offload, true = recompute).",
     )
-    kernels: bool = opt(
-        True, "Liger-Kernel RMSNorm and SwiGLU on CUDA (per model instance); PyTorch elsewhere."
+    kernels: bool | Literal["auto"] = opt(
+        "auto",
+        "Liger-Kernel RMSNorm and SwiGLU on CUDA (per model instance; PyTorch elsewhere). auto: in the layers that are not compiled.",
     )
     compile: bool | Literal["auto"] = opt(
         "auto",
-        "torch.compile each decoder layer. auto: on a CUDA GPU with Triton; costs tens of seconds at start.",
+        "torch.compile the decoder layers that are not checkpointed. auto: on a CUDA GPU with Triton; costs tens of seconds at start.",
     )
     gpu_memory_gb: float | None = opt(
         None,

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from legaltune.model.offload import find_decoder_layers
 from legaltune.speed.compile import compile_layers, compile_supported
 from legaltune.speed.kernels import apply_kernels, liger_available
 from legaltune.speed.lora_linear import fuse_lora_linears
@@ -62,8 +63,13 @@ def apply_speed(
     kernels: bool | str = "auto",
     compile: bool | str = "auto",
     compile_backend: str = "inductor",
+    checkpointed_layers: int = 0,
 ) -> SpeedReport:
-    """Apply the speed engine to this PEFT model instance per ``mode`` (``off``/``fast``/``auto``)."""
+    """Apply the speed engine to this PEFT model instance per ``mode`` (``off``/``fast``/``auto``).
+
+    ``checkpointed_layers``: how many of the first decoder layers will be checkpointed; those stay
+    eager (with Liger's kernels), the others are compiled.
+    """
     report = SpeedReport(mode=mode)
     if mode == "off":
         return report
@@ -71,18 +77,21 @@ def apply_speed(
     first = next(model.parameters())
     on_cuda = first.is_cuda
     compiled = resolve_compile(compile, on_cuda=on_cuda)
+    layers = list(find_decoder_layers(model))
+    eager_layers = min(checkpointed_layers, len(layers)) if compiled else len(layers)
+    if compiled:
+        report.compiled_layers = compile_layers(model, backend=compile_backend, skip_first=eager_layers)
     # auto: Liger only where layers stay eager. In compiled layers inductor fuses the same norm and
     # gate ops itself, faster on the H100 (14.7k vs 14.1k tok/s, docs/performance.md), and dynamo
     # cannot trace Liger's kernels anyway (it falls back around them).
-    if kernels is True or (kernels == "auto" and not compiled):
+    if kernels is True or kernels == "auto":
         if on_cuda and not liger_available():
             report.notes.append(
                 "liger-kernel is not installed: RMSNorm/SwiGLU run in PyTorch (pip install liger-kernel)"
             )
-        counts = apply_kernels(model)
+        skip = tuple(layers[eager_layers:]) if kernels == "auto" else ()
+        counts = apply_kernels(model, skip=skip)
         report.rms_norm, report.swiglu = counts["rms_norm"], counts["swiglu"]
-    if compiled:
-        report.compiled_layers = compile_layers(model, backend=compile_backend)
     return report
 
 

@@ -32,13 +32,16 @@ def compile_supported() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
 
 
-def compile_layers(model: nn.Module, *, backend: str = "inductor") -> int:
-    """Compile the forward of every decoder layer of this instance; returns how many were compiled.
+def compile_layers(model: nn.Module, *, backend: str = "inductor", skip_first: int = 0) -> int:
+    """Compile the forward of the decoder layers of this instance; returns how many were compiled.
 
+    ``skip_first``: leave the first N layers eager — the checkpointed ones. Under checkpointing the
+    layer runs inside saved-tensor hooks, twice (forward and recompute), which measured slower
+    compiled than eager with Liger's kernels on the H100 (docs/performance.md).
     Idempotent. ``backend`` is for tests (``"aot_eager"`` checks tracing without a C compiler).
     """
     count = 0
-    for layer in find_decoder_layers(model):
+    for layer in list(find_decoder_layers(model))[skip_first:]:
         if layer.__dict__.get(_COMPILED):
             continue
         inner = layer.__dict__.get("forward") or types.MethodType(type(layer).forward, layer)

@@ -67,14 +67,18 @@ def _is_silu_mlp(module: nn.Module) -> bool:
     return silu and not has_bias and all(b is not None for b in base)
 
 
-def apply_kernels(model: nn.Module) -> dict[str, int]:
+def apply_kernels(model: nn.Module, *, skip: tuple[nn.Module, ...] = ()) -> dict[str, int]:
     """Route this instance's Llama-style RMSNorm and SwiGLU MLP modules through Liger's kernels.
 
+    ``skip``: subtrees left alone (compiled layers, where inductor fuses these ops itself).
     Returns counts per kind; modules of other classes are left alone. Idempotent; see
     :func:`remove_kernels`.
     """
     counts = {"rms_norm": 0, "swiglu": 0}
+    skipped = {id(m) for root in skip for m in root.modules()}
     for module in model.modules():
+        if id(module) in skipped:
+            continue
         name = type(module).__name__
         if _KERNEL in module.__dict__ or "forward" in module.__dict__:
             continue
