@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 # Below this the copy costs more in launch/sync overhead than the memory it frees (RoPE cos/sin, masks).
 MIN_OFFLOAD_BYTES = 1 << 20
+# Offloaded tensors copied back ahead of backward: a layer can save more than one (its input, and a
+# padding mask at batch > 1), so two slots cover the next layer's inputs.
+PREFETCH_SLOTS = 2
 _INNER = "_legaltune_inner_forward"
 _OFFLOADER = "_legaltune_offloader"
 _LAYER_PATHS = (
@@ -47,22 +50,24 @@ _LAYER_PATHS = (
 class _Slot:
     """One offloaded tensor: its pinned host copy, and (once prefetched) its way back to the GPU."""
 
-    __slots__ = ("device", "host", "copied", "siblings", "index", "gpu", "ready")
+    __slots__ = ("device", "host", "copied", "siblings", "index", "gpu", "ready", "used")
 
     def __init__(self, device: torch.device, host: torch.Tensor, copied: torch.cuda.Event, siblings: list):
         self.device, self.host, self.copied = device, host, copied
         self.siblings, self.index = siblings, len(siblings)  # the slots of the same forward, in order
         self.gpu: torch.Tensor | None = None
         self.ready: torch.cuda.Event | None = None
+        self.used = False  # unpacked by backward: never fetch it again
 
 
 class _Offloader:
     """Pack/unpack hooks that park large CUDA activations in pinned host memory.
 
-    Backward consumes the slots in reverse order of packing. When slot k is unpacked, slot k-1's
-    host-to-device copy starts on the side stream, so that it overlaps layer k's recompute and
-    backward instead of stalling the compute stream when layer k-1 needs it (double buffering: at
-    most two offloaded inputs are on the GPU at a time).
+    Backward consumes the slots in reverse order of packing. When a slot is unpacked, the copies of
+    the next unused slots before it (``PREFETCH_SLOTS``) start on the side stream, so that they
+    overlap this layer's recompute and backward instead of stalling the compute stream when the
+    previous layer needs them. A slot is fetched at most once: an earlier version re-fetched a slot
+    that had just been used when a layer saved two tensors, which halved the speed at batch 4.
     """
 
     def __init__(self) -> None:
@@ -104,6 +109,18 @@ class _Offloader:
         self._slots.append(slot)
         return slot
 
+    def _prefetch_before(self, slot: _Slot) -> None:
+        """Start the copies of the next ``PREFETCH_SLOTS`` unused slots that backward will need."""
+        in_flight = 0
+        for j in range(slot.index - 1, -1, -1):
+            other = slot.siblings[j]
+            if other.used:
+                continue
+            self._prefetch(other)
+            in_flight += 1
+            if in_flight >= PREFETCH_SLOTS:
+                break
+
     def _prefetch(self, slot: _Slot) -> None:
         if slot.gpu is not None:
             return
@@ -128,9 +145,8 @@ class _Offloader:
             tensor = slot.gpu
             # allocated on the side stream, used and freed on the compute stream
             tensor.record_stream(compute)
-        slot.gpu = None
-        if slot.index > 0:
-            self._prefetch(slot.siblings[slot.index - 1])
+        slot.gpu, slot.used = None, True
+        self._prefetch_before(slot)
         return tensor
 
 

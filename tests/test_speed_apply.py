@@ -1,0 +1,278 @@
+"""The speed engine in one call (legaltune.speed.apply) and through apply_lora, on the CPU.
+
+Placement (which layers are compiled, which modules use the kernel forwards), equality with the
+transformers + PEFT reference path (logits, loss, LoRA gradients), a short training run that must
+follow the reference's loss curve, and the partial checkpointing policy of apply_lora.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from legaltune.config.schema import LoraConfig as LegalLoraConfig
+from legaltune.config.schema import SpeedConfig
+from legaltune.model.lora import apply_lora
+from legaltune.model.offload import _offloaded_forward, checkpointed_layers, find_decoder_layers
+from legaltune.speed.apply import apply_speed
+from legaltune.speed.compile import is_compiled
+from legaltune.speed.kernels import kernel_kind
+from legaltune.speed.lora_linear import is_fused
+from tests.conftest import make_tiny_llama
+
+PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+VOCAB = 97
+
+
+def _randomize_lora_b(model, seed: int = 7) -> None:
+    # B starts at zero, which would hide mistakes in the adapter path: give it values.
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def _peft(seed: int = 3, embed_scale: float = 1.0):
+    model = make_tiny_llama(VOCAB, layers=2, seed=seed)
+    if embed_scale != 1.0:
+        # The tied embeddings (std 0.02) bound the logits of a 64-wide model to about ±1.3, too
+        # flat to fit anything; scaled up, LoRA alone can learn the stream.
+        with torch.no_grad():
+            model.get_input_embeddings().weight.mul_(embed_scale)
+    cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=PROJ)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, cfg)
+    _randomize_lora_b(peft_model)
+    return peft_model
+
+
+def _instance_forwards(model) -> set[str]:
+    return {name for name, m in model.named_modules() if "forward" in m.__dict__}
+
+
+def _loss_and_grads(model, ids):
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.logits.detach(), out.loss.detach(), grads
+
+
+def _assert_same_step(fast, ref, ids, *, atol: float, rtol: float) -> None:
+    logits_r, loss_r, grads_r = _loss_and_grads(ref, ids)
+    logits_f, loss_f, grads_f = _loss_and_grads(fast, ids)
+    torch.testing.assert_close(logits_f, logits_r, atol=atol, rtol=rtol)
+    torch.testing.assert_close(loss_f, loss_r, atol=atol, rtol=rtol)
+    assert grads_f.keys() == grads_r.keys()
+    assert len(grads_r) == 2 * 2 * len(PROJ)  # lora_A and lora_B of 7 projections in 2 layers
+    assert all("lora_" in name for name in grads_r)
+    for name, g in grads_r.items():
+        assert g.abs().max() > 0, f"{name}: zero gradient, the comparison would prove nothing"
+        torch.testing.assert_close(grads_f[name], g, atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def _ids(seed: int, shape=(2, 24)) -> torch.Tensor:
+    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
+
+
+# --- apply_speed ----------------------------------------------------------------------------------
+
+
+def test_mode_off_changes_nothing():
+    model = _peft()
+    before = _instance_forwards(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    report = apply_speed(model, mode="off", kernels=True, compile=True, compile_backend="aot_eager")
+    assert report.mode == "off"
+    assert (report.fused_lora, report.rms_norm, report.swiglu, report.compiled_layers) == (0, 0, 0, 0)
+    assert report.summary().startswith("speed: off")
+    assert before == set() and _instance_forwards(model) == set()
+    for module in model.modules():
+        assert not is_fused(module) and kernel_kind(module) is None
+    assert not any(is_compiled(layer) for layer in find_decoder_layers(model))
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    assert all(torch.equal(after[k], v) for k, v in state.items())
+
+
+def _fast_compiled():
+    ref = _peft().train()
+    fast = copy.deepcopy(ref)
+    report = apply_speed(
+        fast, mode="fast", kernels="auto", compile=True, compile_backend="aot_eager", checkpointed_layers=1
+    )
+    return ref, fast, report
+
+
+def test_fast_mode_places_kernels_in_eager_layers_and_compiles_the_rest():
+    _, fast, report = _fast_compiled()
+    layer0, layer1 = find_decoder_layers(fast)
+    # layer 0 (the checkpointed one) stays eager, with the kernel forwards
+    assert not is_compiled(layer0)
+    assert kernel_kind(layer0.input_layernorm) == "rms_norm"
+    assert kernel_kind(layer0.post_attention_layernorm) == "rms_norm"
+    assert kernel_kind(layer0.mlp) == "swiglu"
+    # layer 1 is compiled; inductor would fuse the norms and the gate itself, so no kernels there
+    assert is_compiled(layer1)
+    assert "forward" in layer1.__dict__
+    assert all(kernel_kind(m) is None for m in layer1.modules())
+    # the final norm sits outside the decoder layers and is not compiled: it gets the kernel
+    assert kernel_kind(fast.get_base_model().model.norm) == "rms_norm"
+    assert report.mode == "fast"
+    assert report.fused_lora == 2 * len(PROJ)
+    assert report.compiled_layers == 1
+    assert (report.rms_norm, report.swiglu) == (3, 1)
+    assert sum(is_fused(m) for m in fast.modules()) == report.fused_lora
+    assert sum(kernel_kind(m) == "rms_norm" for m in fast.modules()) == report.rms_norm
+    assert sum(kernel_kind(m) == "swiglu" for m in fast.modules()) == report.swiglu
+    assert "1 compiled layers" in report.summary()
+
+
+def test_fast_mode_compiled_matches_reference():
+    ref, fast, _ = _fast_compiled()
+    _assert_same_step(fast, ref, _ids(1), atol=1e-5, rtol=1e-4)
+    # a second step through the already compiled layer (no recompile on the same shapes)
+    _assert_same_step(fast, ref, _ids(2), atol=1e-5, rtol=1e-4)
+
+
+def test_fast_mode_eager_matches_reference_and_differs_without_adapters():
+    ref = _peft().train()
+    fast = copy.deepcopy(ref)
+    report = apply_speed(fast, mode="fast", compile=False)
+    assert report.compiled_layers == 0 and (report.rms_norm, report.swiglu) == (5, 2)
+    assert not any(is_compiled(layer) for layer in find_decoder_layers(fast))
+    ids = _ids(3)
+    _assert_same_step(fast, ref, ids, atol=1e-5, rtol=1e-4)
+    # the adapters matter: without them the logits move far beyond the tolerance above
+    with torch.no_grad(), fast.disable_adapter():
+        base_logits = fast(input_ids=ids).logits
+        adapted = ref(input_ids=ids).logits
+    assert (base_logits - adapted).abs().max() > 1e-2
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def _phrase_batches(steps: int, *, batch: int = 4, seq: int = 24, seed: int = 11) -> list[torch.Tensor]:
+    """A learnable stream: sequences made of a few fixed random phrases, in random order."""
+    gen = torch.Generator().manual_seed(seed)
+    phrases = torch.randint(0, VOCAB, (4, 6), generator=gen)
+    per_seq = seq // phrases.shape[1]
+    out = []
+    for _ in range(steps):
+        order = torch.randint(0, len(phrases), (batch, per_seq), generator=gen)
+        out.append(phrases[order].reshape(batch, -1))
+    return out
+
+
+def _train(model, batches) -> list[float]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-3)
+    losses = []
+    for ids in batches:
+        opt.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_fast_mode_training_follows_reference_loss_curve():
+    batches = _phrase_batches(50)
+    ref = _peft(embed_scale=3.0).train()
+    fast = copy.deepcopy(ref)
+    apply_speed(fast, mode="fast", compile=False)
+    ref_losses = _train(ref, batches)
+    fast_losses = _train(fast, batches)
+    assert ref_losses[-1] < 0.7 * ref_losses[0], ref_losses
+    assert ref_losses[-1] < 0.7 * math.log(VOCAB), ref_losses  # well below a uniform guess
+    for step, (r, f) in enumerate(zip(ref_losses, fast_losses, strict=True)):
+        assert abs(f - r) <= 0.02 * abs(r), f"step {step}: fast {f:.5f} vs reference {r:.5f}"
+
+
+# --- apply_lora: speed engine + partial checkpointing -------------------------------------------------
+
+
+def _lora_model(mode, checkpoint_layers):
+    model = make_tiny_llama(VOCAB, layers=2, seed=5)
+    cfg = LegalLoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=PROJ,
+        use_rslora=False,
+        use_gradient_checkpointing=mode,
+        random_state=0,
+    )
+    peft_model = apply_lora(
+        model,
+        cfg,
+        gradient_checkpointing=True,
+        speed=SpeedConfig(mode="fast", compile=False),
+        checkpoint_layers=checkpoint_layers,
+    )
+    _randomize_lora_b(peft_model)
+    return peft_model.train()
+
+
+def _wrapped(model) -> list[bool]:
+    return [
+        getattr(layer.__dict__.get("forward"), "__func__", None) is _offloaded_forward
+        for layer in find_decoder_layers(model)
+    ]
+
+
+@pytest.mark.parametrize(
+    "mode,layers,expected",
+    [("unsloth", 1, "offload 1/2"), (True, 1, "recompute 1/2"), ("unsloth", 0, "none")],
+)
+def test_apply_lora_records_partial_checkpointing(mode, layers, expected):
+    model = _lora_model(mode, layers)
+    base = model.get_base_model()
+    assert base.legaltune_checkpointing == expected
+    report = base.legaltune_speed
+    assert report.mode == "fast" and report.checkpointing == expected
+    assert report.fused_lora == 2 * len(PROJ) and report.compiled_layers == 0
+    assert checkpointed_layers(model) == layers
+    assert _wrapped(model) == [True, False][:layers] + [False] * (2 - layers)
+    # transformers' own checkpointing is not stacked on top
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in base.modules())
+
+
+@pytest.mark.parametrize("mode", ["unsloth", True])
+def test_partially_checkpointed_step_matches_unchecked(mode):
+    ckpt = _lora_model(mode, 1)
+    plain = _lora_model(mode, 0)
+    assert checkpointed_layers(ckpt) == 1 and checkpointed_layers(plain) == 0
+    # same weights: same base seed, same adapter seed, same lora_B values
+    plain_state = plain.state_dict()
+    for name, value in ckpt.state_dict().items():
+        assert torch.equal(value, plain_state[name]), name
+
+    calls = {"ckpt": [0, 0], "plain": [0, 0]}
+
+    def counter(key, i):
+        def hook(*_):
+            calls[key][i] += 1
+
+        return hook
+
+    for key, model in (("ckpt", ckpt), ("plain", plain)):
+        for i, layer in enumerate(find_decoder_layers(model)):
+            layer.self_attn.register_forward_hook(counter(key, i))
+
+    ids = _ids(4)
+    _, loss_p, grads_p = _loss_and_grads(plain, ids)
+    _, loss_c, grads_c = _loss_and_grads(ckpt, ids)
+    # the checkpointed layer really ran again in backward; the other did not
+    assert calls == {"ckpt": [2, 1], "plain": [1, 1]}
+    torch.testing.assert_close(loss_c, loss_p, atol=1e-5, rtol=1e-5)
+    assert grads_c.keys() == grads_p.keys() and len(grads_p) == 2 * 2 * len(PROJ)
+    for name, g in grads_p.items():
+        assert g.abs().max() > 0, name
+        torch.testing.assert_close(grads_c[name], g, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
