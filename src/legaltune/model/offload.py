@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import types
+import weakref
 from typing import Any
 
 import torch
@@ -73,7 +74,9 @@ class _Offloader:
     def __init__(self) -> None:
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self._slots: list[_Slot] = []
+        self._seen: dict[int, weakref.ref] = {}
         self._unpacked_since_pack = False
+        self.prefetch_slots = PREFETCH_SLOTS
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Offloader:
         return _Offloader()  # a copied model gets its own (lazily created) side streams
@@ -92,7 +95,14 @@ class _Offloader:
         ):
             return tensor
         if self._unpacked_since_pack:  # a new forward after a backward: a new sequence of slots
-            self._slots, self._unpacked_since_pack = [], False
+            self._slots, self._seen, self._unpacked_since_pack = [], {}, False
+        # A tensor every layer saves (RoPE cos/sin at batch > 1) is one GPU tensor shared by all the
+        # checkpoints: offloading it again for each layer frees nothing and costs a copy each way.
+        # Identity, not address: a freed layer input's memory is often reused by the next one.
+        seen = self._seen.get(id(tensor))
+        if seen is not None and seen() is tensor:
+            return tensor
+        self._seen[id(tensor)] = weakref.ref(tensor)
         device = tensor.device
         stream = self._stream(device)
         # The side stream must see the tensor fully computed before copying it out.
@@ -116,10 +126,10 @@ class _Offloader:
             other = slot.siblings[j]
             if other.used:
                 continue
+            if in_flight >= self.prefetch_slots:
+                break
             self._prefetch(other)
             in_flight += 1
-            if in_flight >= PREFETCH_SLOTS:
-                break
 
     def _prefetch(self, slot: _Slot) -> None:
         if slot.gpu is not None:
