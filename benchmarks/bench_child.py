@@ -141,6 +141,17 @@ def find_max_seq(
         else:
             hi = mid
     best = next((p for p in probes if p["seq"] == lo), {})
+    # Flash/SDPA attention keeps memory linear in tokens: the last two fitting probes give the slope,
+    # and the sequence at which the peak would reach the GPU's memory (less 1 GiB of context).
+    ok = [p for p in probes if p["status"] == "ok" and p.get("peak_alloc_gib")]
+    extrapolated = None
+    if len(ok) >= 2 and device == "cuda":
+        import torch
+
+        (s1, m1), (s2, m2) = ((p["seq"], p["peak_alloc_gib"]) for p in ok[-2:])
+        capacity = torch.cuda.get_device_properties(0).total_memory / 2**30 - 1.0
+        if m2 > m1:
+            extrapolated = int(s2 + (capacity - m2) * (s2 - s1) / (m2 - m1))
     return {
         "seq": lo,
         "batch": 1,
@@ -149,6 +160,7 @@ def find_max_seq(
         "max_seq": lo,
         "max_seq_first_failure": hi,
         "max_seq_limit": limit,
+        "max_seq_extrapolated": extrapolated,
         "max_seq_probes": probes,
         "peak_alloc_gib": best.get("peak_alloc_gib"),
         "tokens_per_s": best.get("tokens_per_s"),
