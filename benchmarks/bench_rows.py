@@ -176,21 +176,14 @@ def setup_speed(
     checkpointing: bool | str,
     compile_layers: bool | str = "auto",
     kernels: bool | str = "auto",
-    prefetch: int | None = None,
 ) -> Any:
     """legaltune's speed engine as `legaltune train` runs it: apply_lora with a speed config, then
     TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
     ``fused_lm_head=True``, as SFTTrainer's compute_loss does)."""
     from legaltune.config.schema import SpeedConfig
-    from legaltune.model.offload import find_decoder_layers
 
     speed = SpeedConfig(mode="fast", kernels=kernels, compile=compile_layers)
     model = _legaltune_lora(ctx, ctx.base_model(), checkpointing, speed=speed)
-    if prefetch is not None:  # probe: the offloader's read-ahead depth (0 = copy back when needed)
-        for layer in find_decoder_layers(model):
-            offloader = layer.__dict__.get("_legaltune_offloader")
-            if offloader is not None:
-                offloader.prefetch_slots = prefetch
     from trl.trainer.utils import add_fused_lm_head
 
     add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))
@@ -288,7 +281,6 @@ ROWS: dict[str, Row] = {
     "x-fast-eager": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=False), False, "probe: speed engine without torch.compile, no checkpointing", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
     "x-fast-liger": Row(functools.partial(setup_speed, checkpointing=False, kernels=True), False, "probe: speed engine with Liger kernels inside compiled layers, no checkpointing", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
     "x-lean-eager": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=False), "unsloth", "probe: speed engine without torch.compile, offload", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
-    "x-lean-noprefetch": Row(functools.partial(setup_speed, checkpointing="unsloth", prefetch=0), "unsloth", "probe: lean without the backward read-ahead of offloaded inputs", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
     "x-liger-compile-nockpt": Row(functools.partial(setup_probe, checkpointing=False, compile_layers=True), False, "probe: Liger kernels + compiled decoder layers, no checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
 }
 # fmt: on

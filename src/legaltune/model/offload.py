@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import types
-import weakref
 from typing import Any
 
 import torch
@@ -34,9 +33,6 @@ logger = logging.getLogger(__name__)
 
 # Below this the copy costs more in launch/sync overhead than the memory it frees (RoPE cos/sin, masks).
 MIN_OFFLOAD_BYTES = 1 << 20
-# Offloaded tensors copied back ahead of backward: a layer can save more than one (its input, and a
-# padding mask at batch > 1), so two slots cover the next layer's inputs.
-PREFETCH_SLOTS = 2
 _INNER = "_legaltune_inner_forward"
 _OFFLOADER = "_legaltune_offloader"
 _LAYER_PATHS = (
@@ -48,35 +44,11 @@ _LAYER_PATHS = (
 )
 
 
-class _Slot:
-    """One offloaded tensor: its pinned host copy, and (once prefetched) its way back to the GPU."""
-
-    __slots__ = ("device", "host", "copied", "siblings", "index", "gpu", "ready", "used")
-
-    def __init__(self, device: torch.device, host: torch.Tensor, copied: torch.cuda.Event, siblings: list):
-        self.device, self.host, self.copied = device, host, copied
-        self.siblings, self.index = siblings, len(siblings)  # the slots of the same forward, in order
-        self.gpu: torch.Tensor | None = None
-        self.ready: torch.cuda.Event | None = None
-        self.used = False  # unpacked by backward: never fetch it again
-
-
 class _Offloader:
-    """Pack/unpack hooks that park large CUDA activations in pinned host memory.
-
-    Backward consumes the slots in reverse order of packing. When a slot is unpacked, the copies of
-    the next unused slots before it (``PREFETCH_SLOTS``) start on the side stream, so that they
-    overlap this layer's recompute and backward instead of stalling the compute stream when the
-    previous layer needs them. A slot is fetched at most once: an earlier version re-fetched a slot
-    that had just been used when a layer saved two tensors, which halved the speed at batch 4.
-    """
+    """Pack/unpack hooks that park large CUDA activations in pinned host memory."""
 
     def __init__(self) -> None:
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
-        self._slots: list[_Slot] = []
-        self._seen: dict[int, weakref.ref] = {}
-        self._unpacked_since_pack = False
-        self.prefetch_slots = PREFETCH_SLOTS
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Offloader:
         return _Offloader()  # a copied model gets its own (lazily created) side streams
@@ -94,15 +66,6 @@ class _Offloader:
             or tensor.numel() * tensor.element_size() < MIN_OFFLOAD_BYTES
         ):
             return tensor
-        if self._unpacked_since_pack:  # a new forward after a backward: a new sequence of slots
-            self._slots, self._seen, self._unpacked_since_pack = [], {}, False
-        # A tensor every layer saves (RoPE cos/sin at batch > 1) is one GPU tensor shared by all the
-        # checkpoints: offloading it again for each layer frees nothing and costs a copy each way.
-        # Identity, not address: a freed layer input's memory is often reused by the next one.
-        seen = self._seen.get(id(tensor))
-        if seen is not None and seen() is tensor:
-            return tensor
-        self._seen[id(tensor)] = weakref.ref(tensor)
         device = tensor.device
         stream = self._stream(device)
         # The side stream must see the tensor fully computed before copying it out.
@@ -110,54 +73,21 @@ class _Offloader:
         with torch.cuda.stream(stream):
             host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
             host.copy_(tensor, non_blocking=True)
-            copied = torch.cuda.Event()
-            copied.record(stream)
+            done = torch.cuda.Event()
+            done.record(stream)
         # Tell the caching allocator the side stream still reads this memory, so it is not handed
         # to a later kernel on the compute stream before the copy has finished.
         tensor.record_stream(stream)
-        slot = _Slot(device, host, copied, self._slots)
-        self._slots.append(slot)
-        return slot
+        return device, host, done
 
-    def _prefetch_before(self, slot: _Slot) -> None:
-        """Start the copies of the next ``PREFETCH_SLOTS`` unused slots that backward will need."""
-        in_flight = 0
-        for j in range(slot.index - 1, -1, -1):
-            other = slot.siblings[j]
-            if other.used:
-                continue
-            if in_flight >= self.prefetch_slots:
-                break
-            self._prefetch(other)
-            in_flight += 1
-
-    def _prefetch(self, slot: _Slot) -> None:
-        if slot.gpu is not None:
-            return
-        stream = self._stream(slot.device)
-        with torch.cuda.stream(stream):
-            stream.wait_event(slot.copied)
-            slot.gpu = slot.host.to(slot.device, non_blocking=True)
-            slot.ready = torch.cuda.Event()
-            slot.ready.record(stream)
-
-    def unpack(self, packed: Any) -> torch.Tensor:
+    @staticmethod
+    def unpack(packed: Any) -> torch.Tensor:
         if isinstance(packed, torch.Tensor):
             return packed
-        slot: _Slot = packed
-        self._unpacked_since_pack = True
-        compute = torch.cuda.current_stream(slot.device)
-        if slot.gpu is None:  # not prefetched (the last layer, or a recompute out of order)
-            compute.wait_event(slot.copied)  # GPU-side wait (no host sync) for the host copy
-            tensor = slot.host.to(slot.device, non_blocking=True)
-        else:
-            compute.wait_event(slot.ready)
-            tensor = slot.gpu
-            # allocated on the side stream, used and freed on the compute stream
-            tensor.record_stream(compute)
-        slot.gpu, slot.used = None, True
-        self._prefetch_before(slot)
-        return tensor
+        device, host, done = packed
+        # GPU-side wait (no host sync): the host copy must be complete before we read it back.
+        torch.cuda.current_stream(device).wait_event(done)
+        return host.to(device, non_blocking=True)
 
 
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
