@@ -53,6 +53,8 @@ def plan_fields(
         checkpointing=row.checkpointing,
         attn_implementation=ATTN,
         r=LORA_R,
+        speed=row.speed,
+        fused_head=row.fused_head,
     )
     gap = row.plan_gap_qlora if qlora and row.plan_gap_qlora is not None else row.plan_gap
     plan_gib = est.peak_bytes / GIB

@@ -238,7 +238,6 @@ def setup_unsloth(ctx: Ctx, *, checkpointing: bool | str) -> Any:
 
 
 FUSED_CE = "fused linear cross-entropy never materialises the logits, which the plan model counts"
-SPEED_PLAN = "the speed engine's activations are calibrated from this run (plan model: speed issue)"
 KBIT_UPCAST = (
     "prepare_model_for_kbit_training upcasts embeddings, norms and lm_head to fp32 (fp32 hidden "
     "states and logits), which the plan model does not model"
@@ -257,6 +256,7 @@ class Row:
     plan_gap: str = ""  # why the plan's memory model does not describe this row ("" = it does)
     plan_gap_qlora: str | None = None  # the same for the 4-bit variant (None = as plan_gap)
     fused_head: bool = False  # the step calls model(..., fused_lm_head=True) (TRL's head, as in training)
+    speed: bool = False  # legaltune's speed engine: the plan models its activations (speed=True)
     # Import while the previous row measures. Not Unsloth: its import must come before
     # transformers and already creates a CUDA context, which must wait for the GPU to be free.
     prestart: bool = True
@@ -271,16 +271,16 @@ ROWS: dict[str, Row] = {
     "legaltune-offload": Row(functools.partial(setup_legaltune, checkpointing="unsloth"), "unsloth", "legaltune apply_lora, checkpointing with layer inputs offloaded to CPU"),
     "legaltune-recompute": Row(functools.partial(setup_legaltune, checkpointing=True), True, "legaltune apply_lora, recompute checkpointing"),
     "legaltune-nockpt": Row(functools.partial(setup_legaltune, checkpointing=False), False, "legaltune apply_lora, no checkpointing"),
-    "legaltune-fast": Row(functools.partial(setup_speed, checkpointing=False), False, "legaltune speed engine, no checkpointing (auto's choice where it fits)", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
-    "legaltune-lean": Row(functools.partial(setup_speed, checkpointing="unsloth"), "unsloth", "legaltune speed engine, every layer offload-checkpointed", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
+    "legaltune-fast": Row(functools.partial(setup_speed, checkpointing=False), False, "legaltune speed engine, no checkpointing (auto's choice where it fits)", ("trl",), fused_head=True, speed=True),
+    "legaltune-lean": Row(functools.partial(setup_speed, checkpointing="unsloth"), "unsloth", "legaltune speed engine, every layer offload-checkpointed", ("trl",), fused_head=True, speed=True),
     "hf+liger": Row(setup_hf_liger, True, "hf + Liger-Kernel (RMSNorm, RoPE, SwiGLU, fused linear CE)", ("liger_kernel.transformers",), plan_gap=FUSED_CE, plan_gap_qlora=f"{FUSED_CE}; {KBIT_UPCAST}"),
     "unsloth-nockpt": Row(functools.partial(setup_unsloth, checkpointing=False), False, "Unsloth FastLanguageModel, no checkpointing", ("unsloth",), from_dir=True, plan_gap=FUSED_CE, prestart=False),
     # probes for the speed layer (run with --rows x-...): not in the default set
     "x-liger-offload": Row(functools.partial(setup_probe, checkpointing="unsloth"), "unsloth", "probe: Liger kernels + legaltune offloaded checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
     "x-liger-nockpt": Row(functools.partial(setup_probe, checkpointing=False), False, "probe: Liger kernels, no checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
-    "x-fast-eager": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=False), False, "probe: speed engine without torch.compile, no checkpointing", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
-    "x-fast-liger": Row(functools.partial(setup_speed, checkpointing=False, kernels=True), False, "probe: speed engine with Liger kernels inside compiled layers, no checkpointing", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
-    "x-lean-eager": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=False), "unsloth", "probe: speed engine without torch.compile, offload", ("trl",), plan_gap=SPEED_PLAN, fused_head=True),
+    "x-fast-eager": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=False), False, "probe: speed engine without torch.compile, no checkpointing", ("trl",), fused_head=True, speed=True),
+    "x-fast-liger": Row(functools.partial(setup_speed, checkpointing=False, kernels=True), False, "probe: speed engine with Liger kernels inside compiled layers, no checkpointing", ("trl",), fused_head=True, speed=True),
+    "x-lean-eager": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=False), "unsloth", "probe: speed engine without torch.compile, offload", ("trl",), fused_head=True, speed=True),
     "x-liger-compile-nockpt": Row(functools.partial(setup_probe, checkpointing=False, compile_layers=True), False, "probe: Liger kernels + compiled decoder layers, no checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
 }
 # fmt: on
