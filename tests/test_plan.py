@@ -315,3 +315,11 @@ def test_plan_counts_the_configs_training_examples(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["steps"]["train_examples"] == 32  # data.max_train_examples of the demo
     assert out["steps"]["per_epoch"] == 8  # 32 examples / (2 × 2)
+
+
+def test_plan_takes_the_runs_checkpoint_choice():
+    cfg = build_config({"model": {"max_seq_length": 8192}, "training": {"per_device_train_batch_size": 1}})
+    as_run = make_plan(cfg, gpu_memory=20 * GIB, checkpoint_layers=0)
+    assert as_run.checkpoint_layers == 0 and "as the run did" in as_run.speed_choice
+    assert any("no checkpointing" in name for name in as_run.memory.components)
+    assert as_run.memory.peak_bytes > make_plan(cfg, gpu_memory=20 * GIB).memory.peak_bytes

@@ -156,3 +156,12 @@ def test_report_renders_in_headless_chromium(evaluated_run, tmp_path):
     ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     assert shot.stat().st_size > 50_000  # a blank or broken page compresses to a few KB
+
+
+def test_report_plans_the_checkpointing_the_run_used():
+    from legaltune.report.html import _run_checkpoint_layers
+
+    assert _run_checkpoint_layers({"speed": {"checkpointing": "none"}}) == 0
+    assert _run_checkpoint_layers({"speed": {"checkpointing": "offload 12/32"}}) == 12
+    assert _run_checkpoint_layers({"speed": {"checkpointing": "offload"}}) is None  # every layer
+    assert _run_checkpoint_layers({"speed": None}) is None and _run_checkpoint_layers(None) is None

@@ -152,11 +152,14 @@ def make_plan(
     world_size: int = 1,
     train_examples: int | None = None,
     fused_head: bool | None = None,
+    checkpoint_layers: int | None = None,
 ) -> Plan:
     """Compute parameters, schedule, memory and lints for ``cfg``.
 
     ``fused_head``: whether the loss goes through TRL's chunked LM head; None = as `legaltune train`
     runs it (chunked unless lm_head has an adapter). False models full logits (a plain training loop).
+    ``checkpoint_layers``: the layer count a run actually checkpointed (its report), instead of the
+    speed policy's choice.
     """
     arch = load_arch(cfg.model.model_name)
     targets = resolve_targets(arch, cfg.lora.target_modules)
@@ -195,8 +198,10 @@ def make_plan(
         fused_head="lm_head" not in cfg.lora.target_modules if fused_head is None else fused_head,
     )
     budget = cfg.speed.gpu_memory_gb * GIB if cfg.speed.gpu_memory_gb else gpu_memory
-    layers, choice = None, ""
-    if cfg.speed.mode == "auto" and checkpointing is not False:
+    layers, choice = checkpoint_layers, ""
+    if checkpoint_layers is not None:
+        choice = f"{checkpoint_layers} layers checkpointed (as the run did)"
+    elif cfg.speed.mode == "auto" and checkpointing is not False:
         layers, choice = choose_checkpoint_layers(
             lambda n: estimate_memory(arch, params, **common, checkpoint_layers=n), arch.layers, budget
         )

@@ -155,12 +155,14 @@ def _table(head: list[str], body: list[list[str]], numeric_from: int = 1) -> str
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
 
 
-def _memory_section(cfg: Any, cfg_error: str | None, rows: list[dict[str, Any]], stats: Any) -> str:
+def _memory_section(
+    cfg: Any, cfg_error: str | None, rows: list[dict[str, Any]], stats: Any, summary: Any = None
+) -> str:
     peaks = [r["peak_memory_gib"] for r in rows if isinstance(r.get("peak_memory_gib"), int | float)]
     measured = max(peaks) if peaks else None
     on_cpu = cfg is not None and cfg.model.device_map == "cpu"
     parts = ["<h2>Memory: plan estimate vs measured peak</h2>"]
-    estimate, why = _plan_estimate(cfg, stats) if cfg is not None else (None, cfg_error)
+    estimate, why = _plan_estimate(cfg, stats, summary) if cfg is not None else (None, cfg_error)
     body = []
     if estimate is not None:
         for name, b in estimate.components.items():
@@ -208,7 +210,16 @@ def _memory_plot(estimate: Any, measured: float | None) -> tuple[str, str]:
     return "plan memory estimate by component vs measured peak", _png(fig)
 
 
-def _plan_estimate(cfg: Any, stats: Any) -> tuple[Any, str | None]:
+def _run_checkpoint_layers(summary: Any) -> int | None:
+    """How many layers the run checkpointed (train_summary.json's speed report), None = all/unknown."""
+    mode = str(((summary or {}).get("speed") or {}).get("checkpointing") or "")
+    if mode == "none":
+        return 0
+    count = mode.rpartition(" ")[2].partition("/")[0]
+    return int(count) if count.isdigit() else None
+
+
+def _plan_estimate(cfg: Any, stats: Any, summary: Any = None) -> tuple[Any, str | None]:
     from legaltune.model.arch import canonical_key
 
     name = cfg.model.model_name
@@ -219,7 +230,8 @@ def _plan_estimate(cfg: Any, stats: Any) -> tuple[Any, str | None]:
         from legaltune.plan.core import make_plan
 
         examples = (stats or {}).get("train", {}).get("examples")
-        return make_plan(cfg, train_examples=examples).memory, None
+        layers = _run_checkpoint_layers(summary)  # what speed.mode auto chose on the run's GPU
+        return make_plan(cfg, train_examples=examples, checkpoint_layers=layers).memory, None
     except Exception as exc:  # any arch/plan problem only costs this one table
         return None, f"{type(exc).__name__}: {exc}"
 
@@ -436,7 +448,7 @@ def render_report(run_dir: str | Path) -> str:
         f'<p class="sub">{e(str(run.resolve()))} · generated {e(now)}</p>',
         _cards(cfg, rows, summary, ev),
         f"<section><h2>Training</h2>{curves}</section>",
-        _memory_section(cfg, cfg_error, rows, stats),
+        _memory_section(cfg, cfg_error, rows, stats, summary),
         _eval_section(ev),
         _data_section(stats),
         f"<section><h2>Config</h2><pre>{e(config_text) or e(cfg_error or '')}</pre></section>",
