@@ -31,14 +31,17 @@ class SpeedReport:
     swiglu: int = 0
     compiled_layers: int = 0
     checkpointing: str = ""
+    on_cuda: bool = False
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         if self.mode == "off":
             return "speed: off (transformers + PEFT reference path)"
         parts = [f"{self.fused_lora} fused LoRA linears"]
-        if self.rms_norm or self.swiglu:
+        if (self.rms_norm or self.swiglu) and self.on_cuda:
             parts.append(f"Liger RMSNorm×{self.rms_norm} SwiGLU×{self.swiglu}")
+        elif self.rms_norm or self.swiglu:
+            parts.append("RMSNorm/SwiGLU in PyTorch (Liger's kernels need CUDA)")
         if self.compiled_layers:
             parts.append(f"{self.compiled_layers} compiled layers")
         if self.checkpointing:
@@ -80,6 +83,7 @@ def apply_speed(
     report.fused_lora = fuse_lora_linears(model)
     first = next(model.parameters())
     on_cuda = first.is_cuda
+    report.on_cuda = on_cuda
     compiled = resolve_compile(compile, on_cuda=on_cuda)
     if compiled and compile == "auto" and _has_4bit_base(model):
         # Measured on the H100 (Llama-3.1-8B, NF4, no checkpointing): compiled layers kept every
