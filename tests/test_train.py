@@ -245,3 +245,46 @@ def test_group_by_length_only_without_packing(tmp_path):
     assert grouped(group_by_length=True, packing=False)
     assert not grouped(group_by_length=True, packing=True)
     assert not grouped(group_by_length=False)
+
+
+@pytest.mark.parametrize("budget_gb", [1.55, 1.64, 1.7])
+def test_speed_auto_checkpoints_the_layers_the_plan_chooses(tmp_path, tokenizer, budget_gb):
+    """speed.mode auto in `legaltune train`: the plan's layer count reaches the model and the run's summary.
+
+    The budget is given (speed.gpu_memory_gb), so the policy runs on the CPU too. The architecture
+    planned is the embedded model's (30 layers); the tiny test model has 2, of which the first
+    min(N, 2) are checkpointed.
+    """
+    from legaltune.plan.core import make_plan
+
+    cfg = base_cfg(
+        tmp_path,
+        model={"model_name": "smollm2-135m-instruct"},
+        lora={"use_gradient_checkpointing": "unsloth"},
+        optimization={"gradient_checkpointing": True},
+        training={"max_steps": 1},
+        speed={"mode": "auto", "gpu_memory_gb": budget_gb},
+    )
+    n = make_plan(cfg, train_examples=len(RECORDS)).checkpoint_layers
+    res = train(cfg, tokenizer)
+    speed = json.loads((res.run_dir / "train_summary.json").read_text())["speed"]
+    assert speed["mode"] == "auto" and speed["fused_lora"] == 2 * 3
+    assert speed["checkpointing"] == ("none" if n == 0 else "offload 1/2" if n == 1 else "offload")
+    assert any("speed auto:" in note for note in speed["notes"])
+
+
+def test_speed_auto_budgets_span_none_partial_and_all(tmp_path):
+    from legaltune.plan.core import make_plan
+
+    def layers(gb):
+        cfg = base_cfg(
+            tmp_path / str(gb),
+            model={"model_name": "smollm2-135m-instruct"},
+            lora={"use_gradient_checkpointing": "unsloth"},
+            optimization={"gradient_checkpointing": True},
+            speed={"mode": "auto", "gpu_memory_gb": gb},
+        )
+        return make_plan(cfg, train_examples=len(RECORDS)).checkpoint_layers
+
+    # the three budgets above exercise many layers, exactly one, and none
+    assert layers(1.55) >= 2 and layers(1.64) == 1 and layers(1.7) == 0
