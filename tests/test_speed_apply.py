@@ -276,3 +276,26 @@ def test_partially_checkpointed_step_matches_unchecked(mode):
     for name, g in grads_p.items():
         assert g.abs().max() > 0, name
         torch.testing.assert_close(grads_c[name], g, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_compiled_layers_run_eager_for_inference_and_compiled_for_training():
+    """Generation (no grad, KV cache, growing lengths) must not go through the compiled graph."""
+    from legaltune.speed.compile import compile_layers, uncompile_layers
+
+    model = make_tiny_llama(97, layers=2, seed=4)
+    layer = find_decoder_layers(model)[1]
+    compile_layers(model, backend="aot_eager")
+    calls = []
+    compiled = layer.__dict__["_legaltune_compiled_fn"]
+    layer.__dict__["_legaltune_compiled_fn"] = lambda *a, **k: calls.append(1) or compiled(*a, **k)
+    ids = torch.randint(0, 97, (1, 8), generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        eager_logits = model(input_ids=ids).logits
+        model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert calls == []
+    model.train()
+    train_logits = model(input_ids=ids).logits
+    assert calls == [1]
+    torch.testing.assert_close(train_logits.detach(), eager_logits, atol=1e-5, rtol=1e-4)
+    assert uncompile_layers(model) == 2 and "forward" not in layer.__dict__

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import types
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +25,15 @@ from torch import nn
 from legaltune.model.offload import find_decoder_layers
 
 _COMPILED = "_legaltune_compiled"
+_COMPILED_FN = "_legaltune_compiled_fn"
+
+
+def _training_compiled_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """Training steps run the compiled graph; evaluation and generation (KV cache, one token at a
+    time, no grad) run the eager forward, which would otherwise recompile for every new length."""
+    if layer.training and torch.is_grad_enabled():
+        return layer.__dict__[_COMPILED_FN](*args, **kwargs)
+    return layer.__dict__["_legaltune_uncompiled"](*args, **kwargs)
 
 
 @functools.cache
@@ -46,7 +56,8 @@ def compile_layers(model: nn.Module, *, backend: str = "inductor", skip_first: i
             continue
         inner = layer.__dict__.get("forward") or types.MethodType(type(layer).forward, layer)
         layer.__dict__["_legaltune_uncompiled"] = inner
-        layer.forward = torch.compile(inner, backend=backend)
+        layer.__dict__[_COMPILED_FN] = torch.compile(inner, backend=backend)
+        layer.forward = types.MethodType(_training_compiled_forward, layer)
         layer.__dict__[_COMPILED] = True
         count += 1
     return count
@@ -58,6 +69,7 @@ def uncompile_layers(model: nn.Module) -> int:
     for layer in find_decoder_layers(model):
         if layer.__dict__.pop(_COMPILED, False):
             inner = layer.__dict__.pop("_legaltune_uncompiled")
+            layer.__dict__.pop(_COMPILED_FN, None)
             if getattr(inner, "__func__", None) is type(layer).forward:
                 layer.__dict__.pop("forward", None)
             else:
