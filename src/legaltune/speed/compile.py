@@ -1,12 +1,12 @@
 """``torch.compile`` of the decoder layers of one model instance.
 
-Each layer's forward becomes a compiled function stored on that layer object (nothing class-level).
-Inductor fuses the elementwise work between the matmuls — RoPE, residual adds, norms and the SiLU
-gate when Liger's kernels are not in use — and its partitioner recomputes cheap elementwise results
-in backward instead of saving them. All layers share one compiled graph: transformers' layers have
-identical code and dynamo treats the module's parameters as inputs, so compiling costs one trace,
-not one per layer. Checkpointing wrappers (legaltune.model.offload) are applied after this, around
-the compiled forward, so the saved-tensor hooks stay outside the compiled region.
+Each layer's forward becomes a compiled function stored on that layer object (nothing class-level),
+used for training steps only. Inductor fuses the elementwise work between the matmuls — RoPE,
+residual adds, norms, the SiLU gate — and its partitioner recomputes cheap elementwise results in
+backward instead of saving them. The layers share the compiled code (transformers' layers have
+identical code and dynamo treats module parameters as inputs): the GPU test counts 2 dynamo graphs
+for 4 layers. Only layers that are not checkpointed are compiled (``skip_first``): under
+checkpointing the layer runs inside saved-tensor hooks, twice, and was measured no faster compiled.
 
 The first steps of a run pay the compile (tens of seconds for an 8B layer); sequence lengths that
 vary between batches are handled with dynamic shapes after the first recompile.
