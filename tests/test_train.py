@@ -288,3 +288,15 @@ def test_speed_auto_budgets_span_none_partial_and_all(tmp_path):
 
     # the three budgets above exercise many layers, exactly one, and none
     assert layers(1.55) >= 2 and layers(1.64) == 1 and layers(1.7) == 0
+
+
+def test_speed_engine_runs_adamw_fused_on_cuda_only(tmp_path):
+    from legaltune.train.trainer import optimizer_name
+
+    cfg = base_cfg(tmp_path)
+    assert cfg.optimization.optim == "adamw_torch"
+    assert optimizer_name(cfg, use_cuda=True) == "adamw_torch_fused"
+    assert optimizer_name(cfg, use_cuda=False) == "adamw_torch"
+    assert optimizer_name(base_cfg(tmp_path / "off", speed={"mode": "off"}), use_cuda=True) == "adamw_torch"
+    eight_bit = base_cfg(tmp_path / "8bit", optimization={"optim": "adamw_8bit"})
+    assert optimizer_name(eight_bit, use_cuda=True) == "adamw_8bit"

@@ -60,6 +60,14 @@ def _supports(name: str) -> bool:
     return name in {f.name for f in dataclasses.fields(SFTConfig)}
 
 
+def optimizer_name(cfg: Config, *, use_cuda: bool) -> str:
+    """optimization.optim, with the speed engine's one substitution: on CUDA, ``adamw_torch`` runs as
+    ``adamw_torch_fused`` (the same AdamW update in one kernel over all LoRA tensors)."""
+    if cfg.optimization.optim == "adamw_torch" and use_cuda and cfg.speed.mode != "off":
+        return "adamw_torch_fused"
+    return cfg.optimization.optim
+
+
 def build_args(cfg: Config, run_dir: Path, *, use_cuda: bool, dtype: torch.dtype) -> SFTConfig:
     """SFTConfig carrying every training, optimization, data-loading and logging parameter of the config."""
     t, o, d, lg = cfg.training, cfg.optimization, cfg.data, cfg.logging
@@ -73,7 +81,7 @@ def build_args(cfg: Config, run_dir: Path, *, use_cuda: bool, dtype: torch.dtype
         "learning_rate": t.learning_rate,
         "lr_scheduler_type": t.lr_scheduler_type,
         "weight_decay": t.weight_decay,
-        "optim": o.optim,
+        "optim": optimizer_name(cfg, use_cuda=use_cuda),
         "max_grad_norm": o.max_grad_norm,
         "adam_beta1": o.adam_beta1,
         "adam_beta2": o.adam_beta2,
