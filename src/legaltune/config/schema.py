@@ -336,7 +336,8 @@ class SpeedConfig:
         "off: the transformers + PEFT reference path. fast: fused LoRA linears (+ Liger RMSNorm/SwiGLU, compiled layers); "
         "checkpointing exactly as lora.use_gradient_checkpointing says, on every layer. auto: as fast, but checkpoint only "
         "as many layers as the memory plan needs to fit gpu_memory_gb (none if everything fits); those layers use the "
-        "use_gradient_checkpointing mode ('unsloth' = offload, true = recompute).",
+        "use_gradient_checkpointing mode ('unsloth' = offload, true = recompute). fast and auto also run "
+        "adamw_torch as adamw_torch_fused on CUDA (the same update in one kernel).",
     )
     kernels: bool | Literal["auto"] = opt(
         "auto",
