@@ -130,11 +130,28 @@ def test_speed_engine_memory_matches_h100(ckpt, four_bit, measured, seq, batch):
             "lora": {"r": 16, "lora_alpha": 16, "target_modules": SEVEN, "use_gradient_checkpointing": ckpt},
             "training": {"per_device_train_batch_size": batch},
             "optimization": {"optim": "adamw_torch_fused"},
-            "speed": {"mode": "fast"},
+            # measured with Liger's kernels in the eager layers (the H100 had liger-kernel installed)
+            "speed": {"mode": "fast", "kernels": True},
         }
     )
     peak = make_plan(cfg).memory.peak_bytes / GIB
     assert abs(peak - measured) / measured < 0.15, f"plan {peak:.2f} GiB vs measured {measured} GiB"
+
+
+def test_speed_activation_model_only_where_the_fast_paths_run():
+    def acts(**over):
+        raw = {"model": {"max_seq_length": 8192}, "training": {"per_device_train_batch_size": 1}}
+        raw["lora"] = {"use_gradient_checkpointing": False}
+        for sec, kv in over.items():
+            raw.setdefault(sec, {}).update(kv)
+        plan = make_plan(build_config(raw))
+        return next(v for k, v in plan.memory.components.items() if k.startswith("activations"))
+
+    fast = acts(speed={"mode": "fast", "kernels": True})
+    assert acts(speed={"mode": "off"}) > 1.3 * fast
+    assert acts(speed={"mode": "fast", "kernels": True}, lora={"lora_dropout": 0.1}) > 1.3 * fast
+    assert acts(speed={"mode": "fast", "kernels": False, "compile": False}) > 1.3 * fast
+    assert acts(speed={"mode": "fast", "kernels": False, "compile": True}) == fast
 
 
 def _auto(gpu_gib: float, ckpt="unsloth", seq: int = 8192, **speed):

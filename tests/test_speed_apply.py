@@ -286,8 +286,9 @@ def test_compiled_layers_run_eager_for_inference_and_compiled_for_training():
     layer = find_decoder_layers(model)[1]
     compile_layers(model, backend="aot_eager")
     calls = []
-    compiled = layer.__dict__["_legaltune_compiled_fn"]
-    layer.__dict__["_legaltune_compiled_fn"] = lambda *a, **k: calls.append(1) or compiled(*a, **k)
+    compiled, owner, backend = layer.__dict__["_legaltune_compiled_fn"]
+    counting = lambda *a, **k: calls.append(1) or compiled(*a, **k)  # noqa: E731
+    layer.__dict__["_legaltune_compiled_fn"] = (counting, owner, backend)
     ids = torch.randint(0, 97, (1, 8), generator=torch.Generator().manual_seed(0))
     model.eval()
     with torch.no_grad():
@@ -299,3 +300,18 @@ def test_compiled_layers_run_eager_for_inference_and_compiled_for_training():
     assert calls == [1]
     torch.testing.assert_close(train_logits.detach(), eager_logits, atol=1e-5, rtol=1e-4)
     assert uncompile_layers(model) == 2 and "forward" not in layer.__dict__
+
+
+def test_deep_copy_of_a_compiled_model_trains_its_own_layers():
+    from legaltune.speed.compile import compile_layers
+
+    model = get_peft_model(make_tiny_llama(97, layers=2, seed=5), LoraConfig(r=4, target_modules=["q_proj"]))
+    compile_layers(model, backend="aot_eager")
+    copy_ = copy.deepcopy(model).train()
+    model.train()
+    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(1))
+    copy_(input_ids=ids, labels=ids).loss.backward()
+    copied = [p.grad for n, p in copy_.named_parameters() if p.requires_grad]
+    original = [p.grad for n, p in model.named_parameters() if p.requires_grad]
+    assert all(g is not None for g in copied), "the copy's adapters got no gradient"
+    assert all(g is None for g in original), "the copy's step ran the original's layers"

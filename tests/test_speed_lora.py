@@ -114,3 +114,29 @@ def test_other_instances_and_the_class_are_untouched():
     fuse_lora_linears(a)
     assert "forward" not in b.get_base_model().model.layers[0].self_attn.q_proj.__dict__
     assert Linear.forward.__qualname__ == "Linear.forward"
+
+
+@pytest.mark.parametrize("bias", ["all", "lora_only"])
+def test_trained_base_biases_keep_peft_forward_and_get_gradients(bias):
+    model = make_tiny_llama(97, layers=1, seed=3)
+    lin = model.model.layers[0].self_attn.q_proj
+    lin.bias = torch.nn.Parameter(torch.randn(lin.out_features))
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], bias=bias))
+    assert fuse_lora_linears(peft_model) == 0  # the fused node has no bias gradient: PEFT's path stays
+    ids = torch.randint(0, 97, (1, 8), generator=torch.Generator().manual_seed(0))
+    peft_model(input_ids=ids, labels=ids).loss.backward()
+    assert lin.bias.grad is not None
+
+
+def test_hooked_or_subclassed_bases_are_not_fused():
+    class Scaled(torch.nn.Linear):  # a quantized-style subclass: its weight is not the whole story
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    model = make_tiny_llama(97, layers=1, seed=3)
+    attn = model.model.layers[0].self_attn
+    old = attn.v_proj
+    attn.v_proj = Scaled(old.in_features, old.out_features, bias=False)
+    attn.k_proj._hf_hook = object()  # what accelerate's offload hooks leave on a module
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj"]))
+    assert fuse_lora_linears(peft_model) == 1  # q_proj only

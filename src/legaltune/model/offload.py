@@ -234,11 +234,12 @@ def enable_offloaded_checkpointing(
 def disable_offloaded_checkpointing(model: nn.Module) -> None:
     """Undo :func:`enable_offloaded_checkpointing` on this instance (no-op if it is not active)."""
     hf = _hf_model(model)
+    wrapped = checkpointed_layers(model)
     for layer in find_decoder_layers(model):
         _unwrap_layer(layer)
     for name in _SWITCHES:
         hf.__dict__.pop(name, None)
-    if str(getattr(hf, "legaltune_checkpointing", "")).startswith(("offload", "recompute ")):
+    if wrapped:  # ours, in any mode (transformers' own recompute is not ours to report as off)
         hf.legaltune_checkpointing = "none"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from collections.abc import Callable
@@ -123,6 +124,25 @@ def warmup_for(total: int | None, warmup_steps: int | None, warmup_ratio: float 
     return warmup_steps or 0
 
 
+def _speed_activations(cfg: Config) -> bool:
+    """Whether the speed engine's (smaller) activation model applies to this config.
+
+    It was measured with fused LoRA linears (no dropout: a dropout keeps one masked copy of the input
+    per projection), and with each layer either compiled or running Liger's norm/SwiGLU kernels
+    (PyTorch's own keep fp32 copies). 8-bit bases are not fused. Otherwise the transformers + PEFT
+    model is used, which is larger: auto then checkpoints more, never less, than needed.
+    """
+    sp = cfg.speed
+    if sp.mode in ("off", False) or cfg.quantization.load_in_8bit or cfg.lora.lora_dropout > 0:
+        return False
+    # compile auto stays off over a 4-bit base (legaltune.speed.apply)
+    compiled = sp.compile is True or (sp.compile == "auto" and not cfg.quantization.load_in_4bit)
+    kernels = sp.kernels is True or (
+        sp.kernels == "auto" and importlib.util.find_spec("liger_kernel") is not None
+    )
+    return compiled or kernels
+
+
 # speed.mode auto leaves this fraction of the budget unplanned: allocator fragmentation across
 # varying sequence lengths (reserved − allocated was ≤ 1.1 GiB in every benchmark row).
 AUTO_MARGIN = 0.05
@@ -181,7 +201,7 @@ def make_plan(
     warmup = warmup_for(total, t.warmup_steps, t.warmup_ratio)
     compute_bytes = 4 if cfg.model.dtype == "float32" else 2
     checkpointing = cfg.lora.use_gradient_checkpointing if cfg.optimization.gradient_checkpointing else False
-    speed = cfg.speed.mode != "off"
+    speed = _speed_activations(cfg)
     common = dict(
         batch_size=t.per_device_train_batch_size,
         seq_len=cfg.model.max_seq_length,

@@ -38,10 +38,10 @@ class SpeedReport:
         if self.mode == "off":
             return "speed: off (transformers + PEFT reference path)"
         parts = [f"{self.fused_lora} fused LoRA linears"]
-        if (self.rms_norm or self.swiglu) and self.on_cuda:
+        if (self.rms_norm or self.swiglu) and self.on_cuda and liger_available():
             parts.append(f"Liger RMSNorm×{self.rms_norm} SwiGLU×{self.swiglu}")
         elif self.rms_norm or self.swiglu:
-            parts.append("RMSNorm/SwiGLU in PyTorch (Liger's kernels need CUDA)")
+            parts.append("RMSNorm/SwiGLU in PyTorch (Liger's kernels need CUDA and liger-kernel)")
         if self.compiled_layers:
             parts.append(f"{self.compiled_layers} compiled layers")
         if self.checkpointing:
@@ -57,7 +57,8 @@ def _has_4bit_base(model: nn.Module) -> bool:
 
 
 def resolve_compile(setting: bool | str, *, on_cuda: bool) -> bool:
-    """``speed.compile``: auto = on a CUDA model with Triton available; true on CPU is refused."""
+    """``speed.compile``: auto = on a CUDA model with Triton available; true compiles wherever asked
+    (on a CPU that needs a C++ compiler and buys little; the tests use it with the aot_eager backend)."""
     if setting == "auto":
         return on_cuda and compile_supported()
     return bool(setting)
@@ -77,6 +78,7 @@ def apply_speed(
     ``checkpointed_layers``: how many of the first decoder layers will be checkpointed; those stay
     eager (with Liger's kernels), the others are compiled.
     """
+    mode = "off" if mode is False else mode  # a bare YAML `off`, if it bypassed SpeedConfig
     report = SpeedReport(mode=mode)
     if mode == "off":
         return report

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import types
+import weakref
 from typing import Any
 
 import torch
@@ -31,9 +32,15 @@ _COMPILED_FN = "_legaltune_compiled_fn"
 def _training_compiled_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """Training steps run the compiled graph; evaluation and generation (KV cache, one token at a
     time, no grad) run the eager forward, which would otherwise recompile for every new length."""
-    if layer.training and torch.is_grad_enabled():
-        return layer.__dict__[_COMPILED_FN](*args, **kwargs)
-    return layer.__dict__["_legaltune_uncompiled"](*args, **kwargs)
+    if not (layer.training and torch.is_grad_enabled()):
+        return layer.__dict__["_legaltune_uncompiled"](*args, **kwargs)
+    fn, owner, backend = layer.__dict__[_COMPILED_FN]
+    if owner() is not layer:
+        # A deep copy of the model: the compiled function still closes over the original layer's
+        # forward (functions are copied by reference); compile this layer's own forward instead.
+        fn = torch.compile(layer.__dict__["_legaltune_uncompiled"], backend=backend)
+        layer.__dict__[_COMPILED_FN] = (fn, weakref.ref(layer), backend)
+    return fn(*args, **kwargs)
 
 
 @functools.cache
@@ -56,7 +63,7 @@ def compile_layers(model: nn.Module, *, backend: str = "inductor", skip_first: i
             continue
         inner = layer.__dict__.get("forward") or types.MethodType(type(layer).forward, layer)
         layer.__dict__["_legaltune_uncompiled"] = inner
-        layer.__dict__[_COMPILED_FN] = torch.compile(inner, backend=backend)
+        layer.__dict__[_COMPILED_FN] = (torch.compile(inner, backend=backend), weakref.ref(layer), backend)
         layer.forward = types.MethodType(_training_compiled_forward, layer)
         layer.__dict__[_COMPILED] = True
         count += 1

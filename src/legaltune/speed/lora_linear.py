@@ -101,16 +101,23 @@ class LoraLinearFunction(torch.autograd.Function):
 
 
 def _base_weight(base: nn.Module) -> tuple[torch.Tensor, Any] | None:
-    """(weight, quant_state) of a dense or NF4/FP4 base layer; None for anything else (8-bit)."""
+    """(weight, quant_state) of a plain ``nn.Linear`` or a bitsandbytes 4-bit base; None otherwise.
+
+    Anything else keeps PEFT's forward: subclasses with their own forward (FP8 and other quantized
+    linears whose weight needs its scales), 8-bit bases, a base with an accelerate hook (offloaded
+    weights live on ``meta`` until the hook runs), and bases whose weight or bias is trained (the
+    fused node computes no gradient for them: ``lora.bias: all`` / ``lora_only``).
+    """
     weight = getattr(base, "weight", None)
-    if weight is None:
+    if weight is None or hasattr(base, "_hf_hook") or "forward" in base.__dict__:
+        return None
+    bias = getattr(base, "bias", None)
+    if weight.requires_grad or (bias is not None and bias.requires_grad):
         return None
     quant_state = getattr(weight, "quant_state", None)
-    if quant_state is not None:
+    if quant_state is not None and type(base).__name__ == "Linear4bit":
         return weight, quant_state
-    if type(base) is nn.Linear or (isinstance(base, nn.Linear) and weight.is_floating_point()):
-        if getattr(base, "state", None) is not None and hasattr(base.state, "SCB"):  # bnb 8-bit
-            return None
+    if type(base) is nn.Linear:
         return weight, None
     return None
 
