@@ -315,3 +315,13 @@ def test_deep_copy_of_a_compiled_model_trains_its_own_layers():
     original = [p.grad for n, p in model.named_parameters() if p.requires_grad]
     assert all(g is not None for g in copied), "the copy's adapters got no gradient"
     assert all(g is None for g in original), "the copy's step ran the original's layers"
+
+
+def test_compile_decision_is_shared_by_the_engine_and_the_plan():
+    from legaltune.speed.apply import resolve_compile
+    from legaltune.speed.policy import compile_wanted
+
+    assert compile_wanted("auto", four_bit=False) and not compile_wanted("auto", four_bit=True)
+    assert compile_wanted(True, four_bit=True) and not compile_wanted(False, four_bit=False)
+    assert not resolve_compile("auto", on_cuda=False)  # auto needs a CUDA model with Triton
+    assert resolve_compile(True, on_cuda=False, four_bit=True)  # asked for explicitly: compiled

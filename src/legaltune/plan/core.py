@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from legaltune.model.arch import Arch, load_arch
 from legaltune.plan.lint import Lint, lint_plan
 from legaltune.plan.memory import CONTEXT_BYTES, GIB, MemoryEstimate, estimate_memory
 from legaltune.plan.params import ParamCount, count_params, lora_scale, resolve_targets
+from legaltune.speed.policy import compile_wanted, liger_available
 
 _SIZE = re.compile(r"^\s*([0-9.]+)\s*(gib|gb|g|mib|mb|m)?\s*$", re.IGNORECASE)
 
@@ -135,11 +135,8 @@ def _speed_activations(cfg: Config) -> bool:
     sp = cfg.speed
     if sp.mode in ("off", False) or cfg.quantization.load_in_8bit or cfg.lora.lora_dropout > 0:
         return False
-    # compile auto stays off over a 4-bit base (legaltune.speed.apply)
-    compiled = sp.compile is True or (sp.compile == "auto" and not cfg.quantization.load_in_4bit)
-    kernels = sp.kernels is True or (
-        sp.kernels == "auto" and importlib.util.find_spec("liger_kernel") is not None
-    )
+    compiled = compile_wanted(sp.compile, four_bit=cfg.quantization.load_in_4bit)
+    kernels = sp.kernels is True or (sp.kernels == "auto" and liger_available())
     return compiled or kernels
 
 

@@ -15,8 +15,9 @@ from torch import nn
 
 from legaltune.model.offload import find_decoder_layers
 from legaltune.speed.compile import compile_layers, compile_supported
-from legaltune.speed.kernels import apply_kernels, liger_available
+from legaltune.speed.kernels import apply_kernels
 from legaltune.speed.lora_linear import fuse_lora_linears
+from legaltune.speed.policy import compile_wanted, liger_available
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,13 @@ def _has_4bit_base(model: nn.Module) -> bool:
     return any(getattr(getattr(m, "weight", None), "quant_state", None) is not None for m in model.modules())
 
 
-def resolve_compile(setting: bool | str, *, on_cuda: bool) -> bool:
-    """``speed.compile``: auto = on a CUDA model with Triton available; true compiles wherever asked
-    (on a CPU that needs a C++ compiler and buys little; the tests use it with the aot_eager backend)."""
-    if setting == "auto":
-        return on_cuda and compile_supported()
-    return bool(setting)
+def resolve_compile(setting: bool | str, *, on_cuda: bool, four_bit: bool = False) -> bool:
+    """``speed.compile``: auto = on a CUDA model with Triton available, not over a 4-bit base
+    (:func:`legaltune.speed.policy.compile_wanted`); true compiles wherever asked (on a CPU that needs
+    a C++ compiler and buys little; the tests use it with the aot_eager backend)."""
+    if setting == "auto" and not (on_cuda and compile_supported()):
+        return False
+    return compile_wanted(setting, four_bit=four_bit)
 
 
 def apply_speed(
@@ -86,11 +88,8 @@ def apply_speed(
     first = next(model.parameters())
     on_cuda = first.is_cuda
     report.on_cuda = on_cuda
-    compiled = resolve_compile(compile, on_cuda=on_cuda)
-    if compiled and compile == "auto" and _has_4bit_base(model):
-        # Measured on the H100 (Llama-3.1-8B, NF4, no checkpointing): compiled layers kept every
-        # dequantized weight for backward, 53.5 GiB vs 40 GiB planned; eager dequantizes again.
-        compiled = False
+    compiled = resolve_compile(compile, on_cuda=on_cuda, four_bit=_has_4bit_base(model))
+    if not compiled and compile == "auto" and resolve_compile(compile, on_cuda=on_cuda):
         report.notes.append("compile off: with a 4-bit base it would keep dequantized weights for backward")
     layers = list(find_decoder_layers(model))
     eager_layers = min(checkpointed_layers, len(layers)) if compiled else len(layers)

@@ -15,26 +15,18 @@ saving it, in one kernel each way.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import types
 from typing import Any
 
 import torch
 from torch import nn
 
+from legaltune.speed.policy import liger_available
+
 # Classes whose forward is exactly the Llama RMSNorm / SiLU-gated MLP math.
 RMSNORM_CLASSES = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"}
 MLP_CLASSES = {"LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP"}
 _KERNEL = "_legaltune_kernel"
-
-
-@functools.cache
-def liger_available() -> bool:
-    return (
-        importlib.util.find_spec("liger_kernel") is not None
-        and importlib.util.find_spec("triton") is not None
-    )
 
 
 def _rms_norm_forward(module: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -114,6 +106,5 @@ __all__ = [
     "RMSNORM_CLASSES",
     "apply_kernels",
     "kernel_kind",
-    "liger_available",
     "remove_kernels",
 ]
