@@ -43,3 +43,34 @@ def make_tiny_llama(vocab_size: int, *, layers: int = 2, seed: int = 0, attn: st
 @pytest.fixture
 def tiny_llama(tokenizer):
     return make_tiny_llama(len(tokenizer))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny-model tests (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`):
+    their matmuls are too small to gain from threads; on a shared CPU extra threads only wait on
+    each other (measured: tests/test_eval.py 28 s with 2 threads, 14 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def randomize_lora_b(model, std: float, seed: int | None = None) -> None:
+    """PEFT starts lora_B at zero (a no-op adapter, and zero lora_A gradients), which would hide
+    mistakes in the adapter path: draw it from N(0, std), after ``torch.manual_seed(seed)`` if given."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, std)
+
+
+def loss_and_grads(model, ids):
+    """One forward/backward with labels = ids: (logits as fp32, loss as fp32, {trainable name: grad})."""
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.logits.detach().float(), out.loss.detach().float(), grads

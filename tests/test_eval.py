@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import make_tiny_llama
+from tests.conftest import make_tiny_llama, randomize_lora_b
 
 EVAL_RECORDS = [
     {
@@ -35,14 +35,7 @@ EVAL_RECORDS = [
 TRAIN_RECORDS = [{"question": "Ai là người thành niên?", "answer": "Người từ đủ 18 tuổi trở lên (Điều 20)."}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The tiny model's matmuls are too small to gain from threads; on a shared CPU extra threads only
-    # wait on each other (measured: tests/test_eval.py 28 s with 2 threads, 14 s with 1).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -91,11 +84,7 @@ def make_tiny_run(root: Path, tokenizer, *, nonzero: bool = True, system_prompt:
     save_config(cfg, run / "config.yaml")
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     if nonzero:  # PEFT starts B at zero (a no-op adapter); a random B makes tuned differ from base
-        torch.manual_seed(1)
-        with torch.no_grad():
-            for name, param in peft_model.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(std=0.5)
+        randomize_lora_b(peft_model, 0.5, seed=1)
     peft_model.save_pretrained(run / "adapter")
     tokenizer.save_pretrained(run / "adapter")
     return run

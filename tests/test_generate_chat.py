@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.test_eval import make_tiny_run, write_jsonl
 
@@ -24,14 +23,7 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The tiny model's matmuls are too small to gain from threads; on a shared CPU extra threads only
-    # wait on each other (measured: tests/test_eval.py 28 s with 2 threads, 14 s with 1).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

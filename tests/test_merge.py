@@ -14,6 +14,8 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import randomize_lora_b
+
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VIETNAMESE = "Người lao động có quyền đơn phương chấm dứt hợp đồng lao động."
 
@@ -68,12 +70,7 @@ def make_run(root: Path, tokenizer, *, tie: bool = True, quantized: bool = False
     base_dir = make_base(root / "base", tokenizer, tie=tie)
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=SEVEN))
-    # PEFT initialises B to zero (the adapter starts as a no-op); randomise it so merging matters.
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.05)
+    randomize_lora_b(model, 0.05, seed=1)  # a zero B would make merging a no-op
     run = root / "run"
     model.save_pretrained(run / "adapter")
     tokenizer.save_pretrained(run / "adapter")

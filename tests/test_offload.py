@@ -18,6 +18,7 @@ from legaltune.model.offload import (
     find_decoder_layers,
     is_offloaded,
 )
+from tests.conftest import randomize_lora_b
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +72,8 @@ def test_peft_model_gradients_match(base, batch):
     plain = apply_lora(copy.deepcopy(base), LoraConfig(**cfg, use_gradient_checkpointing=True))
     offl = apply_lora(copy.deepcopy(base), LoraConfig(**cfg, use_gradient_checkpointing="unsloth"))
     assert is_offloaded(offl) and offl.legaltune_checkpointing == "offload"
-    for model in (plain, offl):  # lora_B starts at zero, which would make every lora_A gradient zero
-        torch.manual_seed(5)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.data.normal_(0, 0.02)
+    for model in (plain, offl):
+        randomize_lora_b(model, 0.02, seed=5)
     g_plain, g_off = _grads(plain, batch), _grads(offl, batch)
     assert g_off.keys() == g_plain.keys() and any("lora_A" in k for k in g_off)
     for name in g_off:

@@ -10,21 +10,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.test_eval import make_tiny_run
 
 IMG = re.compile(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The tiny model's matmuls are too small to gain from threads; on a shared CPU extra threads only
-    # wait on each other (measured: tests/test_eval.py 28 s with 2 threads, 14 s with 1).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_metrics(run: Path, *, with_eval: bool) -> None:

@@ -22,19 +22,10 @@ from legaltune.speed.apply import apply_speed
 from legaltune.speed.compile import is_compiled
 from legaltune.speed.kernels import kernel_kind
 from legaltune.speed.lora_linear import is_fused
-from tests.conftest import make_tiny_llama
+from tests.conftest import loss_and_grads, make_tiny_llama, randomize_lora_b
 
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VOCAB = 97
-
-
-def _randomize_lora_b(model, seed: int = 7) -> None:
-    # B starts at zero, which would hide mistakes in the adapter path: give it values.
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
 
 
 def _peft(seed: int = 3, embed_scale: float = 1.0):
@@ -47,7 +38,7 @@ def _peft(seed: int = 3, embed_scale: float = 1.0):
     cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=PROJ)
     torch.manual_seed(0)
     peft_model = get_peft_model(model, cfg)
-    _randomize_lora_b(peft_model)
+    randomize_lora_b(peft_model, 0.05, seed=7)
     return peft_model
 
 
@@ -55,17 +46,9 @@ def _instance_forwards(model) -> set[str]:
     return {name for name, m in model.named_modules() if "forward" in m.__dict__}
 
 
-def _loss_and_grads(model, ids):
-    model.zero_grad(set_to_none=True)
-    out = model(input_ids=ids, labels=ids)
-    out.loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return out.logits.detach(), out.loss.detach(), grads
-
-
 def _assert_same_step(fast, ref, ids, *, atol: float, rtol: float) -> None:
-    logits_r, loss_r, grads_r = _loss_and_grads(ref, ids)
-    logits_f, loss_f, grads_f = _loss_and_grads(fast, ids)
+    logits_r, loss_r, grads_r = loss_and_grads(ref, ids)
+    logits_f, loss_f, grads_f = loss_and_grads(fast, ids)
     torch.testing.assert_close(logits_f, logits_r, atol=atol, rtol=rtol)
     torch.testing.assert_close(loss_f, loss_r, atol=atol, rtol=rtol)
     assert grads_f.keys() == grads_r.keys()
@@ -216,7 +199,7 @@ def _lora_model(mode, checkpoint_layers):
         speed=SpeedConfig(mode="fast", compile=False),
         checkpoint_layers=checkpoint_layers,
     )
-    _randomize_lora_b(peft_model)
+    randomize_lora_b(peft_model, 0.05, seed=7)
     return peft_model.train()
 
 
@@ -267,8 +250,8 @@ def test_partially_checkpointed_step_matches_unchecked(mode):
             layer.self_attn.register_forward_hook(counter(key, i))
 
     ids = _ids(4)
-    _, loss_p, grads_p = _loss_and_grads(plain, ids)
-    _, loss_c, grads_c = _loss_and_grads(ckpt, ids)
+    _, loss_p, grads_p = loss_and_grads(plain, ids)
+    _, loss_c, grads_c = loss_and_grads(ckpt, ids)
     # the checkpointed layer really ran again in backward; the other did not
     assert calls == {"ckpt": [2, 1], "plain": [1, 1]}
     torch.testing.assert_close(loss_c, loss_p, atol=1e-5, rtol=1e-5)

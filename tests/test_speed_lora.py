@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from legaltune.speed.lora_linear import fuse_lora_linears, is_fused, unfuse_lora_linears
-from tests.conftest import make_tiny_llama
+from tests.conftest import loss_and_grads, make_tiny_llama, randomize_lora_b
 
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -22,20 +22,8 @@ def _peft(dropout: float = 0.0, rslora: bool = False, dtype: torch.dtype = torch
     cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=PROJ, use_rslora=rslora)
     torch.manual_seed(0)
     peft_model = get_peft_model(model, cfg)
-    # B starts at zero, which would hide mistakes in the adapter path: give it values.
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
+    randomize_lora_b(peft_model, 0.05)
     return peft_model
-
-
-def _loss_and_grads(model, ids):
-    model.zero_grad(set_to_none=True)
-    out = model(input_ids=ids, labels=ids)
-    out.loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return out.logits.detach(), out.loss.detach(), grads
 
 
 # (dtype, atol, rtol) of logits and adapter gradients vs PEFT. fp32: same math, reordered sums.
@@ -50,8 +38,8 @@ def test_fused_matches_peft(dtype, atol, rtol, rslora, bias):
     fast = copy.deepcopy(ref)
     assert fuse_lora_linears(fast) == 2 * len(PROJ)
     ids = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(1))
-    logits_r, loss_r, grads_r = _loss_and_grads(ref, ids)
-    logits_f, loss_f, grads_f = _loss_and_grads(fast, ids)
+    logits_r, loss_r, grads_r = loss_and_grads(ref, ids)
+    logits_f, loss_f, grads_f = loss_and_grads(fast, ids)
     torch.testing.assert_close(logits_f, logits_r, atol=atol, rtol=rtol)
     torch.testing.assert_close(loss_f, loss_r, atol=atol, rtol=rtol)
     assert grads_f.keys() == grads_r.keys() and len(grads_r) == 4 * len(PROJ)
@@ -68,9 +56,9 @@ def test_dropout_path_matches_peft_under_same_rng():
     fuse_lora_linears(fast)
     ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(2))
     torch.manual_seed(5)
-    _, loss_r, grads_r = _loss_and_grads(ref, ids)
+    _, loss_r, grads_r = loss_and_grads(ref, ids)
     torch.manual_seed(5)
-    _, loss_f, grads_f = _loss_and_grads(fast, ids)
+    _, loss_f, grads_f = loss_and_grads(fast, ids)
     torch.testing.assert_close(loss_f, loss_r, atol=2e-5, rtol=1e-4)
     for name, g in grads_r.items():
         torch.testing.assert_close(grads_f[name], g, atol=2e-5, rtol=1e-3)

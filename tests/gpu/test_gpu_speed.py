@@ -18,6 +18,7 @@ from legaltune.speed.apply import apply_speed
 from legaltune.speed.compile import compile_layers
 from legaltune.speed.kernels import apply_kernels, kernel_kind
 from legaltune.speed.lora_linear import fuse_lora_linears
+from tests.conftest import loss_and_grads, randomize_lora_b
 from tests.gpu.test_gpu_model import random_llama
 
 pytestmark = [
@@ -54,19 +55,8 @@ def _llama(layers: int = 2, hidden: int = 512, dtype=torch.bfloat16, seed: int =
 def _lora(model, seed: int = 0):
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=PROJ))
-    with torch.no_grad():  # non-zero B, so the adapter path matters
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    randomize_lora_b(peft_model, 0.02)
     return peft_model
-
-
-def _step(model, ids):
-    model.zero_grad(set_to_none=True)
-    out = model(input_ids=ids, labels=ids)
-    out.loss.backward()
-    grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return out.logits.float(), out.loss.float(), grads
 
 
 def _assert_grads_close(fast, ref, rel: float):
@@ -85,8 +75,8 @@ def test_fused_lora_cuda_matches_peft(dtype, atol, rtol, grad_rel):
     fast = copy.deepcopy(ref)
     fuse_lora_linears(fast)
     ids = torch.randint(0, 1024, (2, 256), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-    logits_r, loss_r, grads_r = _step(ref, ids)
-    logits_f, loss_f, grads_f = _step(fast, ids)
+    logits_r, loss_r, grads_r = loss_and_grads(ref, ids)
+    logits_f, loss_f, grads_f = loss_and_grads(fast, ids)
     torch.testing.assert_close(logits_f, logits_r, atol=atol, rtol=rtol)
     torch.testing.assert_close(loss_f, loss_r, atol=atol / 10, rtol=rtol / 10)
     _assert_grads_close(grads_f, grads_r, grad_rel)
@@ -110,8 +100,8 @@ def test_fused_lora_nf4_matches_bitsandbytes(tmp_path):
     fast = copy.deepcopy(ref)
     assert fuse_lora_linears(fast) == 2 * len(PROJ)
     ids = torch.randint(0, 512, (2, 128), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
-    logits_r, loss_r, grads_r = _step(ref, ids)
-    logits_f, loss_f, grads_f = _step(fast, ids)
+    logits_r, loss_r, grads_r = loss_and_grads(ref, ids)
+    logits_f, loss_f, grads_f = loss_and_grads(fast, ids)
     torch.testing.assert_close(logits_f, logits_r, atol=0.06, rtol=0.05)
     torch.testing.assert_close(loss_f, loss_r, atol=5e-3, rtol=5e-3)
     _assert_grads_close(grads_f, grads_r, 0.03)
@@ -127,8 +117,8 @@ def test_liger_kernels_on_instance_match_pytorch(dtype, atol, rtol, grad_rel):
     assert kernel_kind(fast.get_base_model().model.norm) == "rms_norm"
     assert kernel_kind(ref.get_base_model().model.norm) is None  # the other instance is untouched
     ids = torch.randint(0, 1024, (2, 256), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
-    logits_r, loss_r, grads_r = _step(ref, ids)
-    logits_f, loss_f, grads_f = _step(fast, ids)
+    logits_r, loss_r, grads_r = loss_and_grads(ref, ids)
+    logits_f, loss_f, grads_f = loss_and_grads(fast, ids)
     torch.testing.assert_close(logits_f, logits_r, atol=atol, rtol=rtol)
     _assert_grads_close(grads_f, grads_r, grad_rel)
 
@@ -146,8 +136,8 @@ def test_compiled_layers_match_eager_and_share_one_graph(kernels):
     fast = copy.deepcopy(ref)
     assert compile_layers(fast) == 4
     ids = torch.randint(0, 1024, (2, 256), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
-    logits_r, _, grads_r = _step(ref, ids)
-    logits_f, _, grads_f = _step(fast, ids)
+    logits_r, _, grads_r = loss_and_grads(ref, ids)
+    logits_f, _, grads_f = loss_and_grads(fast, ids)
     torch.testing.assert_close(logits_f, logits_r, atol=0.06, rtol=0.05)
     _assert_grads_close(grads_f, grads_r, 0.03)
     graphs = counters["stats"]["unique_graphs"]
