@@ -53,9 +53,18 @@ def _failure(exc: BaseException, where: str = "") -> tuple[str, str]:
 
 
 def run_shape(
-    model: Any, opt: Any, seq: int, batch: int, warmup: int, steps: int, device: str, fused_head: bool = False
+    model: Any,
+    opt: Any,
+    seq: int,
+    batch: int,
+    warmup: int,
+    steps: int,
+    device: str,
+    fused_head: bool = False,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
-    """Warm-up + timed steps at one shape; a dict with status ok / oom / error."""
+    """Warm-up + timed steps at one shape; a dict with status ok / oom / error. ``profile``: then one
+    more step under the profiler, its summary written there (not part of the timings)."""
     import torch
 
     cuda = device == "cuda"
@@ -67,35 +76,41 @@ def run_shape(
         torch.cuda.reset_peak_memory_stats()
     warm: list[float] = []
     timed: list[float] = []
-    out = loss = None
+    loss = None
     failure: tuple[str, str] | None = None
+    extra = {"fused_lm_head": True} if fused_head else {}
+
+    def step() -> torch.Tensor:
+        out = model(input_ids=ids, labels=ids, **extra)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        # Only the loss leaves: HF's output holds [tokens × vocab] logits, which would otherwise
+        # still be alive during the next step's forward and count in its peak.
+        return out.loss.detach()
+
     try:
         for i in range(warmup + steps):
             _sync(cuda)
             t0 = time.perf_counter()
-            extra = {"fused_lm_head": True} if fused_head else {}
-            out = model(input_ids=ids, labels=ids, **extra)
-            out.loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            loss = out.loss.detach()
-            # Drop the output (HF's holds [tokens × vocab] logits) before the next forward, or the
-            # next step's peak would include this step's logits.
-            out = None
+            loss = step()
             _sync(cuda)
             (timed if i >= warmup else warm).append(time.perf_counter() - t0)
+        if profile is not None:
+            from bench_profile import profile_step
+
+            title = f"{profile.stem}  ({seq}x{batch}, {seq * batch} tokens)"
+            print(profile_step(step, lambda: _sync(cuda), profile, title), file=sys.stderr)
     except torch.OutOfMemoryError as exc:
         failure = ("oom", str(exc).strip().splitlines()[0][:300])
     except Exception as exc:  # a broken row must not take the others down
         traceback.print_exc()
         failure = _failure(exc)
-    # Out of the except block: the traceback (and the autograd graph it pins) is gone now.
-    out = None
     if cuda:
         rec["peak_alloc_gib"] = torch.cuda.max_memory_allocated() / GIB
         rec["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GIB
     opt.zero_grad(set_to_none=True)
-    del ids
+    ids = None  # noqa: F841  (frees the batch before the next shape; step() is not called again)
     _release(cuda)
     rec["warmup_s"] = warm
     rec["step_s"] = timed
@@ -271,5 +286,11 @@ def child_main(args: argparse.Namespace) -> int:
         return 0
     for seq, batch in shapes:
         print(f"{seq}x{batch}: {args.warmup} warm-up + {args.steps} timed steps", file=sys.stderr)
-        _emit({**info, **run_shape(model, opt, seq, batch, args.warmup, args.steps, device, row.fused_head)})
+        profile = Path(args.profile) / f"{variant}_{seq}x{batch}.txt" if args.profile else None
+        _emit(
+            {
+                **info,
+                **run_shape(model, opt, seq, batch, args.warmup, args.steps, device, row.fused_head, profile),
+            }
+        )
     return 0

@@ -100,6 +100,8 @@ class Child:
             cmd += ["--find-max-seq", str(args.find_max_seq)]
         if args.model_dir:
             cmd += ["--model-dir", str(args.model_dir)]
+        if getattr(args, "profile", None):
+            cmd += ["--profile", str(args.profile)]
         # A prestarted child learns its deadline (time.time() by which it must be done) with "go".
         cmd += ["--wait-go"] if prestart else ["--deadline", str(deadline)]
         env = _child_env()

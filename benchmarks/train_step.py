@@ -321,6 +321,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model-dir", type=Path, help="where the random model is saved for Unsloth/4-bit rows"
     )
     parser.add_argument("--clean-model-dir", action="store_true", help="delete the saved model at the end")
+    parser.add_argument(
+        "--profile",
+        help="after the timed steps, profile one more step per shape; summaries go to this folder",
+    )
     parser.add_argument("--list-rows", action="store_true", help="print the rows and exit")
     parser.add_argument(
         "--find-max-seq",

@@ -165,3 +165,39 @@ def test_rows_waiting_for_the_saved_model_fail_clearly(harness, tmp_path):
         ctx.wait_for_model_dir()
     with pytest.raises(RuntimeError, match="none was prepared"):
         harness.Ctx("unsloth", False, "smollm2-135m", 1, 64, "cpu", "float32", None, 0.0).wait_for_model_dir()
+
+
+def test_profile_summary_counts_busy_time_once_and_sorts_kernels_by_kind(harness):
+    """The profile summary's GPU busy time is the union of kernel intervals (two streams overlapping
+    count once), idle = wall - busy, and kernels land in their kind (GEMM, attention, copies...)."""
+    from types import SimpleNamespace
+
+    from bench_profile import kind_of, summarize
+    from torch.autograd import DeviceType
+
+    def kernel(name: str, start: float, end: float, stream: int = 7) -> SimpleNamespace:
+        return SimpleNamespace(
+            name=name,
+            device_type=DeviceType.CUDA,
+            device_resource_id=stream,
+            time_range=SimpleNamespace(start=start, end=end),
+        )
+
+    events = [
+        kernel("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT", 0, 4000),
+        kernel("Memcpy HtoD (Pinned -> Device)", 3000, 5000, stream=20),  # overlaps the GEMM
+        kernel("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128>>", 6000, 7000),
+        SimpleNamespace(
+            name="cudaHostAlloc",
+            device_type=DeviceType.CPU,
+            device_resource_id=0,
+            time_range=SimpleNamespace(start=0, end=1500),
+        ),
+    ]
+    text = summarize(events, wall_s=0.010, title="row_2048x4")
+    assert "wall 10.0 ms   GPU busy 6.0 ms   idle 4.0 ms" in text
+    assert "gemm 4.0" in text and "copy 2.0" in text and "attention 1.0" in text
+    assert "7: 5.0" in text and "20: 2.0" in text  # per stream
+    assert "cudaHostAlloc 1x 1.5" in text
+    assert kind_of("void at::native::vectorized_elementwise_kernel<4, ...>") == "elementwise"
+    assert kind_of("something_new") == "other"

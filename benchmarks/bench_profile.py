@@ -1,0 +1,110 @@
+"""One profiled training step: where the GPU time goes, by kernel kind, and what the CPU waited on.
+
+``train_step.py --profile DIR`` runs one extra step per shape under ``torch.profiler`` after the
+timed ones and writes ``DIR/<row>_<seq>x<batch>.txt``: wall time, GPU busy time (union of kernel
+and copy intervals, so idle = the GPU waiting for the CPU or for a copy), time per kernel kind and
+per stream, the top kernels, and the CUDA runtime calls that can stall the CPU (host allocation,
+synchronisation). Rows then compare kernel by kernel: the question it answers is which part of a
+step one engine spends more time on than another.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+# Kernel kinds, first match wins (lower-case substrings of the kernel name).
+KINDS = (
+    ("copy", ("memcpy", "memset")),
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
+    ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "matmul", "splitk")),
+    ("nf4", ("dequantize", "kdequant", "4bit")),
+    ("triton", ("triton", "liger", "_kernel_")),
+    ("reduce", ("reduce",)),
+    ("elementwise", ("elementwise", "vectorized", "unrolled", "copy_kernel", "cat", "index")),
+)
+STALL_CALLS = (
+    "cudaHostAlloc",
+    "cudaMallocHost",
+    "cudaMalloc",
+    "cudaFree",
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaEventSynchronize",
+    "cudaStreamWaitEvent",
+    "cudaMemcpyAsync",
+)
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, needles in KINDS:
+        if any(n in low for n in needles):
+            return kind
+    return "other"
+
+
+def _union_us(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
+
+
+def summarize(events: Any, wall_s: float, title: str) -> str:
+    """Text summary of the profiler's events (FunctionEvents) of one step."""
+    from torch.autograd import DeviceType
+
+    by_kind: dict[str, float] = defaultdict(float)
+    by_stream: dict[int, float] = defaultdict(float)
+    by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    calls: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    intervals: list[tuple[float, float]] = []
+    for evt in events:
+        if evt.device_type == DeviceType.CUDA:
+            start, end = evt.time_range.start, evt.time_range.end
+            if end <= start:
+                continue
+            dur = end - start
+            intervals.append((start, end))
+            by_kind[kind_of(evt.name)] += dur
+            by_stream[evt.device_resource_id] += dur
+            by_name[evt.name][0] += dur
+            by_name[evt.name][1] += 1
+        elif evt.name in STALL_CALLS:
+            calls[evt.name][0] += evt.time_range.end - evt.time_range.start
+            calls[evt.name][1] += 1
+    busy_ms = _union_us(intervals) / 1e3
+    wall_ms = wall_s * 1e3
+    lines = [
+        f"== {title}",
+        f"wall {wall_ms:.1f} ms   GPU busy {busy_ms:.1f} ms   idle {wall_ms - busy_ms:.1f} ms",
+    ]
+    lines.append("by kind (ms): " + ", ".join(f"{k} {v / 1e3:.1f}" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])))  # fmt: skip
+    lines.append("by stream (ms): " + ", ".join(f"{s}: {v / 1e3:.1f}" for s, v in sorted(by_stream.items())))
+    lines.append("runtime calls (count, ms): " + ", ".join(f"{n} {c[1]}x {c[0] / 1e3:.1f}" for n, c in sorted(calls.items())))  # fmt: skip
+    lines.append("top kernels (ms, count, kind):")
+    for name, (dur, count) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:25]:
+        lines.append(f"  {dur / 1e3:8.2f} {count:5d} {kind_of(name):11s} {name[:110]}")
+    return "\n".join(lines) + "\n"
+
+
+def profile_step(step: Any, sync: Any, out: Path, title: str) -> str:
+    """Run ``step()`` once under the profiler (CPU + CUDA activities); write and return the summary."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        step()
+        sync()
+        wall = time.perf_counter() - t0
+    text = summarize(prof.events(), wall, title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return text

@@ -1,0 +1,56 @@
+"""GPU checks of offloaded checkpointing's backward read-ahead (``pytest -m gpu``).
+
+On a CPU packing is the identity, so only a GPU exercises the copies: the layer inputs that come
+back ahead of need (on the side stream) must be the ones backward needs, at batch 1 and > 1, over
+several steps (pinned buffers and GPU blocks are reused between steps).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from legaltune.model.offload import enable_offloaded_checkpointing, find_decoder_layers
+from tests.conftest import loss_and_grads, randomize_lora_b
+from tests.gpu.test_gpu_speed import PROJ, _llama
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _model(layers: int, offload: bool, read_ahead: bool = True):
+    torch.manual_seed(0)
+    model = get_peft_model(
+        _llama(layers=layers, hidden=512, dtype=torch.float32),
+        LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=PROJ),
+    )
+    randomize_lora_b(model, 0.02, seed=1)
+    if offload:
+        enable_offloaded_checkpointing(model, read_ahead=read_ahead)
+    model.train()
+    return model
+
+
+@pytest.mark.parametrize("batch,seq", [(1, 1024), (4, 512)])
+def test_read_ahead_gives_the_gradients_of_no_checkpointing(batch, seq):
+    layers = 4
+    ids = torch.randint(
+        3, 1024, (batch, seq), device="cuda", generator=torch.Generator("cuda").manual_seed(0)
+    )
+    ref = _model(layers, offload=False)
+    ahead = _model(layers, offload=True, read_ahead=True)
+    on_demand = _model(layers, offload=True, read_ahead=False)
+    _, ref_loss, ref_grads = loss_and_grads(ref, ids)
+    offloader = find_decoder_layers(ahead)[0].__dict__["_legaltune_offloader"]
+    for step in range(3):  # later steps reuse pinned host buffers and GPU blocks
+        for model in (ahead, on_demand):
+            _, loss, grads = loss_and_grads(model, ids)
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+            for name, g in ref_grads.items():
+                torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=f"step {step}: {name}")
+    # every layer input but the last layer's (backward's first) came back ahead of need
+    assert offloader.read_aheads == 3 * (layers - 1)
+    assert find_decoder_layers(on_demand)[0].__dict__["_legaltune_offloader"].read_aheads == 0
