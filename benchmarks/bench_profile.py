@@ -21,9 +21,9 @@ KINDS = (
     ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
     ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "matmul", "splitk")),
     ("nf4", ("dequantize", "kdequant", "4bit")),
-    ("triton", ("triton", "liger", "_kernel_")),
-    ("reduce", ("reduce",)),
-    ("elementwise", ("elementwise", "vectorized", "unrolled", "copy_kernel", "cat", "index")),
+    ("reduce", ("reduce_kernel",)),
+    ("elementwise", ("at::native",)),  # PyTorch's own kernels: pointwise, cat, copies
+    ("triton", ("triton_", "_kernel")),  # inductor's triton_* and Liger's *_kernel
 )
 STALL_CALLS = (
     "cudaHostAlloc",

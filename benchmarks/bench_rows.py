@@ -177,7 +177,6 @@ def setup_speed(
     compile_layers: bool | str = "auto",
     kernels: bool | str = "auto",
     read_ahead: bool = True,
-    compile_checkpointed: bool = False,
 ) -> Any:
     """legaltune's speed engine as `legaltune train` runs it: apply_lora with a speed config, then
     TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
@@ -186,13 +185,7 @@ def setup_speed(
     from legaltune.model.offload import find_decoder_layers
 
     speed = SpeedConfig(mode="fast", kernels=kernels, compile=compile_layers)
-    if compile_checkpointed:  # compile every layer first, then checkpoint around the compiled forward
-        from legaltune.model.offload import enable_offloaded_checkpointing
-
-        model = _legaltune_lora(ctx, ctx.base_model(), False, speed=speed)
-        enable_offloaded_checkpointing(model, offload=checkpointing == "unsloth")
-    else:
-        model = _legaltune_lora(ctx, ctx.base_model(), checkpointing, speed=speed)
+    model = _legaltune_lora(ctx, ctx.base_model(), checkpointing, speed=speed)
     if not read_ahead:
         for layer in find_decoder_layers(model):
             if (offloader := layer.__dict__.get("_legaltune_offloader")) is not None:
@@ -295,7 +288,8 @@ ROWS: dict[str, Row] = {
     "x-fast-liger": Row(functools.partial(setup_speed, checkpointing=False, kernels=True), False, "probe: speed engine with Liger kernels inside compiled layers, no checkpointing", ("trl",), fused_head=True, speed=True),
     "x-lean-eager": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=False), "unsloth", "probe: speed engine without torch.compile, offload", ("trl",), fused_head=True, speed=True),
     "x-lean-ondemand": Row(functools.partial(setup_speed, checkpointing="unsloth", read_ahead=False), "unsloth", "probe: legaltune-lean with each offloaded input copied back only when backward needs it", ("trl",), fused_head=True, speed=True),
-    "x-lean-compiled": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_checkpointed=True), "unsloth", "probe: legaltune-lean with the checkpointed layers compiled too (no Liger)", ("trl",), fused_head=True, speed=True),
+    "x-lean-compiled": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=True), "unsloth", "probe: legaltune-lean with compile forced on (differs from legaltune-lean over 4-bit)", ("trl",), fused_head=True, speed=True),
+    "x-fast-compiled": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=True), False, "probe: legaltune-fast with compile forced on (differs from legaltune-fast over 4-bit)", ("trl",), fused_head=True, speed=True),
     "x-liger-compile-nockpt": Row(functools.partial(setup_probe, checkpointing=False, compile_layers=True), False, "probe: Liger kernels + compiled decoder layers, no checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
 }
 # fmt: on

@@ -128,3 +128,48 @@ def test_hooked_or_subclassed_bases_are_not_fused():
     attn.k_proj._hf_hook = object()  # what accelerate's offload hooks leave on a module
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj"]))
     assert fuse_lora_linears(peft_model) == 1  # q_proj only
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_compile_op_passes_opcheck_and_matches_the_eager_function(with_bias):
+    """The custom op used inside compiled layers: schema, fake (meta) shapes and autograd pass
+    torch.library.opcheck, and its value and gradients equal the eager Function's."""
+    from legaltune.speed.lora_linear import LoraLinearFunction
+    from legaltune.speed.lora_op import lora_linear_op
+
+    op = lora_linear_op()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 16, generator=gen, requires_grad=True)
+    w, bias = torch.randn(12, 16, generator=gen), torch.randn(12, generator=gen) if with_bias else None
+    a = torch.randn(4, 16, generator=gen, requires_grad=True)
+    b = torch.randn(12, 4, generator=gen, requires_grad=True)
+    torch.library.opcheck(op, (x, w, bias, a, b, 0.5, torch.float32, 12))
+    out = op(x, w, bias, a, b, 0.5, torch.float32, 12)[0]
+    ref = LoraLinearFunction.apply(x, None, w, None, bias, a, b, 0.5, torch.float32)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    g = torch.randn(out.shape, generator=gen)
+    for got, want in zip(
+        torch.autograd.grad(out, (x, a, b), g), torch.autograd.grad(ref, (x, a, b), g), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_compiled_layer_calls_the_opaque_op_not_a_traced_addmm():
+    """Traced, the Function's in-place addmm_ would become an out-of-place addmm (a full-size copy
+    per projection on CUDA): compiled layers must contain the opaque op, once per projection."""
+    from legaltune.speed.compile import compile_layers
+
+    graphs = []
+
+    def backend(gm, example_inputs):  # noqa: ANN001, ANN202
+        graphs.append(gm)
+        return gm.forward
+
+    fast = _peft().train()
+    fuse_lora_linears(fast)
+    assert compile_layers(fast, backend=backend) == 2
+    ids = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(1))
+    fast(input_ids=ids, labels=ids).loss.backward()
+    targets = [str(node.target) for gm in graphs for node in gm.graph.nodes if node.op == "call_function"]
+    assert graphs and targets.count("legaltune.lora_linear.default") == len(PROJ) * len(graphs)
+    assert not any("addmm" in t for t in targets)

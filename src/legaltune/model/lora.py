@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from legaltune.model.offload import enable_offloaded_checkpointing, find_decoder_layers
+from legaltune.model.offload import enable_offloaded_checkpointing
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -169,17 +169,7 @@ def apply_lora(
         from legaltune.speed.apply import apply_speed
 
         # before checkpointing: the checkpoint wrapper must sit outside the compiled layer forward
-        mode = lora_cfg.use_gradient_checkpointing
-        enabled = gradient_checkpointing and mode is not False
-        n_layers = len(find_decoder_layers(peft_model))
-        n_ckpt = 0 if not enabled else n_layers if checkpoint_layers is None else checkpoint_layers
-        report = apply_speed(
-            peft_model,
-            mode=speed.mode,
-            kernels=speed.kernels,
-            compile=speed.compile,
-            checkpointed_layers=n_ckpt,
-        )
+        report = apply_speed(peft_model, mode=speed.mode, kernels=speed.kernels, compile=speed.compile)
     base.legaltune_checkpointing = _checkpointing_mode(
         base, gradient_checkpointing, lora_cfg.use_gradient_checkpointing, checkpoint_layers
     )

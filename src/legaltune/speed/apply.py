@@ -1,8 +1,8 @@
 """The speed engine in one call: fused LoRA, kernels, compiled layers — on one PEFT model instance.
 
 Checkpointing is not decided here: :func:`legaltune.model.lora.apply_lora` wraps the layers after
-this (so that the checkpoint sits outside the compiled region), with the layer count that
-:func:`legaltune.speed.policy.checkpoint_layers_for` picks from the memory plan.
+this (so that the checkpoint sits outside the compiled region), with the layer count that the
+memory plan picks (``speed: auto``).
 """
 
 from __future__ import annotations
@@ -73,12 +73,12 @@ def apply_speed(
     kernels: bool | str = "auto",
     compile: bool | str = "auto",
     compile_backend: str = "inductor",
-    checkpointed_layers: int = 0,
 ) -> SpeedReport:
     """Apply the speed engine to this PEFT model instance per ``mode`` (``off``/``fast``/``auto``).
 
-    ``checkpointed_layers``: how many of the first decoder layers will be checkpointed; those stay
-    eager (with Liger's kernels), the others are compiled.
+    With compile on, every decoder layer is compiled, checkpointed ones included (the checkpoint
+    wrapper goes around the compiled forward); Liger's kernels then serve only what lies outside
+    the layers (the final norm). With compile off, every layer runs eager with Liger's kernels.
     """
     mode = "off" if mode is False else mode  # a bare YAML `off`, if it bypassed SpeedConfig
     report = SpeedReport(mode=mode)
@@ -92,18 +92,17 @@ def apply_speed(
     if not compiled and compile == "auto" and resolve_compile(compile, on_cuda=on_cuda):
         report.notes.append("compile off: with a 4-bit base it would keep dequantized weights for backward")
     layers = list(find_decoder_layers(model))
-    eager_layers = min(checkpointed_layers, len(layers)) if compiled else len(layers)
     if compiled:
-        report.compiled_layers = compile_layers(model, backend=compile_backend, skip_first=eager_layers)
+        report.compiled_layers = compile_layers(model, backend=compile_backend)
     # auto: Liger only where layers stay eager. In compiled layers inductor fuses the same norm and
-    # gate ops itself, faster on the H100 (14.7k vs 14.1k tok/s, docs/performance.md), and dynamo
-    # cannot trace Liger's kernels anyway (it falls back around them).
+    # gate ops itself, faster on the H100 (14.7k vs 14.1k tok/s without checkpointing, 10.5k vs 10.1k
+    # offloaded; docs/performance.md), and dynamo cannot trace Liger's kernels anyway.
     if kernels is True or kernels == "auto":
         if on_cuda and not liger_available():
             report.notes.append(
                 "liger-kernel is not installed: RMSNorm/SwiGLU run in PyTorch (pip install liger-kernel)"
             )
-        skip = tuple(layers[eager_layers:]) if kernels == "auto" else ()
+        skip = tuple(layers) if kernels == "auto" and compiled else ()
         counts = apply_kernels(model, skip=skip)
         report.rms_norm, report.swiglu = counts["rms_norm"], counts["swiglu"]
     return report

@@ -5,8 +5,9 @@ used for training steps only. Inductor fuses the elementwise work between the ma
 residual adds, norms, the SiLU gate — and its partitioner recomputes cheap elementwise results in
 backward instead of saving them. The layers share the compiled code (transformers' layers have
 identical code and dynamo treats module parameters as inputs): the GPU test counts 2 dynamo graphs
-for 4 layers. Only layers that are not checkpointed are compiled (``skip_first``): under
-checkpointing the layer runs inside saved-tensor hooks, twice, and was measured no faster compiled.
+for 4 layers. Checkpointing wraps the compiled forward: the recompute in backward runs the compiled
+graph again. The fused LoRA projections enter the graph as an opaque op
+(:mod:`legaltune.speed.lora_op`), so their in-place GEMM epilogue survives compilation.
 
 The first steps of a run pay the compile (tens of seconds for an 8B layer); sequence lengths that
 vary between batches are handled with dynamic shapes after the first recompile.
@@ -49,16 +50,14 @@ def compile_supported() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
 
 
-def compile_layers(model: nn.Module, *, backend: str = "inductor", skip_first: int = 0) -> int:
+def compile_layers(model: nn.Module, *, backend: str = "inductor") -> int:
     """Compile the forward of the decoder layers of this instance; returns how many were compiled.
 
-    ``skip_first``: leave the first N layers eager — the checkpointed ones. Under checkpointing the
-    layer runs inside saved-tensor hooks, twice (forward and recompute), which measured slower
-    compiled than eager with Liger's kernels on the H100 (docs/performance.md).
+    Call it before checkpointing is applied, so that the checkpoint wraps the compiled forward.
     Idempotent. ``backend`` is for tests (``"aot_eager"`` checks tracing without a C compiler).
     """
     count = 0
-    for layer in list(find_decoder_layers(model))[skip_first:]:
+    for layer in find_decoder_layers(model):
         if layer.__dict__.get(_COMPILED):
             continue
         inner = layer.__dict__.get("forward") or types.MethodType(type(layer).forward, layer)

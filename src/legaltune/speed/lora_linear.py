@@ -45,8 +45,65 @@ def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a.float(), b.float())
 
 
+def lora_forward(
+    x2: torch.Tensor,
+    xl2: torch.Tensor,
+    weight: torch.Tensor,
+    quant_state: Any,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scale: float,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D ``(x2 W^T + b + s · (xl2 A^T) B^T, xl2 A^T)`` in ``dtype``; ``xl2`` is the LoRA input."""
+    a, b = lora_a.to(dtype), lora_b.to(dtype)
+    w = _dense_weight(weight, quant_state, dtype)
+    out = x2 @ w.t() if bias is None else torch.addmm(bias.to(dtype), x2, w.t())
+    del w
+    xa = xl2 @ a.t()
+    out.addmm_(xa, b.t(), alpha=scale)  # in place: the GEMM reads out as its C operand, no extra pass
+    return out, xa
+
+
+def lora_backward(
+    g: torch.Tensor,
+    xl2: torch.Tensor,
+    xa: torch.Tensor,
+    weight: torch.Tensor,
+    quant_state: Any,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scale: float,
+    dtype: torch.dtype,
+    *,
+    need_x: bool,
+    separate_lora_input: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """2-D (grad x, grad of the LoRA input if separate, grad A, grad B); adapter grads in fp32
+    (their parameters' dtype is the caller's cast)."""
+    a, b = lora_a.to(dtype), lora_b.to(dtype)
+    # d(out)/d(xa) = s · g B: the only tokens × r intermediate of the backward
+    gb = (g @ b).mul_(scale)
+    grad_b = _mm_fp32(g.t(), xa).mul_(scale)
+    grad_a = _mm_fp32(gb.t(), xl2)
+    grad_x = grad_xl = None
+    if need_x:
+        w = _dense_weight(weight, quant_state, dtype)
+        grad_x = g @ w
+        del w
+        if separate_lora_input:
+            grad_xl = gb @ a
+        else:
+            grad_x.addmm_(gb, a)
+    return grad_x, grad_xl, grad_a, grad_b
+
+
 class LoraLinearFunction(torch.autograd.Function):
-    """``y = x W^T + b + s · (x_d A^T) B^T``, where ``x_d`` is ``x`` after LoRA dropout (or ``x``)."""
+    """``y = x W^T + b + s · (x_d A^T) B^T``, where ``x_d`` is ``x`` after LoRA dropout (or ``x``).
+
+    The eager path. Under ``torch.compile`` a layer without LoRA dropout goes through the opaque
+    custom op of :mod:`legaltune.speed.lora_op` instead (see there why)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -64,12 +121,7 @@ class LoraLinearFunction(torch.autograd.Function):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(dtype)
         xl2 = x2 if x_lora is None else x_lora.reshape(-1, shape[-1]).to(dtype)
-        a, b = lora_a.to(dtype), lora_b.to(dtype)
-        w = _dense_weight(weight, quant_state, dtype)
-        out = x2 @ w.t() if bias is None else torch.addmm(bias.to(dtype), x2, w.t())
-        del w
-        xa = xl2 @ a.t()
-        out.addmm_(xa, b.t(), alpha=scale)
+        out, xa = lora_forward(x2, xl2, weight, quant_state, bias, lora_a, lora_b, scale, dtype)
         ctx.save_for_backward(xl2, xa, weight, lora_a, lora_b)
         ctx.quant_state, ctx.scale, ctx.dtype = quant_state, scale, dtype
         ctx.x_shape, ctx.x_dtype = shape, x.dtype
@@ -80,23 +132,26 @@ class LoraLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         xl2, xa, weight, lora_a, lora_b = ctx.saved_tensors
-        dtype, scale = ctx.dtype, ctx.scale
-        g = grad.reshape(-1, grad.shape[-1]).to(dtype)
-        a, b = lora_a.to(dtype), lora_b.to(dtype)
-        # d(out)/d(xa) = s · g B: the only tokens × r intermediate of the backward
-        gb = (g @ b).mul_(scale)
-        grad_b = _mm_fp32(g.t(), xa).mul_(scale).to(lora_b.dtype) if lora_b.requires_grad else None
-        grad_a = _mm_fp32(gb.t(), xl2).to(lora_a.dtype) if lora_a.requires_grad else None
-        grad_x = grad_xl = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            w = _dense_weight(weight, ctx.quant_state, dtype)
-            grad_x = g @ w
-            del w
-            if ctx.separate_lora_input:
-                grad_xl = (gb @ a).view(ctx.x_shape).to(ctx.lora_input_dtype)
-            else:
-                grad_x.addmm_(gb, a)
+        g = grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
+        grad_x, grad_xl, grad_a, grad_b = lora_backward(
+            g,
+            xl2,
+            xa,
+            weight,
+            ctx.quant_state,
+            lora_a,
+            lora_b,
+            ctx.scale,
+            ctx.dtype,
+            need_x=ctx.needs_input_grad[0] or ctx.needs_input_grad[1],
+            separate_lora_input=ctx.separate_lora_input,
+        )
+        if grad_x is not None:
             grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
+        if grad_xl is not None:
+            grad_xl = grad_xl.view(ctx.x_shape).to(ctx.lora_input_dtype)
+        grad_a = grad_a.to(lora_a.dtype) if lora_a.requires_grad else None
+        grad_b = grad_b.to(lora_b.dtype) if lora_b.requires_grad else None
         return grad_x, grad_xl, None, None, None, grad_a, grad_b, None, None
 
 
@@ -140,6 +195,12 @@ def _fused_forward(module: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any
     dropout = module.lora_dropout[adapter]
     x_lora = None if isinstance(dropout, nn.Identity) else dropout(x)
     base = module.base_layer
+    scale = float(module.scaling[adapter])
+    dtype = _compute_dtype(x, weight, quant_state)
+    if x_lora is None and torch.compiler.is_compiling():
+        # registered by fuse_lora_linears (outside any trace: dynamo must not trace a registration)
+        op = torch.ops.legaltune.lora_linear.default
+        return op(x, weight, getattr(base, "bias", None), lora_a, lora_b, scale, dtype, base.out_features)[0]
     return LoraLinearFunction.apply(
         x,
         x_lora,
@@ -148,8 +209,8 @@ def _fused_forward(module: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any
         getattr(base, "bias", None),
         lora_a,
         lora_b,
-        float(module.scaling[adapter]),
-        _compute_dtype(x, weight, quant_state),
+        scale,
+        dtype,
     )
 
 
@@ -181,6 +242,9 @@ def fuse_lora_linears(model: nn.Module) -> int:
     """
     from peft.tuners.lora.layer import LoraLayer
 
+    from legaltune.speed.lora_op import lora_linear_op
+
+    lora_linear_op()  # the op compiled layers call
     count = 0
     for module in model.modules():
         # PEFT has one LoRA class per base type (layer.Linear, bnb.Linear4bit, ...): any LoRA layer
