@@ -21,7 +21,7 @@ from legaltune.model.offload import _offloaded_forward, checkpointed_layers, fin
 from legaltune.speed.apply import apply_speed
 from legaltune.speed.compile import is_compiled
 from legaltune.speed.kernels import kernel_kind
-from legaltune.speed.lora_linear import is_fused
+from legaltune.speed.lora_linear import RECOMPUTE_SKIPS, fuse_lora_linears, is_fused
 from tests.conftest import loss_and_grads, make_tiny_llama, randomize_lora_b
 
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -252,9 +252,12 @@ def test_partially_checkpointed_step_matches_unchecked(mode):
 
     ids = _ids(4)
     _, loss_p, grads_p = loss_and_grads(plain, ids)
+    skips = RECOMPUTE_SKIPS[0]
     _, loss_c, grads_c = loss_and_grads(ckpt, ids)
     # the checkpointed layer really ran again in backward; the other did not
     assert calls == {"ckpt": [2, 1], "plain": [1, 1]}
+    # and its recompute skipped the down_proj GEMM (its output feeds nothing backward needs)
+    assert RECOMPUTE_SKIPS[0] - skips == 1
     torch.testing.assert_close(loss_c, loss_p, atol=1e-5, rtol=1e-5)
     assert grads_c.keys() == grads_p.keys() and len(grads_p) == 2 * 2 * len(PROJ)
     for name, g in grads_p.items():
@@ -305,10 +308,9 @@ def test_compile_decision_is_shared_by_the_engine_and_the_plan():
     from legaltune.speed.apply import resolve_compile
     from legaltune.speed.policy import compile_wanted
 
-    assert compile_wanted("auto", four_bit=False) and not compile_wanted("auto", four_bit=True)
-    assert compile_wanted(True, four_bit=True) and not compile_wanted(False, four_bit=False)
+    assert compile_wanted("auto") and compile_wanted(True) and not compile_wanted(False)
     assert not resolve_compile("auto", on_cuda=False)  # auto needs a CUDA model with Triton
-    assert resolve_compile(True, on_cuda=False, four_bit=True)  # asked for explicitly: compiled
+    assert resolve_compile(True, on_cuda=False)  # asked for explicitly: compiled
 
 
 @pytest.mark.parametrize("offload", [True, False])
@@ -321,5 +323,24 @@ def test_checkpoint_around_compiled_layers_matches_reference(offload):
     enable_offloaded_checkpointing(fast, offload=offload)
     assert report.compiled_layers == 2 and checkpointed_layers(fast) == 2
     assert all(is_compiled(layer) for layer in find_decoder_layers(fast))
+    assert report.recompute_skips == 2
+    skips = RECOMPUTE_SKIPS[0]
     _assert_same_step(fast, ref, _ids(1), atol=1e-5, rtol=1e-4)
     _assert_same_step(fast, ref, _ids(2), atol=1e-5, rtol=1e-4)
+    assert RECOMPUTE_SKIPS[0] - skips == 2 * 2  # inside the compiled graph too: 2 layers x 2 steps
+
+
+def test_recompute_skip_only_for_known_pre_norm_layers():
+    """A decoder class not known to be pre-norm (Gemma-style layers normalise the MLP output, so
+    its backward needs it) keeps computing down_proj in the recompute."""
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    from legaltune.speed.lora_linear import mark_recompute_skips
+
+    model = _peft().train()
+    fuse_lora_linears(model)
+    layers = find_decoder_layers(model)
+    layers[1].__class__ = type("Gemma2DecoderLayer", (LlamaDecoderLayer,), {})
+    assert mark_recompute_skips(model) == 1
+    assert layers[0].mlp.down_proj.__dict__.get("_legaltune_skip_in_recompute") is True
+    assert "_legaltune_skip_in_recompute" not in layers[1].mlp.down_proj.__dict__

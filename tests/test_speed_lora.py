@@ -143,9 +143,9 @@ def test_compile_op_passes_opcheck_and_matches_the_eager_function(with_bias):
     w, bias = torch.randn(12, 16, generator=gen), torch.randn(12, generator=gen) if with_bias else None
     a = torch.randn(4, 16, generator=gen, requires_grad=True)
     b = torch.randn(12, 4, generator=gen, requires_grad=True)
-    torch.library.opcheck(op, (x, w, bias, a, b, 0.5, torch.float32, 12))
-    out = op(x, w, bias, a, b, 0.5, torch.float32, 12)[0]
-    ref = LoraLinearFunction.apply(x, None, w, None, bias, a, b, 0.5, torch.float32)
+    torch.library.opcheck(op, (x, w, bias, a, b, 0.5, torch.float32, 12, False))
+    out = op(x, w, bias, a, b, 0.5, torch.float32, 12, False)[0]
+    ref = LoraLinearFunction.apply(x, None, w, None, bias, a, b, 0.5, torch.float32, 12, False)
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     g = torch.randn(out.shape, generator=gen)
     for got, want in zip(

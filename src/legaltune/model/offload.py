@@ -21,7 +21,9 @@ checkpointing on top.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import types
 import weakref
 from typing import Any
@@ -43,6 +45,30 @@ _LAYER_PATHS = (
     "transformer.h",
     "layers",
 )
+
+
+_RECOMPUTE = threading.local()
+
+
+def in_recompute() -> bool:
+    """True while backward recomputes a layer checkpointed by legaltune (this thread): the fused
+    LoRA projections whose output the recompute never uses skip their GEMM then."""
+    return getattr(_RECOMPUTE, "active", False)
+
+
+@contextlib.contextmanager
+def _recomputing() -> Any:
+    before = in_recompute()
+    _RECOMPUTE.active = True
+    try:
+        yield
+    finally:
+        _RECOMPUTE.active = before
+
+
+def _checkpoint_contexts() -> tuple[Any, Any]:
+    """``checkpoint``'s context_fn: nothing around the forward, the recompute flag around the recompute."""
+    return contextlib.nullcontext(), _recomputing()
 
 
 class _Packed:
@@ -192,9 +218,9 @@ def _offloaded_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
         args = (kwargs.pop("hidden_states"),)
     offloader: _Offloader | None = layer.__dict__[_OFFLOADER]
     if offloader is None:  # recompute-only layer (a partial checkpointing policy)
-        return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+        return checkpoint(inner, *args, use_reentrant=False, context_fn=_checkpoint_contexts, **kwargs)
     with torch.autograd.graph.saved_tensors_hooks(offloader.pack, offloader.unpack):
-        return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+        return checkpoint(inner, *args, use_reentrant=False, context_fn=_checkpoint_contexts, **kwargs)
 
 
 def _is_wrapped(layer: nn.Module) -> bool:
@@ -308,5 +334,6 @@ __all__ = [
     "disable_offloaded_checkpointing",
     "enable_offloaded_checkpointing",
     "find_decoder_layers",
+    "in_recompute",
     "is_offloaded",
 ]

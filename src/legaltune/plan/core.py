@@ -135,7 +135,7 @@ def _speed_activations(cfg: Config) -> bool:
     sp = cfg.speed
     if sp.mode in ("off", False) or cfg.quantization.load_in_8bit or cfg.lora.lora_dropout > 0:
         return False
-    compiled = compile_wanted(sp.compile, four_bit=cfg.quantization.load_in_4bit)
+    compiled = compile_wanted(sp.compile)
     kernels = sp.kernels is True or (sp.kernels == "auto" and liger_available())
     return compiled or kernels
 

@@ -16,7 +16,7 @@ from torch import nn
 from legaltune.model.offload import find_decoder_layers
 from legaltune.speed.compile import compile_layers, compile_supported
 from legaltune.speed.kernels import apply_kernels
-from legaltune.speed.lora_linear import fuse_lora_linears
+from legaltune.speed.lora_linear import fuse_lora_linears, mark_recompute_skips
 from legaltune.speed.policy import compile_wanted, liger_available
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ class SpeedReport:
 
     mode: str
     fused_lora: int = 0
+    recompute_skips: int = 0
     rms_norm: int = 0
     swiglu: int = 0
     compiled_layers: int = 0
@@ -47,23 +48,21 @@ class SpeedReport:
             parts.append(f"{self.compiled_layers} compiled layers")
         if self.checkpointing:
             parts.append(f"checkpointing: {self.checkpointing}")
+        if self.recompute_skips and self.checkpointing not in ("", "none"):
+            parts.append(f"recompute skips {self.recompute_skips} down_proj GEMMs")
         return f"speed: {self.mode} — " + ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def _has_4bit_base(model: nn.Module) -> bool:
-    return any(getattr(getattr(m, "weight", None), "quant_state", None) is not None for m in model.modules())
-
-
-def resolve_compile(setting: bool | str, *, on_cuda: bool, four_bit: bool = False) -> bool:
-    """``speed.compile``: auto = on a CUDA model with Triton available, not over a 4-bit base
+def resolve_compile(setting: bool | str, *, on_cuda: bool) -> bool:
+    """``speed.compile``: auto = on a CUDA model with Triton available
     (:func:`legaltune.speed.policy.compile_wanted`); true compiles wherever asked (on a CPU that needs
     a C++ compiler and buys little; the tests use it with the aot_eager backend)."""
     if setting == "auto" and not (on_cuda and compile_supported()):
         return False
-    return compile_wanted(setting, four_bit=four_bit)
+    return compile_wanted(setting)
 
 
 def apply_speed(
@@ -85,12 +84,11 @@ def apply_speed(
     if mode == "off":
         return report
     report.fused_lora = fuse_lora_linears(model)
+    report.recompute_skips = mark_recompute_skips(model)
     first = next(model.parameters())
     on_cuda = first.is_cuda
     report.on_cuda = on_cuda
-    compiled = resolve_compile(compile, on_cuda=on_cuda, four_bit=_has_4bit_base(model))
-    if not compiled and compile == "auto" and resolve_compile(compile, on_cuda=on_cuda):
-        report.notes.append("compile off: with a 4-bit base it would keep dequantized weights for backward")
+    compiled = resolve_compile(compile, on_cuda=on_cuda)
     layers = list(find_decoder_layers(model))
     if compiled:
         report.compiled_layers = compile_layers(model, backend=compile_backend)

@@ -44,7 +44,7 @@ def _quant_state(weight: torch.Tensor) -> Any:
 @functools.cache
 def lora_linear_op() -> Any:
     """The forward op (registered once per process); call
-    ``op(x, W, bias, A, B, scale, dtype, out_features)``, which returns ``(out, x A^T)`` and is
+    ``op(x, W, bias, A, B, scale, dtype, out_features, skip_in_recompute)``, which returns ``(out, x A^T)`` and is
     differentiable in x, A and B. ``W`` is a dense weight or a bitsandbytes 4-bit parameter."""
 
     @torch.library.custom_op("legaltune::lora_linear", mutates_args=())
@@ -57,13 +57,27 @@ def lora_linear_op() -> Any:
         scale: float,
         dtype: torch.dtype,
         out_features: int,
+        skip_in_recompute: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-        out, xa = lora_forward(x2, x2, weight, _quant_state(weight), bias, lora_a, lora_b, scale, dtype)
+        state = _quant_state(weight)
+        out, xa = lora_forward(
+            x2,
+            x2,
+            weight,
+            state,
+            bias,
+            lora_a,
+            lora_b,
+            scale,
+            dtype,
+            out_features=out_features,
+            skip_in_recompute=skip_in_recompute,
+        )
         return out.view(*x.shape[:-1], out.shape[-1]), xa
 
     @lora_linear.register_fake
-    def _(x, weight, bias, lora_a, lora_b, scale, dtype, out_features):  # noqa: ANN001, ANN202
+    def _(x, weight, bias, lora_a, lora_b, scale, dtype, out_features, skip_in_recompute):  # noqa: ANN001, ANN202
         tokens = x.numel() // x.shape[-1]
         return x.new_empty((*x.shape[:-1], out_features), dtype=dtype), x.new_empty(
             (tokens, lora_a.shape[0]), dtype=dtype
@@ -106,7 +120,7 @@ def lora_linear_op() -> Any:
         return grad_x, torch.empty_like(lora_a), torch.empty_like(lora_b)
 
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
-        x, weight, _bias, lora_a, lora_b, scale, dtype, _out_features = inputs
+        x, weight, _bias, lora_a, lora_b, scale, dtype, _out_features, _skip = inputs
         ctx.save_for_backward(x, output[1], weight, lora_a, lora_b)
         ctx.scale, ctx.dtype = scale, dtype
 
@@ -122,6 +136,7 @@ def lora_linear_op() -> Any:
             None,
             grad_a if ctx.needs_input_grad[3] else None,
             grad_b if ctx.needs_input_grad[4] else None,
+            None,
             None,
             None,
             None,
