@@ -248,6 +248,7 @@ def child_main(args: argparse.Namespace) -> int:
         dtype=compute_dtype_name(cuda),
         model_dir=Path(args.model_dir) if args.model_dir else None,
         deadline=args.deadline,
+        shapes=tuple(shapes),
     )
     torch.manual_seed(SEED)
     t0 = time.perf_counter()
@@ -268,6 +269,10 @@ def child_main(args: argparse.Namespace) -> int:
     info["model_alloc_gib"] = torch.cuda.memory_allocated() / GIB if cuda else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     info["trainable_params"] = sum(p.numel() for p in trainable)
+    if row.speed:  # what the plan should model: the layers legaltune's checkpointing wraps
+        from legaltune.model.offload import checkpointed_layers
+
+        info["checkpoint_layers"] = checkpointed_layers(model)
     # Fused AdamW (one kernel for all LoRA tensors) on CUDA, as optim adamw_torch_fused; CPU: default.
     opt = torch.optim.AdamW(
         trainable, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, fused=True if cuda else None

@@ -31,16 +31,17 @@ def flops_per_token(arch: Arch, seq: int) -> float:
     return 2.0 * (2 * non_embedding + attention)
 
 
-def plan_fields(
-    arch: Arch, variant: str, seq: int, batch: int, measured_gib: float | None, compute_bytes: int
-) -> dict[str, Any]:
-    """legaltune's plan estimate of the peak for this row and shape, and its error against the measurement."""
+def row_estimate(
+    arch: Arch, variant: str, seq: int, batch: int, compute_bytes: int, checkpoint_layers: int | None = None
+) -> Any:
+    """legaltune's memory estimate (MemoryEstimate) for this row at this shape; ``checkpoint_layers``
+    as a partial checkpointing policy checkpointed them (None: the row's mode on every layer)."""
     from legaltune.plan.memory import estimate_memory
     from legaltune.plan.params import count_params
 
     base, qlora = split_variant(variant)
     row = ROWS[base]
-    est = estimate_memory(
+    return estimate_memory(
         arch,
         count_params(arch, LORA_R, list(SEVEN_PROJECTIONS)),
         batch_size=batch,
@@ -55,7 +56,36 @@ def plan_fields(
         r=LORA_R,
         speed=row.speed,
         fused_head=row.fused_head,
+        checkpoint_layers=checkpoint_layers,
     )
+
+
+def auto_checkpoint_layers(
+    arch: Arch, variant: str, seq: int, batch: int, compute_bytes: int, budget: float
+) -> int:
+    """What ``speed: auto`` checkpoints for this row and shape on a GPU of ``budget`` bytes."""
+    from legaltune.plan.core import choose_checkpoint_layers
+
+    def estimate(n: int) -> Any:
+        return row_estimate(arch, variant, seq, batch, compute_bytes, n)
+
+    layers, _why = choose_checkpoint_layers(estimate, arch.layers, budget)
+    return arch.layers if layers is None else layers
+
+
+def plan_fields(
+    arch: Arch,
+    variant: str,
+    seq: int,
+    batch: int,
+    measured_gib: float | None,
+    compute_bytes: int,
+    checkpoint_layers: int | None = None,
+) -> dict[str, Any]:
+    """legaltune's plan estimate of the peak for this row and shape, and its error against the measurement."""
+    base, qlora = split_variant(variant)
+    row = ROWS[base]
+    est = row_estimate(arch, variant, seq, batch, compute_bytes, checkpoint_layers)
     gap = row.plan_gap_qlora if qlora and row.plan_gap_qlora is not None else row.plan_gap
     plan_gib = est.peak_bytes / GIB
     # Positive error = the plan overestimates the measured peak.
@@ -65,6 +95,7 @@ def plan_fields(
         "plan_components_gib": {k: v / GIB for k, v in est.components.items()},
         "plan_host_offload_gib": est.host_offload_bytes / GIB,
         "plan_checkpointing": row.checkpointing,
+        "plan_checkpoint_layers": checkpoint_layers,
         "plan_error_pct": error,
         "plan_within_target": abs(error) <= PLAN_TARGET_PCT if error is not None else None,
         "plan_applies": not gap,

@@ -36,6 +36,7 @@ class Ctx:
     dtype: str
     model_dir: Path | None
     deadline: float  # time.time() by which the parent stops waiting for this child
+    shapes: tuple[tuple[int, int], ...] = ()  # (seq, batch) the child will run
 
     def random_model(self) -> Any:
         return build_random_model(self.arch, self.layers, self.device, self.dtype)
@@ -177,6 +178,7 @@ def setup_speed(
     compile_layers: bool | str = "auto",
     kernels: bool | str = "auto",
     read_ahead: bool = True,
+    checkpoint_layers: int | None = None,
 ) -> Any:
     """legaltune's speed engine as `legaltune train` runs it: apply_lora with a speed config, then
     TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
@@ -185,7 +187,9 @@ def setup_speed(
     from legaltune.model.offload import find_decoder_layers
 
     speed = SpeedConfig(mode="fast", kernels=kernels, compile=compile_layers)
-    model = _legaltune_lora(ctx, ctx.base_model(), checkpointing, speed=speed)
+    model = _legaltune_lora(
+        ctx, ctx.base_model(), checkpointing, speed=speed, checkpoint_layers=checkpoint_layers
+    )
     if not read_ahead:
         for layer in find_decoder_layers(model):
             if (offloader := layer.__dict__.get("_legaltune_offloader")) is not None:
@@ -198,7 +202,29 @@ def setup_speed(
     return model
 
 
-def _legaltune_lora(ctx: Ctx, base: Any, checkpointing: bool | str, speed: Any = None) -> Any:
+def setup_auto(ctx: Ctx) -> Any:
+    """``speed: auto`` as `legaltune train` runs it: the memory plan picks how many layers to
+    checkpoint (offloaded, the first N) for this GPU and the run's largest shape; the others keep
+    their activations. Without a GPU every layer is checkpointed (no budget to plan against)."""
+    import torch
+    from bench_model import plan_arch
+    from bench_report import auto_checkpoint_layers
+
+    arch = plan_arch(ctx.arch, ctx.layers)
+    layers = arch.layers
+    if ctx.device == "cuda" and ctx.shapes:
+        seq, batch = max(ctx.shapes, key=lambda shape: shape[0] * shape[1])
+        budget = torch.cuda.get_device_properties(0).total_memory
+        layers = auto_checkpoint_layers(
+            arch, ctx.variant, seq, batch, 4 if ctx.dtype == "float32" else 2, budget
+        )
+    print(f"speed auto: {layers}/{arch.layers} layers checkpointed (plan)", file=sys.stderr)
+    return setup_speed(ctx, checkpointing="unsloth", checkpoint_layers=layers)
+
+
+def _legaltune_lora(
+    ctx: Ctx, base: Any, checkpointing: bool | str, speed: Any = None, checkpoint_layers: int | None = None
+) -> Any:
     from legaltune.config.schema import LoraConfig
     from legaltune.model.lora import apply_lora
 
@@ -212,7 +238,12 @@ def _legaltune_lora(ctx: Ctx, base: Any, checkpointing: bool | str, speed: Any =
         random_state=SEED,
     )
     return apply_lora(
-        base, lora, gradient_checkpointing=checkpointing is not False, max_seq_length=ctx.max_seq, speed=speed
+        base,
+        lora,
+        gradient_checkpointing=checkpointing is not False,
+        max_seq_length=ctx.max_seq,
+        speed=speed,
+        checkpoint_layers=checkpoint_layers,
     )
 
 
@@ -279,6 +310,7 @@ ROWS: dict[str, Row] = {
     "legaltune-nockpt": Row(functools.partial(setup_legaltune, checkpointing=False), False, "legaltune apply_lora, no checkpointing"),
     "legaltune-fast": Row(functools.partial(setup_speed, checkpointing=False), False, "legaltune speed engine, no checkpointing (auto's choice where it fits)", ("trl",), fused_head=True, speed=True),
     "legaltune-lean": Row(functools.partial(setup_speed, checkpointing="unsloth"), "unsloth", "legaltune speed engine, every layer offload-checkpointed", ("trl",), fused_head=True, speed=True),
+    "legaltune-auto": Row(setup_auto, "unsloth", "legaltune speed engine, speed: auto (the plan picks the checkpointed layers for this GPU and the largest shape)", ("trl",), fused_head=True, speed=True),
     "hf+liger": Row(setup_hf_liger, True, "hf + Liger-Kernel (RMSNorm, RoPE, SwiGLU, fused linear CE)", ("liger_kernel.transformers",), plan_gap=FUSED_CE, plan_gap_qlora=f"{FUSED_CE}; {KBIT_UPCAST}"),
     "unsloth-nockpt": Row(functools.partial(setup_unsloth, checkpointing=False), False, "Unsloth FastLanguageModel, no checkpointing", ("unsloth",), from_dir=True, plan_gap=FUSED_CE, prestart=False),
     # probes for the speed layer (run with --rows x-...): not in the default set

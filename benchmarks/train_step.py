@@ -207,7 +207,10 @@ def parent_main(args: argparse.Namespace) -> int:
             )
             dtype = rec.get("dtype") or compute_dtype_name(cuda)
             compute_bytes = 4 if dtype == "float32" else 2
-            rec.update(plan_fields(arch, variant, seq, batch, rec.get("peak_alloc_gib"), compute_bytes))
+            layers = rec.get("checkpoint_layers")  # a partial policy (legaltune-auto) says what it chose
+            rec.update(
+                plan_fields(arch, variant, seq, batch, rec.get("peak_alloc_gib"), compute_bytes, layers)
+            )
             rec["flops_per_token"] = flops_per_token(arch, seq)
             tok = rec.get("tokens_per_s")
             on_gpu = rec.get("device") == "cuda"
