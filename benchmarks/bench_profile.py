@@ -56,6 +56,25 @@ def _union_us(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def _largest_gaps(events: Any, count: int = 8) -> list[tuple[float, str, str]]:
+    """The longest stretches (us) with no kernel on the stream that runs the most kernels."""
+    from torch.autograd import DeviceType
+
+    per_stream: dict[int, list[Any]] = defaultdict(list)
+    for evt in events:
+        if evt.device_type == DeviceType.CUDA and evt.time_range.end > evt.time_range.start:
+            per_stream[evt.device_resource_id].append(evt)
+    if not per_stream:
+        return []
+    kernels = sorted(max(per_stream.values(), key=len), key=lambda e: e.time_range.start)
+    gaps = [
+        (b.time_range.start - a.time_range.end, a.name, b.name)
+        for a, b in zip(kernels, kernels[1:], strict=False)
+        if b.time_range.start > a.time_range.end
+    ]
+    return sorted(gaps, reverse=True)[:count]
+
+
 def summarize(events: Any, wall_s: float, title: str) -> str:
     """Text summary of the profiler's events (FunctionEvents) of one step."""
     from torch.autograd import DeviceType
@@ -80,6 +99,7 @@ def summarize(events: Any, wall_s: float, title: str) -> str:
             calls[evt.name][0] += evt.time_range.end - evt.time_range.start
             calls[evt.name][1] += 1
     busy_ms = _union_us(intervals) / 1e3
+    gaps = _largest_gaps(events)
     wall_ms = wall_s * 1e3
     lines = [
         f"== {title}",
@@ -88,6 +108,12 @@ def summarize(events: Any, wall_s: float, title: str) -> str:
     lines.append("by kind (ms): " + ", ".join(f"{k} {v / 1e3:.1f}" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])))  # fmt: skip
     lines.append("by stream (ms): " + ", ".join(f"{s}: {v / 1e3:.1f}" for s, v in sorted(by_stream.items())))
     lines.append("runtime calls (count, ms): " + ", ".join(f"{n} {c[1]}x {c[0] / 1e3:.1f}" for n, c in sorted(calls.items())))  # fmt: skip
+    lines.append("largest idle gaps on the busiest stream (ms, kernel before -> kernel after):")
+    lines += [f"  {gap / 1e3:7.2f}  {before[:60]} -> {after[:60]}" for gap, before, after in gaps]
+    for evt in events:
+        if evt.name in ("cudaStreamSynchronize", "cudaDeviceSynchronize") and getattr(evt, "stack", None):
+            frames = [f for f in evt.stack if "site-packages/torch/" not in f][:6]
+            lines.append(f"{evt.name} {(evt.time_range.end - evt.time_range.start) / 1e3:.1f} ms from: " + " <- ".join(frames))  # fmt: skip
     lines.append("top kernels (ms, count, kind):")
     for name, (dur, count) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:25]:
         lines.append(f"  {dur / 1e3:8.2f} {count:5d} {kind_of(name):11s} {name[:110]}")
@@ -99,7 +125,7 @@ def profile_step(step: Any, sync: Any, out: Path, title: str) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     sync()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
         t0 = time.perf_counter()
         step()
         sync()
