@@ -341,11 +341,11 @@ class SpeedConfig:
     )
     kernels: bool | Literal["auto"] = opt(
         "auto",
-        "Liger-Kernel RMSNorm and SwiGLU on CUDA (per model instance; PyTorch elsewhere). auto: in the layers that are not compiled.",
+        "Liger-Kernel RMSNorm and SwiGLU on CUDA (per model instance; PyTorch elsewhere). auto: where layers are not compiled, and the final norm.",
     )
     compile: bool | Literal["auto"] = opt(
         "auto",
-        "torch.compile the decoder layers that are not checkpointed. auto: on a CUDA GPU with Triton; costs tens of seconds at start.",
+        "torch.compile every decoder layer (checkpointed ones too; dense and 4-bit bases). auto: on a CUDA GPU with Triton; costs tens of seconds at start.",
     )
     gpu_memory_gb: float | None = opt(
         None,
