@@ -89,7 +89,6 @@ def apply_speed(
     on_cuda = first.is_cuda
     report.on_cuda = on_cuda
     compiled = resolve_compile(compile, on_cuda=on_cuda)
-    layers = list(find_decoder_layers(model))
     if compiled:
         report.compiled_layers = compile_layers(model, backend=compile_backend)
     # auto: Liger only where layers stay eager. In compiled layers inductor fuses the same norm and
@@ -100,7 +99,7 @@ def apply_speed(
             report.notes.append(
                 "liger-kernel is not installed: RMSNorm/SwiGLU run in PyTorch (pip install liger-kernel)"
             )
-        skip = tuple(layers) if kernels == "auto" and compiled else ()
+        skip = tuple(find_decoder_layers(model)) if kernels == "auto" and compiled else ()
         counts = apply_kernels(model, skip=skip)
         report.rms_norm, report.swiglu = counts["rms_norm"], counts["swiglu"]
     return report

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from legaltune.model.offload import in_recompute
+from legaltune.model.offload import find_decoder_layers, in_recompute
 
 _FUSED = "_legaltune_fused_lora"
 _SKIP_IN_RECOMPUTE = "_legaltune_skip_in_recompute"
@@ -70,15 +70,16 @@ def lora_forward(
     layer's down_proj: it only feeds the residual sum that leaves the layer). While a checkpointed
     layer is recomputed, only what backward saves is computed (``xl2 A^T``); the output is left
     unwritten. That is a third of the MLP's forward GEMMs, ~7 % of a fully checkpointed step."""
+    xa = xl2 @ lora_a.to(dtype).t()
     if skip_in_recompute and in_recompute():
         RECOMPUTE_SKIPS[0] += 1
-        return x2.new_empty((x2.shape[0], out_features), dtype=dtype), xl2 @ lora_a.to(dtype).t()
-    a, b = lora_a.to(dtype), lora_b.to(dtype)
+        return x2.new_empty((x2.shape[0], out_features), dtype=dtype), xa
     w = _dense_weight(weight, quant_state, dtype)
     out = x2 @ w.t() if bias is None else torch.addmm(bias.to(dtype), x2, w.t())
     del w
-    xa = xl2 @ a.t()
-    out.addmm_(xa, b.t(), alpha=scale)  # in place: the GEMM reads out as its C operand, no extra pass
+    out.addmm_(
+        xa, lora_b.to(dtype).t(), alpha=scale
+    )  # in place: the GEMM reads out as its C operand, no extra pass
     return out, xa
 
 
@@ -228,17 +229,17 @@ def _fused_forward(module: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any
     scale = float(module.scaling[adapter])
     dtype = _compute_dtype(x, weight, quant_state)
     skip = bool(module.__dict__.get(_SKIP_IN_RECOMPUTE, False))
+    bias = getattr(base, "bias", None)
     if x_lora is None and torch.compiler.is_compiling():
         # registered by fuse_lora_linears (outside any trace: dynamo must not trace a registration)
         op = torch.ops.legaltune.lora_linear.default
-        bias = getattr(base, "bias", None)
         return op(x, weight, bias, lora_a, lora_b, scale, dtype, base.out_features, skip)[0]
     return LoraLinearFunction.apply(
         x,
         x_lora,
         weight,
         quant_state,
-        getattr(base, "bias", None),
+        bias,
         lora_a,
         lora_b,
         scale,
@@ -301,8 +302,6 @@ RECOMPUTE_SKIP_LAYERS = {"LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3Decoder
 def mark_recompute_skips(model: nn.Module) -> int:
     """Let the fused down_proj of every known pre-norm decoder layer skip its GEMM while the layer
     is recomputed under legaltune's checkpointing; returns how many were marked."""
-    from legaltune.model.offload import find_decoder_layers
-
     count = 0
     for layer in find_decoder_layers(model):
         down = getattr(getattr(layer, "mlp", None), "down_proj", None)
