@@ -291,7 +291,9 @@ def child_main(args: argparse.Namespace) -> int:
         return 0
     for seq, batch in shapes:
         print(f"{seq}x{batch}: {args.warmup} warm-up + {args.steps} timed steps", file=sys.stderr)
-        profile = Path(args.profile) / f"{variant}_{seq}x{batch}.txt" if args.profile else None
+        profile = (
+            Path(args.profile) / f"{variant.replace('+', '_')}_{seq}x{batch}.txt" if args.profile else None
+        )
         _emit(
             {
                 **info,

@@ -120,17 +120,38 @@ def summarize(events: Any, wall_s: float, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def profile_step(step: Any, sync: Any, out: Path, title: str) -> str:
-    """Run ``step()`` once under the profiler (CPU + CUDA activities); write and return the summary."""
+def _profiled(step: Any, sync: Any, with_stack: bool) -> tuple[Any, float]:
     from torch.profiler import ProfilerActivity, profile
 
     sync()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=with_stack) as prof:
         t0 = time.perf_counter()
         step()
         sync()
         wall = time.perf_counter() - t0
-    text = summarize(prof.events(), wall, title)
+    return prof, wall
+
+
+def _gaps(prof: Any, out: Path) -> str:
+    from bench_gaps import gap_report
+
+    trace = out.with_suffix(".trace.json")
+    try:
+        prof.export_chrome_trace(str(trace))
+        return gap_report(trace)
+    finally:
+        trace.unlink(missing_ok=True)  # hundreds of MB: only the summary comes back
+
+
+def profile_step(step: Any, sync: Any, out: Path, title: str) -> str:
+    """Profile ``step()`` twice and write and return the summary: once with ops only (the kernel
+    summary and the idle-gap split, CPU at close to its real speed), once with Python tracing (which
+    slows the CPU, so it over-counts CPU-late gaps, but names the Python functions behind them)."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    prof, wall = _profiled(step, sync, with_stack=False)
+    text = summarize(prof.events(), wall, title) + _gaps(prof, out)
+    prof, wall = _profiled(step, sync, with_stack=True)
+    text += f"-- again with Python tracing (wall {wall * 1e3:.1f} ms; the CPU is slower than untraced):\n"
+    text += _gaps(prof, out)
     out.write_text(text)
     return text
