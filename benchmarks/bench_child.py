@@ -52,6 +52,14 @@ def _failure(exc: BaseException, where: str = "") -> tuple[str, str]:
     return status, f"{where}{type(exc).__name__}: {text[:300]}"
 
 
+def _offloader(model: Any) -> Any:
+    for module in model.modules():
+        offloader = module.__dict__.get("_legaltune_offloader")
+        if offloader is not None:
+            return offloader
+    return None
+
+
 def run_shape(
     model: Any,
     opt: Any,
@@ -106,6 +114,11 @@ def run_shape(
     except Exception as exc:  # a broken row must not take the others down
         traceback.print_exc()
         failure = _failure(exc)
+    offloader = _offloader(model)
+    if offloader is not None:  # what the last step moved to the host and what stayed on the GPU
+        rec["offloaded_gib"] = round(offloader.offloaded_bytes / GIB, 3)
+        rec["offload_kept_gib"] = round(offloader.kept_bytes / GIB, 3)
+        rec["offload_stalls"] = offloader.stalls
     if cuda:
         rec["peak_alloc_gib"] = torch.cuda.max_memory_allocated() / GIB
         rec["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GIB

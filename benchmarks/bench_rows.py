@@ -179,6 +179,7 @@ def setup_speed(
     kernels: bool | str = "auto",
     read_ahead: bool = True,
     checkpoint_layers: int | None = None,
+    offload_attention: bool | str = "auto",
 ) -> Any:
     """legaltune's speed engine as `legaltune train` runs it: apply_lora with a speed config, then
     TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
@@ -186,7 +187,9 @@ def setup_speed(
     from legaltune.config.schema import SpeedConfig
     from legaltune.model.offload import find_decoder_layers
 
-    speed = SpeedConfig(mode="fast", kernels=kernels, compile=compile_layers)
+    speed = SpeedConfig(
+        mode="fast", kernels=kernels, compile=compile_layers, offload_attention=offload_attention
+    )
     model = _legaltune_lora(
         ctx, ctx.base_model(), checkpointing, speed=speed, checkpoint_layers=checkpoint_layers
     )
@@ -319,6 +322,7 @@ ROWS: dict[str, Row] = {
     "x-fast-eager": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=False), False, "probe: speed engine without torch.compile, no checkpointing", ("trl",), fused_head=True, speed=True),
     "x-fast-liger": Row(functools.partial(setup_speed, checkpointing=False, kernels=True), False, "probe: speed engine with Liger kernels inside compiled layers, no checkpointing", ("trl",), fused_head=True, speed=True),
     "x-lean-eager": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=False), "unsloth", "probe: speed engine without torch.compile, offload", ("trl",), fused_head=True, speed=True),
+    "x-lean-recompute-attn": Row(functools.partial(setup_speed, checkpointing="unsloth", offload_attention=False), "unsloth", "probe: legaltune-lean recomputing the whole layer (speed.offload_attention: false; session 3's lean)", ("trl",), fused_head=True, speed=True),
     "x-lean-ondemand": Row(functools.partial(setup_speed, checkpointing="unsloth", read_ahead=False), "unsloth", "probe: legaltune-lean with each offloaded input copied back only when backward needs it", ("trl",), fused_head=True, speed=True),
     "x-lean-compiled": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=True), "unsloth", "probe: legaltune-lean with compile forced on (differs from legaltune-lean over 4-bit)", ("trl",), fused_head=True, speed=True),
     "x-fast-compiled": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=True), False, "probe: legaltune-fast with compile forced on (differs from legaltune-fast over 4-bit)", ("trl",), fused_head=True, speed=True),

@@ -7,12 +7,14 @@ and lists the linear layers that do exist instead of PEFT's generic "target modu
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from legaltune.model.offload import enable_offloaded_checkpointing
+from legaltune.speed.policy import offload_attention_wanted
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -88,7 +90,11 @@ def _ties_embeddings(model: nn.Module) -> bool:
 
 
 def _checkpointing_mode(
-    model: PreTrainedModel, enabled: bool, mode: bool | str, layers: int | None = None
+    model: PreTrainedModel,
+    enabled: bool,
+    mode: bool | str,
+    layers: int | None = None,
+    split: Callable[[nn.Module], Any] | None = None,
 ) -> str:
     if not enabled or mode is False or layers == 0:
         return "none"
@@ -96,7 +102,7 @@ def _checkpointing_mode(
         raise ValueError(f"use_gradient_checkpointing {mode!r}: choose false, true or 'unsloth'")
     if mode == "unsloth" or layers is not None:
         # a partial policy (the first `layers` layers) always goes through our per-layer wrapper
-        enable_offloaded_checkpointing(model, layers=layers, offload=mode == "unsloth")
+        enable_offloaded_checkpointing(model, layers=layers, offload=mode == "unsloth", split=split)
         return str(model.legaltune_checkpointing)
     kwargs = {"use_reentrant": False}
     # transformers 5.23 renamed the switch (the old name warns); 5.17 only has the old one.
@@ -170,8 +176,17 @@ def apply_lora(
 
         # before checkpointing: the checkpoint wrapper must sit outside the compiled layer forward
         report = apply_speed(peft_model, mode=speed.mode, kernels=speed.kernels, compile=speed.compile)
+    split = None
+    if (
+        speed is not None
+        and speed.mode != "off"
+        and offload_attention_wanted(speed.offload_attention, on_cuda=next(base.parameters()).is_cuda)
+    ):
+        from legaltune.speed.split_layer import layer_halves
+
+        split = layer_halves
     base.legaltune_checkpointing = _checkpointing_mode(
-        base, gradient_checkpointing, lora_cfg.use_gradient_checkpointing, checkpoint_layers
+        base, gradient_checkpointing, lora_cfg.use_gradient_checkpointing, checkpoint_layers, split
     )
     if report is not None:
         report.checkpointing = base.legaltune_checkpointing

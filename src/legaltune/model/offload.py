@@ -26,6 +26,7 @@ import logging
 import threading
 import types
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 MIN_OFFLOAD_BYTES = 1 << 20
 _INNER = "_legaltune_inner_forward"
 _OFFLOADER = "_legaltune_offloader"
+_HALVES = "_legaltune_halves"
 _LAYER_PATHS = (
     "model.layers",
     "model.decoder.layers",
@@ -46,6 +48,9 @@ _LAYER_PATHS = (
     "layers",
 )
 
+
+# (attention half, MLP half) of a decoder layer: see enable_offloaded_checkpointing(split=...)
+Halves = tuple[Callable[..., Any], Callable[..., Any]]
 
 _RECOMPUTE = threading.local()
 
@@ -74,14 +79,25 @@ def _checkpoint_contexts() -> tuple[Any, Any]:
 class _Packed:
     """One offloaded tensor: its pinned host copy and, once read ahead, its way back to the GPU."""
 
-    __slots__ = ("__weakref__", "copied", "device", "gpu", "host", "index", "ready")
+    __slots__ = ("__weakref__", "copied", "device", "gpu", "host", "index", "nbytes", "ready")
 
     def __init__(
         self, device: torch.device, host: torch.Tensor, copied: torch.cuda.Event, index: int
     ) -> None:
         self.device, self.host, self.copied, self.index = device, host, copied, index
+        self.nbytes = host.numel() * host.element_size()
         self.gpu: torch.Tensor | None = None
         self.ready: torch.cuda.Event | None = None
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    """Whether the tensor fills one gap-free block of memory in some dimension order (contiguous, or
+    a transpose of contiguous such as attention's ``[b, heads, s, d]`` views): then a copy with the
+    same strides is one memcpy of that block."""
+    if tensor.is_contiguous():
+        return True
+    order = sorted(range(tensor.dim()), key=lambda d: tensor.stride(d), reverse=True)
+    return tensor.permute(order).is_contiguous()
 
 
 class _Offloader:
@@ -98,16 +114,29 @@ class _Offloader:
     objects, so pinned buffers are freed with the graph, not held until the next step.
     """
 
-    def __init__(self, read_ahead: bool = True) -> None:
+    def __init__(self, read_ahead: bool = True, layers: int = 1) -> None:
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self._packed: list[weakref.ref[_Packed]] = []
         self._backward_started = False
         self.read_ahead = read_ahead
+        self.layers = max(layers, 1)  # layers packing into this offloader (sets the read-ahead window)
         self.read_aheads = 0  # copies started ahead of need (tests and profiling read it)
+        self.offloaded_bytes = 0  # this forward's bytes moved to the host
+        self.kept_bytes = 0  # this forward's large tensors left on the GPU (not one dense block)
+        self.stalls = 0  # times the compute stream waited for a copy out to bound GPU memory
+        self._ahead_bytes = 0  # read ahead, not yet unpacked
+        self._cursor = -1  # next packed index to read ahead
+        self._in_flight: list[tuple[torch.cuda.Event, int]] = []  # copies out not yet known done
+        self._in_flight_bytes = 0
+        self._seen: dict[int, tuple[weakref.ref[torch.Tensor], int, weakref.ref[_Packed]]] = {}
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Offloader:
         # a copied model gets its own (lazily created) side streams
-        return _Offloader(read_ahead=self.read_ahead)
+        return _Offloader(read_ahead=self.read_ahead, layers=self.layers)
+
+    def _window(self) -> int:
+        """Bytes to keep read ahead in backward: one layer's worth (at least one tensor)."""
+        return self.offloaded_bytes // self.layers
 
     def _stream(self, device: torch.device) -> torch.cuda.Stream:
         if device not in self._streams:
@@ -118,19 +147,29 @@ class _Offloader:
         if (
             not tensor.is_cuda
             or isinstance(tensor, nn.Parameter)
-            or not tensor.is_contiguous()
             or tensor.numel() * tensor.element_size() < MIN_OFFLOAD_BYTES
         ):
             return tensor
         if self._backward_started:  # the first pack after a backward: a new forward
-            self._packed, self._backward_started = [], False
+            self._new_forward()
+        if not _dense(tensor):
+            self.kept_bytes += tensor.numel() * tensor.element_size()
+            return tensor
+        # One tensor saved by several nodes (RoPE's cos/sin in every layer, a shared mask) is
+        # copied once: same object, same version.
+        seen = self._seen.get(tensor.data_ptr())
+        if seen is not None and seen[0]() is tensor and seen[1] == tensor._version and seen[2]() is not None:
+            return seen[2]()
         device = tensor.device
         stream = self._stream(device)
+        compute = torch.cuda.current_stream(device)
         # The side stream must see the tensor fully computed before copying it out.
-        stream.wait_stream(torch.cuda.current_stream(device))
+        stream.wait_stream(compute)
         with torch.cuda.stream(stream):
-            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-            host.copy_(tensor, non_blocking=True)
+            host = torch.empty_strided(
+                tensor.shape, tensor.stride(), dtype=tensor.dtype, device="cpu", pin_memory=True
+            )
+            host.copy_(tensor, non_blocking=True)  # same strides, dense: one memcpy
             copied = torch.cuda.Event()
             copied.record(stream)
         # Tell the caching allocator the side stream still reads this memory, so it is not handed
@@ -138,34 +177,72 @@ class _Offloader:
         tensor.record_stream(stream)
         packed = _Packed(device, host, copied, len(self._packed))
         self._packed.append(weakref.ref(packed))
+        self._seen[tensor.data_ptr()] = (weakref.ref(tensor), tensor._version, weakref.ref(packed))
+        self.offloaded_bytes += packed.nbytes
+        self._bound_in_flight(copied, packed.nbytes, compute)
         return packed
+
+    def _new_forward(self) -> None:
+        self._packed, self._backward_started, self._seen = [], False, {}
+        self.offloaded_bytes = self.kept_bytes = self._ahead_bytes = 0
+        self._cursor = -1
+
+    def _bound_in_flight(self, copied: torch.cuda.Event, nbytes: int, compute: torch.cuda.Stream) -> None:
+        """A tensor's GPU memory is freed only once its copy out is done. If the link falls behind
+        the forward, make the compute stream wait for the oldest copies (a GPU-side wait) rather
+        than let the backlog of not-yet-freed activations grow without bound."""
+        self._in_flight.append((copied, nbytes))
+        self._in_flight_bytes += nbytes
+        while self._in_flight and self._in_flight[0][0].query():
+            self._in_flight_bytes -= self._in_flight.pop(0)[1]
+        limit = 2 * max(self._window(), nbytes)
+        while self._in_flight_bytes > limit and len(self._in_flight) > 1:
+            event, size = self._in_flight.pop(0)
+            compute.wait_event(event)
+            self._in_flight_bytes -= size
+            self.stalls += 1
 
     def unpack(self, packed: Any) -> torch.Tensor:
         if isinstance(packed, torch.Tensor):
             return packed
-        self._backward_started = True
+        if not self._backward_started:
+            self._backward_started = True
+            self._cursor = len(self._packed) - 1
         compute = torch.cuda.current_stream(packed.device)
         if packed.gpu is not None:  # read ahead while the layer after it ran backward
             compute.wait_event(packed.ready)
             tensor, packed.gpu = packed.gpu, None
-        else:  # the first layer backward reaches (or read-ahead off, or a second backward)
+            self._ahead_bytes -= packed.nbytes
+        else:  # the first tensor backward reaches (or read-ahead off, or a second backward)
             compute.wait_event(packed.copied)  # GPU-side wait (no host sync) for the host copy
-            tensor = packed.host.to(packed.device, non_blocking=True)
+            tensor = torch.empty_strided(packed.host.shape, packed.host.stride(), dtype=packed.host.dtype, device=packed.device)  # fmt: skip
+            tensor.copy_(packed.host, non_blocking=True)
         if self.read_ahead:
-            self._read_ahead(packed.index - 1, compute)
+            self._cursor = min(self._cursor, packed.index - 1)
+            self._fill_window(compute)
         return tensor
 
-    def _read_ahead(self, index: int, compute: torch.cuda.Stream) -> None:
-        ref = self._packed[index] if 0 <= index < len(self._packed) else None
-        packed = ref() if ref is not None else None
-        if packed is None or packed.gpu is not None:
-            return
-        gpu = torch.empty(packed.host.shape, dtype=packed.host.dtype, device=packed.device)
+    def _fill_window(self, compute: torch.cuda.Stream) -> None:
+        """Start copies back for the tensors packed before the ones backward is at, newest first,
+        until one layer's worth of bytes is on its way."""
+        window = self._window()
+        while self._cursor >= 0 and (self._ahead_bytes < window or self._ahead_bytes == 0):
+            ref = self._packed[self._cursor]
+            self._cursor -= 1
+            packed = ref()
+            if packed is None or packed.gpu is not None:
+                continue
+            self._start_read(packed, compute)
+            self._ahead_bytes += packed.nbytes
+
+    def _start_read(self, packed: _Packed, compute: torch.cuda.Stream) -> None:
+        host = packed.host
+        gpu = torch.empty_strided(host.shape, host.stride(), dtype=host.dtype, device=packed.device)
         stream = self._stream(packed.device)
         stream.wait_stream(compute)  # the memory may still be in use by queued compute work
         with torch.cuda.stream(stream):
             stream.wait_event(packed.copied)
-            gpu.copy_(packed.host, non_blocking=True)
+            gpu.copy_(host, non_blocking=True)
             ready = torch.cuda.Event()
             ready.record(stream)
         gpu.record_stream(stream)
@@ -217,6 +294,13 @@ def _offloaded_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
         # Positional tensors are saved through autograd (and so offloaded); keyword ones are not.
         args = (kwargs.pop("hidden_states"),)
     offloader: _Offloader | None = layer.__dict__[_OFFLOADER]
+    halves = layer.__dict__.get(_HALVES)
+    if halves is not None and offloader is not None and len(args) == 1:
+        attention, mlp = halves
+        # Attention kept, its saved activations offloaded; the MLP checkpointed (input offloaded).
+        with torch.autograd.graph.saved_tensors_hooks(offloader.pack, offloader.unpack):
+            mid = attention(layer, args[0], **kwargs)
+            return checkpoint(mlp, layer, mid, use_reentrant=False, context_fn=_checkpoint_contexts)
     if offloader is None:  # recompute-only layer (a partial checkpointing policy)
         return checkpoint(inner, *args, use_reentrant=False, context_fn=_checkpoint_contexts, **kwargs)
     with torch.autograd.graph.saved_tensors_hooks(offloader.pack, offloader.unpack):
@@ -227,10 +311,12 @@ def _is_wrapped(layer: nn.Module) -> bool:
     return getattr(layer.__dict__.get("forward"), "__func__", None) is _offloaded_forward
 
 
-def _wrap_layer(layer: nn.Module, offloader: _Offloader | None) -> None:
+def _wrap_layer(layer: nn.Module, offloader: _Offloader | None, halves: Halves | None = None) -> None:
     if "forward" in layer.__dict__:  # e.g. accelerate's dispatch hook: call it inside, restore on disable
         layer.__dict__[_INNER] = layer.__dict__["forward"]
     layer.__dict__[_OFFLOADER] = offloader
+    if halves is not None:
+        layer.__dict__[_HALVES] = halves
     layer.forward = types.MethodType(_offloaded_forward, layer)
 
 
@@ -239,6 +325,7 @@ def _unwrap_layer(layer: nn.Module) -> None:
         return
     del layer.__dict__["forward"]
     layer.__dict__.pop(_OFFLOADER, None)
+    layer.__dict__.pop(_HALVES, None)
     if _INNER in layer.__dict__:
         layer.forward = layer.__dict__.pop(_INNER)
 
@@ -279,7 +366,12 @@ def checkpointed_layers(model: nn.Module) -> int:
 
 
 def enable_offloaded_checkpointing(
-    model: nn.Module, *, layers: int | None = None, offload: bool = True, read_ahead: bool = True
+    model: nn.Module,
+    *,
+    layers: int | None = None,
+    offload: bool = True,
+    read_ahead: bool = True,
+    split: Callable[[nn.Module], Halves | None] | None = None,
 ) -> None:
     """Checkpoint decoder layers of this model instance, offloading the saved layer inputs to CPU.
 
@@ -289,6 +381,12 @@ def enable_offloaded_checkpointing(
     recomputes those layers without moving their inputs (plain non-reentrant checkpointing).
     ``read_ahead=False`` copies each offloaded input back only when backward needs it (slower; for
     measuring what the read-ahead buys).
+
+    ``split`` (offload only): called with each layer, returns the layer's two halves
+    ``(attention(layer, hidden, **kw), mlp(layer, hidden))`` or None. A layer with halves keeps its
+    attention half (every activation it saves goes to the host, none is recomputed) and
+    checkpoints only its MLP half: backward then recomputes no attention, at the cost of moving
+    ~4.5x the bytes over the host link (see :mod:`legaltune.speed.split_layer`).
 
     Idempotent. Turns transformers' own checkpointing off first, and makes later calls to the
     model's ``gradient_checkpointing_enable``/``activation_checkpointing_enable`` (the Trainer's
@@ -306,13 +404,17 @@ def enable_offloaded_checkpointing(
     if count == 0:
         hf.legaltune_checkpointing = "none"
     else:
-        offloader = _Offloader(read_ahead) if offload else None
+        offloader = _Offloader(read_ahead, layers=count) if offload else None
+        split_count = 0
         for layer in list(all_layers)[:count]:
-            _wrap_layer(layer, offloader)
+            halves = split(layer) if split is not None and offload else None
+            split_count += halves is not None
+            _wrap_layer(layer, offloader, halves)
         for name, function in _SWITCHES.items():
             if hasattr(type(hf), name):
                 setattr(hf, name, types.MethodType(function, hf))
         kind = "offload" if offload else "recompute"
+        kind += " (attention kept)" if split_count else ""
         hf.legaltune_checkpointing = kind if count == len(all_layers) else f"{kind} {count}/{len(all_layers)}"
 
 

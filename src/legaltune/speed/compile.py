@@ -88,4 +88,9 @@ def is_compiled(layer: nn.Module) -> bool:
     return bool(layer.__dict__.get(_COMPILED))
 
 
-__all__ = ["compile_layers", "compile_supported", "is_compiled", "uncompile_layers"]
+def compile_backend(layer: nn.Module) -> str | None:
+    """The backend this layer was compiled with (None: not compiled)."""
+    return layer.__dict__[_COMPILED_FN][2] if is_compiled(layer) else None
+
+
+__all__ = ["compile_backend", "compile_layers", "compile_supported", "is_compiled", "uncompile_layers"]

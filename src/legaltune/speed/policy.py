@@ -23,4 +23,10 @@ def compile_wanted(setting: bool | str) -> bool:
     return True if setting == "auto" else bool(setting)
 
 
-__all__ = ["compile_wanted", "liger_available"]
+def offload_attention_wanted(setting: bool | str, *, on_cuda: bool) -> bool:
+    """``speed.offload_attention``: auto = on a CUDA model (where the offloader moves activations to
+    the host; on a CPU nothing is offloaded and keeping the attention only costs memory)."""
+    return on_cuda if setting == "auto" else bool(setting)
+
+
+__all__ = ["compile_wanted", "liger_available", "offload_attention_wanted"]
