@@ -347,12 +347,12 @@ class SpeedConfig:
         "auto",
         "torch.compile every decoder layer (checkpointed ones too; dense and 4-bit bases). auto: on a CUDA GPU with Triton; costs tens of seconds at start.",
     )
-    offload_attention: bool | Literal["auto"] = opt(
+    offload_attention: bool | int | Literal["auto"] = opt(
         "auto",
         "With use_gradient_checkpointing 'unsloth': keep each checkpointed layer's attention half (its saved activations "
         "offloaded to CPU, none recomputed) and recompute only its MLP half. Backward then recomputes no attention, at the "
-        "cost of ~4.5x the host-link traffic and ~one layer's attention activations of GPU memory. auto: on CUDA for "
-        "Llama/Qwen2/Qwen3/Mistral layers.",
+        "cost of ~5x the host-link traffic and ~one layer's attention activations of GPU memory. An integer N: only the "
+        "first N checkpointed layers. auto: on CUDA for Llama/Qwen2/Qwen3/Mistral layers.",
     )
     gpu_memory_gb: float | None = opt(
         None,

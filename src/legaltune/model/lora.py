@@ -95,6 +95,7 @@ def _checkpointing_mode(
     mode: bool | str,
     layers: int | None = None,
     split: Callable[[nn.Module], Any] | None = None,
+    split_layers: int | None = None,
 ) -> str:
     if not enabled or mode is False or layers == 0:
         return "none"
@@ -102,7 +103,9 @@ def _checkpointing_mode(
         raise ValueError(f"use_gradient_checkpointing {mode!r}: choose false, true or 'unsloth'")
     if mode == "unsloth" or layers is not None:
         # a partial policy (the first `layers` layers) always goes through our per-layer wrapper
-        enable_offloaded_checkpointing(model, layers=layers, offload=mode == "unsloth", split=split)
+        enable_offloaded_checkpointing(
+            model, layers=layers, offload=mode == "unsloth", split=split, split_layers=split_layers
+        )
         return str(model.legaltune_checkpointing)
     kwargs = {"use_reentrant": False}
     # transformers 5.23 renamed the switch (the old name warns); 5.17 only has the old one.
@@ -176,7 +179,7 @@ def apply_lora(
 
         # before checkpointing: the checkpoint wrapper must sit outside the compiled layer forward
         report = apply_speed(peft_model, mode=speed.mode, kernels=speed.kernels, compile=speed.compile)
-    split = None
+    split, split_layers = None, None
     if (
         speed is not None
         and speed.mode != "off"
@@ -185,8 +188,15 @@ def apply_lora(
         from legaltune.speed.split_layer import layer_halves
 
         split = layer_halves
+        if not isinstance(speed.offload_attention, (bool, str)):  # an integer: the first N layers
+            split_layers = int(speed.offload_attention)
     base.legaltune_checkpointing = _checkpointing_mode(
-        base, gradient_checkpointing, lora_cfg.use_gradient_checkpointing, checkpoint_layers, split
+        base,
+        gradient_checkpointing,
+        lora_cfg.use_gradient_checkpointing,
+        checkpoint_layers,
+        split,
+        split_layers,
     )
     if report is not None:
         report.checkpointing = base.legaltune_checkpointing

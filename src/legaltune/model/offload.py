@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 # Below this the copy costs more in launch/sync overhead than the memory it frees (RoPE cos/sin, masks).
 MIN_OFFLOAD_BYTES = 1 << 20
+# Copies out may lag the forward by at least this much before the compute stream waits for them.
+MIN_BACKLOG_BYTES = 256 << 20
 _INNER = "_legaltune_inner_forward"
 _OFFLOADER = "_legaltune_offloader"
 _HALVES = "_legaltune_halves"
@@ -128,6 +130,7 @@ class _Offloader:
         self._cursor = -1  # next packed index to read ahead
         self._in_flight: list[tuple[torch.cuda.Event, int]] = []  # copies out not yet known done
         self._in_flight_bytes = 0
+        self._last_layer_bytes = 0
         self._seen: dict[int, tuple[weakref.ref[torch.Tensor], int, weakref.ref[_Packed]]] = {}
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Offloader:
@@ -183,6 +186,7 @@ class _Offloader:
         return packed
 
     def _new_forward(self) -> None:
+        self._last_layer_bytes = self._window()
         self._packed, self._backward_started, self._seen = [], False, {}
         self.offloaded_bytes = self.kept_bytes = self._ahead_bytes = 0
         self._cursor = -1
@@ -195,7 +199,9 @@ class _Offloader:
         self._in_flight_bytes += nbytes
         while self._in_flight and self._in_flight[0][0].query():
             self._in_flight_bytes -= self._in_flight.pop(0)[1]
-        limit = 2 * max(self._window(), nbytes)
+        # The running total is a fraction of a layer's bytes early in the forward: use the last
+        # forward's per-layer bytes (or a floor on the first step).
+        limit = 2 * max(self._last_layer_bytes, self._window(), nbytes, MIN_BACKLOG_BYTES)
         while self._in_flight_bytes > limit and len(self._in_flight) > 1:
             event, size = self._in_flight.pop(0)
             compute.wait_event(event)
@@ -372,6 +378,7 @@ def enable_offloaded_checkpointing(
     offload: bool = True,
     read_ahead: bool = True,
     split: Callable[[nn.Module], Halves | None] | None = None,
+    split_layers: int | None = None,
 ) -> None:
     """Checkpoint decoder layers of this model instance, offloading the saved layer inputs to CPU.
 
@@ -386,7 +393,8 @@ def enable_offloaded_checkpointing(
     ``(attention(layer, hidden, **kw), mlp(layer, hidden))`` or None. A layer with halves keeps its
     attention half (every activation it saves goes to the host, none is recomputed) and
     checkpoints only its MLP half: backward then recomputes no attention, at the cost of moving
-    ~4.5x the bytes over the host link (see :mod:`legaltune.speed.split_layer`).
+    ~5x the bytes over the host link (see :mod:`legaltune.speed.split_layer`). ``split_layers``:
+    only the first N checkpointed layers are split (None = all).
 
     Idempotent. Turns transformers' own checkpointing off first, and makes later calls to the
     model's ``gradient_checkpointing_enable``/``activation_checkpointing_enable`` (the Trainer's
@@ -406,15 +414,17 @@ def enable_offloaded_checkpointing(
     else:
         offloader = _Offloader(read_ahead, layers=count) if offload else None
         split_count = 0
-        for layer in list(all_layers)[:count]:
-            halves = split(layer) if split is not None and offload else None
+        for index, layer in enumerate(list(all_layers)[:count]):
+            wanted = split is not None and offload and (split_layers is None or index < split_layers)
+            halves = split(layer) if wanted else None
             split_count += halves is not None
             _wrap_layer(layer, offloader, halves)
         for name, function in _SWITCHES.items():
             if hasattr(type(hf), name):
                 setattr(hf, name, types.MethodType(function, hf))
         kind = "offload" if offload else "recompute"
-        kind += " (attention kept)" if split_count else ""
+        if split_count:
+            kind += " (attention kept)" if split_count == count else f" (attention kept in {split_count})"
         hf.legaltune_checkpointing = kind if count == len(all_layers) else f"{kind} {count}/{len(all_layers)}"
 
 
