@@ -131,7 +131,7 @@ class _Offloader:
         self._in_flight: list[tuple[torch.cuda.Event, int]] = []  # copies out not yet known done
         self._in_flight_bytes = 0
         self._last_layer_bytes = 0
-        self._seen: dict[int, tuple[weakref.ref[torch.Tensor], int, weakref.ref[_Packed]]] = {}
+        self._seen: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Offloader:
         # a copied model gets its own (lazily created) side streams
@@ -158,11 +158,12 @@ class _Offloader:
         if not _dense(tensor):
             self.kept_bytes += tensor.numel() * tensor.element_size()
             return tensor
-        # One tensor saved by several nodes (RoPE's cos/sin in every layer, a shared mask) is
-        # copied once: same object, same version.
+        # A tensor saved again (RoPE's cos/sin or the attention mask, by every layer) is alive on the
+        # GPU for the whole forward anyway: later saves keep it there. (Handing every layer the first
+        # layer's packed copy would also move the read-ahead cursor back to the first layer.)
         seen = self._seen.get(tensor.data_ptr())
-        if seen is not None and seen[0]() is tensor and seen[1] == tensor._version and seen[2]() is not None:
-            return seen[2]()
+        if seen is not None and seen[0]() is tensor and seen[1] == tensor._version:
+            return tensor
         device = tensor.device
         stream = self._stream(device)
         compute = torch.cuda.current_stream(device)
@@ -180,7 +181,7 @@ class _Offloader:
         tensor.record_stream(stream)
         packed = _Packed(device, host, copied, len(self._packed))
         self._packed.append(weakref.ref(packed))
-        self._seen[tensor.data_ptr()] = (weakref.ref(tensor), tensor._version, weakref.ref(packed))
+        self._seen[tensor.data_ptr()] = (weakref.ref(tensor), tensor._version)
         self.offloaded_bytes += packed.nbytes
         self._bound_in_flight(copied, packed.nbytes, compute)
         return packed
