@@ -68,6 +68,13 @@ def test_out_of_range_rank():
     assert p.path == "lora.r" and "> 0" in p.message and "16 or 32" in p.fix
 
 
+def test_offload_attention_values():
+    p = only({"speed": {"offload_attention": -2}})
+    assert p.path == "speed.offload_attention" and "negative" in p.message and "layer count" in p.fix
+    p = only({"speed": {"offload_attention": "some"}})
+    assert p.path == "speed.offload_attention" and "bool | int | 'auto'" in p.message
+
+
 def test_bad_choice_lists_choices():
     p = only({"training": {"lr_scheduler_type": "cosin"}})
     assert "did you mean 'cosine'" in p.fix and "constant_with_warmup" in p.fix

@@ -54,3 +54,33 @@ def test_read_ahead_gives_the_gradients_of_no_checkpointing(batch, seq):
     # every layer input but the last layer's (backward's first) came back ahead of need
     assert offloader.read_aheads == 3 * (layers - 1)
     assert find_decoder_layers(on_demand)[0].__dict__["_legaltune_offloader"].read_aheads == 0
+
+
+@pytest.mark.parametrize("batch,seq", [(1, 2048), (4, 512)])
+def test_kept_attention_half_gives_the_gradients_of_no_checkpointing(batch, seq):
+    """offload_attention: every tensor the attention half saves goes to the host (strided q/k/v
+    views included) and comes back ahead of need; RoPE's cos/sin (> 1 MiB at batch 1 x 2048, saved
+    by every layer) stay on the GPU instead of sending the read-ahead back to the first layer."""
+    from legaltune.speed.split_layer import layer_halves
+
+    layers = 4
+    ids = torch.randint(
+        3, 1024, (batch, seq), device="cuda", generator=torch.Generator("cuda").manual_seed(0)
+    )
+    ref = _model(layers, offload=False)
+    split = _model(layers, offload=False)
+    enable_offloaded_checkpointing(split, split=layer_halves)
+    assert "attention kept" in split.get_base_model().legaltune_checkpointing
+    _, ref_loss, ref_grads = loss_and_grads(ref, ids)
+    offloader = find_decoder_layers(split)[0].__dict__["_legaltune_offloader"]
+    for step in range(3):
+        before = offloader.read_aheads
+        _, loss, grads = loss_and_grads(split, ids)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+        for name, g in ref_grads.items():
+            torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=f"step {step}: {name}")
+        assert offloader.kept_bytes == 0  # nothing large stayed on the GPU for want of a dense layout
+        # each layer moved its attention activations and its MLP input: several tensors per layer,
+        # and all but the first tensors backward reaches came back ahead of need
+        assert offloader.offloaded_bytes > layers * 3 * batch * seq * 512 * 4
+        assert offloader.read_aheads - before >= layers * 3

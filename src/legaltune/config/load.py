@@ -142,6 +142,13 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
 
     if cfg.model.dtype is None:  # the seed's dtype=None means "choose for me"
         cfg.model.dtype = "auto"
+    split = cfg.speed.offload_attention
+    if not isinstance(split, (bool, str)) and split < 0:
+        bad(
+            "speed.offload_attention",
+            f"{split} layers is negative",
+            "use auto, true, false or a layer count >= 0",
+        )
     if cfg.quantization.load_in_4bit and cfg.quantization.load_in_8bit:
         bad("quantization.load_in_4bit", "load_in_4bit and load_in_8bit are both true", "choose one of them")
     # warmup_steps has the seed's default (100); a user who writes only warmup_ratio means the ratio.
