@@ -201,3 +201,39 @@ def test_profile_summary_counts_busy_time_once_and_sorts_kernels_by_kind(harness
     assert "cudaHostAlloc 1x 1.5" in text
     assert kind_of("void at::native::vectorized_elementwise_kernel<4, ...>") == "elementwise"
     assert kind_of("something_new") == "other"
+
+
+def test_gap_report_splits_cpu_late_from_queued(tmp_path):
+    """A synthetic trace: one gap where the CPU launched late (inside a slow Python function), one
+    where the kernel was queued in time but waited for a host-to-device copy on another stream."""
+    spec = importlib.util.spec_from_file_location("bench_gaps", REPO / "benchmarks" / "bench_gaps.py")
+    assert spec is not None and spec.loader is not None
+    gaps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gaps)
+
+    events = []
+
+    def x(cat, name, ts, dur, tid=1, **args):  # noqa: ANN001, ANN202
+        events.append(
+            {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "tid": tid, "pid": 0, "args": args}
+        )
+
+    x("kernel", "k1", 0, 100, tid=7, stream=7, correlation=1)
+    x("cuda_runtime", "cudaLaunchKernel", 5, 5, correlation=1)
+    x("python_function", "outer", 0, 300)
+    x("python_function", "slow_py", 90, 60)
+    x("cuda_runtime", "cudaLaunchKernel", 150, 5, correlation=2)
+    x("kernel", "k2", 160, 40, tid=7, stream=7, correlation=2)
+    x("cuda_runtime", "cudaLaunchKernel", 190, 5, correlation=3)  # queued before k2 ends
+    x("gpu_memcpy", "Memcpy HtoD", 250, 150, tid=9, stream=9, correlation=4)
+    x("kernel", "k3", 400, 50, tid=7, stream=7, correlation=3)
+    x("cuda_runtime", "cudaStreamSynchronize", 460, 30)
+    trace = tmp_path / "t.json"
+    trace.write_text(json.dumps({"traceEvents": events}))
+    text = gaps.gap_report(trace)
+    assert "cpu-late 0.1 ms, queued 0.2 ms" in text  # 55 us late (100 -> 155), 200 us queued
+    late = text.split("innermost Python frame")[1]
+    assert late.splitlines()[1].split() == ["0.05", "slow_py"]
+    queued = text.split("queued gaps:")[1].splitlines()[1].split()
+    assert queued[:2] == ["0.20", "1"] and "HtoD" in queued[-1]
+    assert "1x" in text.split("synchronising runtime calls")[1]
