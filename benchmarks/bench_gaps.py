@@ -118,6 +118,9 @@ def gap_report(trace_path: Path, top: int = 25) -> str:
         (e for s, evs in by_stream.items() if s != main_stream for e in evs),
         key=lambda e: e["ts"] + e.get("dur", 0),
     )
+    by_tid: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for e in cpu:
+        by_tid[e["tid"]].append(e)
     other_ends = [e["ts"] + e.get("dur", 0) for e in others]
     launches = {e["args"]["correlation"]: e for e in cpu if e["cat"] in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}  # fmt: skip
     late_us = queued_us = 0.0
@@ -161,10 +164,10 @@ def gap_report(trace_path: Path, top: int = 25) -> str:
     totals: dict[str, float] = defaultdict(float)
     sampled: dict[str, float] = defaultdict(float)
     for tid, windows in late_windows.items():
-        thread = [e for e in cpu if e["tid"] == tid and e["cat"] != "python_function"]
+        thread = [e for e in by_tid[tid] if e["cat"] != "python_function"]
         for name, t in _self_times(thread, windows).items():
             totals[name] += t
-        frames = [e for e in cpu if e["tid"] == tid and e["cat"] == "python_function"]
+        frames = [e for e in by_tid[tid] if e["cat"] == "python_function"]
         for name, t in _sampled_frames(frames, windows).items():
             sampled[name] += t
     for name, t in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
@@ -177,8 +180,7 @@ def gap_report(trace_path: Path, top: int = 25) -> str:
     lines.append(f"synchronising runtime calls: {len(syncs)} (count, ms, Python frames around them)")
     grouped: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for e in syncs:
-        thread = [x for x in cpu if x["tid"] == e["tid"]]
-        key = f"{e['name']}: " + " <- ".join(_enclosing(thread, e["ts"]))
+        key = f"{e['name']}: " + " <- ".join(_enclosing(by_tid[e["tid"]], e["ts"]))
         grouped[key][0] += 1
         grouped[key][1] += e.get("dur", 0)
     for key, (n, t) in sorted(grouped.items(), key=lambda kv: -kv[1][1])[:10]:

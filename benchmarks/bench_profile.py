@@ -110,10 +110,6 @@ def summarize(events: Any, wall_s: float, title: str) -> str:
     lines.append("runtime calls (count, ms): " + ", ".join(f"{n} {c[1]}x {c[0] / 1e3:.1f}" for n, c in sorted(calls.items())))  # fmt: skip
     lines.append("largest idle gaps on the busiest stream (ms, kernel before -> kernel after):")
     lines += [f"  {gap / 1e3:7.2f}  {before[:60]} -> {after[:60]}" for gap, before, after in gaps]
-    for evt in events:
-        if evt.name in ("cudaStreamSynchronize", "cudaDeviceSynchronize") and getattr(evt, "stack", None):
-            frames = [f for f in evt.stack if "site-packages/torch/" not in f][:6]
-            lines.append(f"{evt.name} {(evt.time_range.end - evt.time_range.start) / 1e3:.1f} ms from: " + " <- ".join(frames))  # fmt: skip
     lines.append("top kernels (ms, count, kind):")
     for name, (dur, count) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:25]:
         lines.append(f"  {dur / 1e3:8.2f} {count:5d} {kind_of(name):11s} {name[:110]}")

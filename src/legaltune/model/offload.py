@@ -170,10 +170,9 @@ class _Offloader:
         # The side stream must see the tensor fully computed before copying it out.
         stream.wait_stream(compute)
         with torch.cuda.stream(stream):
-            host = torch.empty_strided(
-                tensor.shape, tensor.stride(), dtype=tensor.dtype, device="cpu", pin_memory=True
-            )
-            host.copy_(tensor, non_blocking=True)  # same strides, dense: one memcpy
+            # empty_like keeps a dense tensor's strides: the copy is one memcpy of its block
+            host = torch.empty_like(tensor, device="cpu", pin_memory=True)
+            host.copy_(tensor, non_blocking=True)
             copied = torch.cuda.Event()
             copied.record(stream)
         # Tell the caching allocator the side stream still reads this memory, so it is not handed
@@ -222,8 +221,7 @@ class _Offloader:
             self._ahead_bytes -= packed.nbytes
         else:  # the first tensor backward reaches (or read-ahead off, or a second backward)
             compute.wait_event(packed.copied)  # GPU-side wait (no host sync) for the host copy
-            tensor = torch.empty_strided(packed.host.shape, packed.host.stride(), dtype=packed.host.dtype, device=packed.device)  # fmt: skip
-            tensor.copy_(packed.host, non_blocking=True)
+            tensor = packed.host.to(packed.device, non_blocking=True)  # keeps the strides
         if self.read_ahead:
             self._cursor = min(self._cursor, packed.index - 1)
             self._fill_window(compute)
@@ -244,7 +242,7 @@ class _Offloader:
 
     def _start_read(self, packed: _Packed, compute: torch.cuda.Stream) -> None:
         host = packed.host
-        gpu = torch.empty_strided(host.shape, host.stride(), dtype=host.dtype, device=packed.device)
+        gpu = torch.empty_like(host, device=packed.device)
         stream = self._stream(packed.device)
         stream.wait_stream(compute)  # the memory may still be in use by queued compute work
         with torch.cuda.stream(stream):
