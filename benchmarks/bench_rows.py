@@ -180,6 +180,7 @@ def setup_speed(
     read_ahead: bool = True,
     checkpoint_layers: int | None = None,
     offload_attention: bool | str = "auto",
+    save_norm: bool = False,
 ) -> Any:
     """legaltune's speed engine as `legaltune train` runs it: apply_lora with a speed config, then
     TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
@@ -193,6 +194,12 @@ def setup_speed(
     model = _legaltune_lora(
         ctx, ctx.base_model(), checkpointing, speed=speed, checkpoint_layers=checkpoint_layers
     )
+    if save_norm:  # session 4's attention half: the normed input saved, not recomputed
+        from legaltune.speed.split_layer import layer_halves
+
+        for layer in find_decoder_layers(model):
+            if layer.__dict__.get("_legaltune_halves") is not None:
+                layer.__dict__["_legaltune_halves"] = layer_halves(layer, recompute_norm=False)
     if not read_ahead:
         for layer in find_decoder_layers(model):
             if (offloader := layer.__dict__.get("_legaltune_offloader")) is not None:
@@ -325,6 +332,7 @@ ROWS: dict[str, Row] = {
     "x-lean-recompute-attn": Row(functools.partial(setup_speed, checkpointing="unsloth", offload_attention=False), "unsloth", "probe: legaltune-lean recomputing the whole layer (speed.offload_attention: false; session 3's lean)", ("trl",), fused_head=True, speed=True),
     "x-lean-split16": Row(functools.partial(setup_speed, checkpointing="unsloth", offload_attention=16), "unsloth", "probe: legaltune-lean keeping the attention half of the first 16 layers only", ("trl",), fused_head=True, speed=True),
     "x-lean-split8": Row(functools.partial(setup_speed, checkpointing="unsloth", offload_attention=8), "unsloth", "probe: legaltune-lean keeping the attention half of the first 8 layers only", ("trl",), fused_head=True, speed=True),
+    "x-lean-save-norm": Row(functools.partial(setup_speed, checkpointing="unsloth", save_norm=True), "unsloth", "probe: legaltune-lean with the attention half saving its normed input (session 4) instead of recomputing it", ("trl",), fused_head=True, speed=True),
     "x-lean-ondemand": Row(functools.partial(setup_speed, checkpointing="unsloth", read_ahead=False), "unsloth", "probe: legaltune-lean with each offloaded input copied back only when backward needs it", ("trl",), fused_head=True, speed=True),
     "x-lean-compiled": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=True), "unsloth", "probe: legaltune-lean with compile forced on (differs from legaltune-lean over 4-bit)", ("trl",), fused_head=True, speed=True),
     "x-fast-compiled": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=True), False, "probe: legaltune-fast with compile forced on (differs from legaltune-fast over 4-bit)", ("trl",), fused_head=True, speed=True),

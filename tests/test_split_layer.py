@@ -107,3 +107,32 @@ def test_dense_layouts():
     t = torch.zeros(2, 8, 4, 16)
     assert _dense(t) and _dense(t.transpose(1, 2)) and _dense(t.permute(0, 2, 3, 1))
     assert not _dense(t[..., :8]) and not _dense(t[:, ::2])
+
+
+@pytest.mark.parametrize("recompute_norm", [True, False])
+def test_compiled_attention_half_recomputes_the_normed_input(recompute_norm):
+    # The compiled attention half saves the layer input for backward but not its normed copy
+    # (rebuilt in backward from the input): a fifth less over the host link. The probe setting
+    # recompute_norm=False shows the saved copy this removes.
+    model = _peft("llama")
+    fuse_lora_linears(model)
+    compile_layers(model, backend="aot_eager")
+    layer = find_decoder_layers(model)[0]
+    attention, _mlp = layer_halves(layer, recompute_norm=recompute_norm)
+    h = torch.randn(2, 24, 64, requires_grad=True)
+    cos, sin = model.get_base_model().model.rotary_emb(h, torch.arange(24)[None].expand(2, 24))
+    normed = layer.input_layernorm(h).detach()
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = attention(layer, h, position_embeddings=(cos, sin), attention_mask=None)
+    out.sum().backward()
+    grad = h.grad.clone()
+    h.grad = None
+    ref = layer.input_layernorm(h)
+    (
+        h + layer.self_attn(hidden_states=ref, position_embeddings=(cos, sin), attention_mask=None)[0]
+    ).sum().backward()
+    torch.testing.assert_close(grad, h.grad, rtol=1e-5, atol=1e-6)
+    same_shape = [t for t in saved if t.shape == h.shape]
+    assert any(t.data_ptr() == h.data_ptr() for t in same_shape)  # the input goes to the offloader
+    assert any(torch.equal(t, normed) for t in same_shape) is not recompute_norm
