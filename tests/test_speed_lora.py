@@ -173,3 +173,46 @@ def test_compiled_layer_calls_the_opaque_op_not_a_traced_addmm():
     targets = [str(node.target) for gm in graphs for node in gm.graph.nodes if node.op == "call_function"]
     assert graphs and targets.count("legaltune.lora_linear.default") == len(PROJ) * len(graphs)
     assert not any("addmm" in t for t in targets)
+
+
+def test_recompute_keeps_dequantized_4bit_weights_for_the_backward_that_follows(monkeypatch):
+    # A 4-bit weight dequantized during a checkpoint recompute is reused by that layer's backward
+    # (which follows at once) instead of being dequantized again; at most two are kept.
+    from legaltune.model import offload
+    from legaltune.speed import lora_linear as ll
+
+    dense = {}
+    calls = []
+
+    def fake_dequantize(weight, quant_state, dtype):
+        calls.append(id(weight))
+        return dense[id(weight)].to(dtype)
+
+    monkeypatch.setattr(ll, "dequantize_nf4", fake_dequantize)
+    monkeypatch.setattr(ll, "_RECOMPUTE_WEIGHTS", {})
+    torch.manual_seed(0)
+    weights = [torch.zeros(4, dtype=torch.uint8) for _ in range(3)]  # stand-ins for packed weights
+    for w in weights:
+        dense[id(w)] = torch.randn(6, 5)
+    x, a, b, g = torch.randn(3, 5), torch.randn(2, 5), torch.randn(6, 2), torch.randn(3, 6)
+
+    def forward(w):
+        return ll.lora_forward(x, x, w, "nf4-state", None, a, b, 0.5, torch.float32, out_features=6)
+
+    def backward(w, xa):
+        args = (g, x, xa, w, "nf4-state", a, b, 0.5, torch.float32)
+        return ll.lora_backward(*args, need_x=True, separate_lora_input=False)[0]
+
+    out, xa = forward(weights[0])  # a plain forward keeps nothing
+    assert calls == [id(weights[0])] and not ll._RECOMPUTE_WEIGHTS
+    torch.testing.assert_close(out, x @ dense[id(weights[0])].t() + 0.5 * (x @ a.t()) @ b.t())
+    expected = backward(weights[0], xa)  # dequantizes again
+    assert len(calls) == 2
+    with offload._recomputing():
+        xas = [forward(w)[1] for w in weights]
+    assert len(calls) == 5 and len(ll._RECOMPUTE_WEIGHTS) == 2  # the first one was dropped
+    torch.testing.assert_close(backward(weights[0], xas[0]), expected)
+    assert len(calls) == 6  # not kept: dequantized again
+    backward(weights[2], xas[2])
+    backward(weights[1], xas[1])
+    assert len(calls) == 6 and not ll._RECOMPUTE_WEIGHTS  # both reused, and released

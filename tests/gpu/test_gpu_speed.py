@@ -108,6 +108,28 @@ def test_fused_lora_nf4_matches_bitsandbytes(tmp_path):
 
 
 @needs_bnb
+@pytest.mark.parametrize("nested", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_triton_nf4_dequantize_is_bitwise_bitsandbytes(nested, dtype):
+    import bitsandbytes.functional as bnbf
+
+    from legaltune.speed.nf4 import dequantize_nf4, triton_nf4_supported
+
+    torch.manual_seed(0)
+    # Llama-3.1-8B's k/v and gate shapes scaled down, and one ending in a partial block
+    for shape in [(1024, 4096), (1792, 512), (3, 64 * 5 + 32)]:
+        w = torch.randn(shape, device="cuda", dtype=dtype) * 0.02
+        packed, state = bnbf.quantize_4bit(w, quant_type="nf4", compress_statistics=nested, blocksize=64)
+        assert triton_nf4_supported(packed, state, dtype)
+        ref = bnbf.dequantize_4bit(packed, state).to(dtype)
+        out = dequantize_nf4(packed, state, dtype)
+        assert out.shape == ref.shape and out.dtype == ref.dtype
+        assert torch.equal(out, ref), f"{shape}: max |diff| {(out.float() - ref.float()).abs().max().item()}"
+        # FP4 and other dtypes are left to bitsandbytes
+        assert not triton_nf4_supported(packed, state, torch.float64)
+
+
+@needs_bnb
 @pytest.mark.parametrize("offload", [False, True])
 def test_compiled_nf4_layers_match_eager_without_keeping_dequantized_weights(tmp_path, offload):
     """4-bit bases under torch.compile: the fused LoRA op dequantizes inside, so the compiled

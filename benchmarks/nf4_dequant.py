@@ -1,0 +1,75 @@
+"""NF4 dequantization: bitsandbytes vs legaltune's Triton kernel, at Llama-3.1-8B's weight shapes.
+
+The fused LoRA path dequantizes each 4-bit projection weight just before its matmul (~16 times
+per layer and step), so this kernel's bandwidth is part of every QLoRA step. Prints time and
+effective bandwidth (packed weight + scales read, dense weight written) per shape, with and without
+double-quantized scales, side by side in one process, plus a JSON line.
+
+    python3 benchmarks/nf4_dequant.py [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+SHAPES = {"q/o": (4096, 4096), "k/v": (1024, 4096), "gate/up": (14336, 4096), "down": (4096, 14336)}
+
+
+def main() -> None:
+    import bitsandbytes.functional as bnbf
+    import torch
+
+    from legaltune.speed.nf4 import dequantize_nf4, triton_nf4_supported
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+
+    def median_s(fn) -> float:  # noqa: ANN001
+        for _ in range(5):
+            fn()
+        times = []
+        for _ in range(args.repeats):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(10):  # queued back to back, as in a step: GPU time, not launch latency
+                fn()
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) / 10)
+        return statistics.median(times)
+
+    rows = []
+    for nested in (True, False):
+        for name, shape in SHAPES.items():
+            w = torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 0.02
+            packed, state = bnbf.quantize_4bit(w, quant_type="nf4", compress_statistics=nested)
+            assert triton_nf4_supported(packed, state, torch.bfloat16)
+            moved = packed.numel() + state.absmax.numel() * state.absmax.element_size() + w.numel() * 2
+            bnb_s = median_s(lambda packed=packed, state=state: bnbf.dequantize_4bit(packed, state))
+            ours_s = median_s(
+                lambda packed=packed, state=state: dequantize_nf4(packed, state, torch.bfloat16)
+            )
+            row = {
+                "shape": name,
+                "nested": nested,
+                "bnb_us": 1e6 * bnb_s,
+                "triton_us": 1e6 * ours_s,
+                "bnb_gbps": moved / bnb_s / 1e9,
+                "triton_gbps": moved / ours_s / 1e9,
+            }
+            rows.append(row)
+            print(
+                f"{name:8} {shape!s:14} double-quant={nested!s:5}  bitsandbytes {row['bnb_us']:7.1f} us "
+                f"({row['bnb_gbps']:6.0f} GB/s)  triton {row['triton_us']:7.1f} us ({row['triton_gbps']:6.0f} GB/s)"
+                f"  x{bnb_s / ours_s:.2f}",
+                flush=True,
+            )
+    print(json.dumps({"gpu": torch.cuda.get_device_name(), "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
