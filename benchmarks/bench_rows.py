@@ -182,6 +182,7 @@ def setup_speed(
     offload_attention: bool | str = "auto",
     save_norm: bool = False,
     bnb_dequant: bool = False,
+    ungrouped: bool = False,
 ) -> Any:
     """legaltune's speed engine as `legaltune train` runs it: apply_lora with a speed config, then
     TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
@@ -202,6 +203,10 @@ def setup_speed(
 
         lora_linear.dequantize_nf4 = lambda w, state, dtype: bnbf.dequantize_4bit(w, state).to(dtype)
         lora_linear._keep_for_backward = lambda weight, dense: None
+    if ungrouped:  # session 4's projections: q/k/v and gate/up one by one
+        from legaltune.speed import split_layer
+
+        split_layer.grouped_projections = lambda modules, x: [m(x) for m in modules]
     if save_norm:  # session 4's attention half: the normed input saved, not recomputed
         from legaltune.speed.split_layer import layer_halves
 
@@ -342,6 +347,7 @@ ROWS: dict[str, Row] = {
     "x-lean-split8": Row(functools.partial(setup_speed, checkpointing="unsloth", offload_attention=8), "unsloth", "probe: legaltune-lean keeping the attention half of the first 8 layers only", ("trl",), fused_head=True, speed=True),
     "x-lean-save-norm": Row(functools.partial(setup_speed, checkpointing="unsloth", save_norm=True), "unsloth", "probe: legaltune-lean with the attention half saving its normed input (session 4) instead of recomputing it", ("trl",), fused_head=True, speed=True),
     "x-lean-bnb-dequant": Row(functools.partial(setup_speed, checkpointing="unsloth", bnb_dequant=True), "unsloth", "probe: legaltune-lean dequantizing NF4 with bitsandbytes and again in backward after a recompute (session 4)", ("trl",), fused_head=True, speed=True),
+    "x-lean-ungrouped": Row(functools.partial(setup_speed, checkpointing="unsloth", ungrouped=True), "unsloth", "probe: legaltune-lean running q/k/v and gate/up one by one instead of as grouped ops", ("trl",), fused_head=True, speed=True),
     "x-lean-ondemand": Row(functools.partial(setup_speed, checkpointing="unsloth", read_ahead=False), "unsloth", "probe: legaltune-lean with each offloaded input copied back only when backward needs it", ("trl",), fused_head=True, speed=True),
     "x-lean-compiled": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=True), "unsloth", "probe: legaltune-lean with compile forced on (differs from legaltune-lean over 4-bit)", ("trl",), fused_head=True, speed=True),
     "x-fast-compiled": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=True), False, "probe: legaltune-fast with compile forced on (differs from legaltune-fast over 4-bit)", ("trl",), fused_head=True, speed=True),

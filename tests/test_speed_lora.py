@@ -154,10 +154,12 @@ def test_compile_op_passes_opcheck_and_matches_the_eager_function(with_bias):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
-def test_compiled_layer_calls_the_opaque_op_not_a_traced_addmm():
-    """Traced, the Function's in-place addmm_ would become an out-of-place addmm (a full-size copy
-    per projection on CUDA): compiled layers must contain the opaque op, once per projection."""
+def _compiled_step_graphs(*, split: bool) -> list:
+    """The FX graphs dynamo hands the backend in one training step of a fused, compiled model
+    (with ``split``: offload-checkpointed with attention/MLP halves)."""
+    from legaltune.model.offload import enable_offloaded_checkpointing
     from legaltune.speed.compile import compile_layers
+    from legaltune.speed.split_layer import layer_halves
 
     graphs = []
 
@@ -168,8 +170,17 @@ def test_compiled_layer_calls_the_opaque_op_not_a_traced_addmm():
     fast = _peft().train()
     fuse_lora_linears(fast)
     assert compile_layers(fast, backend=backend) == 2
+    if split:
+        enable_offloaded_checkpointing(fast.get_base_model(), split=layer_halves)
     ids = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(1))
     fast(input_ids=ids, labels=ids).loss.backward()
+    return graphs
+
+
+def test_compiled_layer_calls_the_opaque_op_not_a_traced_addmm():
+    """Traced, the Function's in-place addmm_ would become an out-of-place addmm (a full-size copy
+    per projection on CUDA): compiled layers must contain the opaque op, once per projection."""
+    graphs = _compiled_step_graphs(split=False)
     targets = [str(node.target) for gm in graphs for node in gm.graph.nodes if node.op == "call_function"]
     assert graphs and targets.count("legaltune.lora_linear.default") == len(PROJ) * len(graphs)
     assert not any("addmm" in t for t in targets)
@@ -216,3 +227,47 @@ def test_recompute_keeps_dequantized_4bit_weights_for_the_backward_that_follows(
     backward(weights[2], xas[2])
     backward(weights[1], xas[1])
     assert len(calls) == 6 and not ll._RECOMPUTE_WEIGHTS  # both reused, and released
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_grouped_op_passes_opcheck_and_matches_its_members_one_by_one(with_bias):
+    """q/k/v-style projections sharing an input, as one op: schema, fake shapes and autograd pass
+    opcheck, and outputs and gradients (input, every A and B) equal the members' own fused ops."""
+    from legaltune.speed.lora_group import lora_group_op
+    from legaltune.speed.lora_op import lora_linear_op
+
+    op, single = lora_group_op(), lora_linear_op()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 16, generator=gen, requires_grad=True)
+    widths, ranks, scales = (12, 4, 4), (4, 4, 2), [0.5, 0.5, 2.0]
+    ws = [torch.randn(n, 16, generator=gen) for n in widths]
+    biases = [torch.randn(12, generator=gen) if with_bias else None, None, None]
+    a_s = [torch.randn(r, 16, generator=gen, requires_grad=True) for r in ranks]
+    b_s = [torch.randn(n, r, generator=gen, requires_grad=True) for n, r in zip(widths, ranks, strict=True)]
+    args = (x, ws, biases, a_s, b_s, scales, torch.float32)
+    torch.library.opcheck(op, args)
+    out = op(*args)[0]
+    refs = [
+        single(x, w, bias, a, b, s, torch.float32, n, False)[0]
+        for w, bias, a, b, s, n in zip(ws, biases, a_s, b_s, scales, widths, strict=True)
+    ]
+    torch.testing.assert_close(out, torch.cat(refs, dim=-1), rtol=1e-6, atol=1e-6)
+    g = torch.randn(out.shape, generator=gen)
+    inputs = (x, *a_s, *b_s)
+    got = torch.autograd.grad(out, inputs, g)
+    want = torch.autograd.grad(refs, inputs, list(g.split(widths, dim=-1)))
+    for name, u, v in zip(["x", "A_q", "A_k", "A_v", "B_q", "B_k", "B_v"], got, want, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_compiled_split_layers_group_qkv_and_gate_up():
+    """In compiled halves, q/k/v and gate/up run as one grouped op each (two per layer); o_proj
+    and down_proj stay single ops. Eager layers call the projections one by one."""
+    graphs = _compiled_step_graphs(split=True)
+    per_graph = [[str(n.target) for n in gm.graph.nodes if n.op == "call_function"] for gm in graphs]
+    # the attention half (twice: the first layer's input needs no grad) and the MLP half: one group
+    # (q/k/v or gate/up) and one single projection (o_proj or down_proj) each
+    assert len(per_graph) == 3
+    for targets in per_graph:
+        assert targets.count("legaltune.lora_linear_group.default") == 1
+        assert targets.count("legaltune.lora_linear.default") == 1

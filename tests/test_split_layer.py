@@ -61,8 +61,11 @@ def test_split_layer_matches_the_layer_forward(arch, compiled):
     for layer in find_decoder_layers(model):
         # pre-hooks: checkpoint's recompute stops once the last saved tensor is back, before the
         # MLP returns
-        layer.self_attn.register_forward_pre_hook(lambda *_: calls.__setitem__("attn", calls["attn"] + 1))
-        layer.mlp.register_forward_pre_hook(lambda *_: calls.__setitem__("mlp", calls["mlp"] + 1))
+        # (the halves call the projections, not the attention/MLP modules)
+        layer.self_attn.q_proj.register_forward_pre_hook(
+            lambda *_: calls.__setitem__("attn", calls["attn"] + 1)
+        )
+        layer.mlp.gate_proj.register_forward_pre_hook(lambda *_: calls.__setitem__("mlp", calls["mlp"] + 1))
     loss, grads = _loss_grads(model, ids)
     assert loss == pytest.approx(ref_loss, rel=1e-6)
     assert grads.keys() == ref_grads.keys()

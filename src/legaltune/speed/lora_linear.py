@@ -300,9 +300,11 @@ def fuse_lora_linears(model: nn.Module) -> int:
     """
     from peft.tuners.lora.layer import LoraLayer
 
+    from legaltune.speed.lora_group import lora_group_op
     from legaltune.speed.lora_op import lora_linear_op
 
-    lora_linear_op()  # the op compiled layers call
+    lora_linear_op()  # the ops compiled layers call
+    lora_group_op()
     count = 0
     for module in model.modules():
         # PEFT has one LoRA class per base type (layer.Linear, bnb.Linear4bit, ...): any LoRA layer

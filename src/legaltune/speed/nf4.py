@@ -133,6 +133,8 @@ def _launch(
         BLOCKSIZE2=quant_state.state2.blocksize if nested else 1,
         NESTED=nested,
         BLOCK=_BLOCK,
+        # bitsandbytes rounds the scale's product and its offset sum separately: no fused multiply-add
+        enable_fp_fusion=False,
     )
     return out
 

@@ -18,6 +18,7 @@ Compiled layers get compiled halves (one compiled function per half, shared by a
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
 
 import torch
@@ -26,17 +27,68 @@ from torch.utils.checkpoint import checkpoint
 
 from legaltune.model.offload import Halves
 from legaltune.speed.compile import compile_backend
+from legaltune.speed.lora_group import grouped_projections
 
 # Pre-norm decoder layers with input_layernorm -> self_attn -> residual, post_attention_layernorm ->
 # mlp -> residual, and nothing else in their forward.
 SPLIT_LAYERS = {"LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "MistralDecoderLayer"}
 
 
+# Attention and MLP classes whose forward _attention/_mlp restate (transformers 5.17-5.23), so that
+# the projections sharing an input run as one grouped op (:mod:`legaltune.speed.lora_group`).
+GROUPED_ATTENTION = {"LlamaAttention", "Qwen2Attention", "Qwen3Attention", "MistralAttention"}
+GROUPED_MLP = {"LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP"}
+
+
+def _attention(attn: nn.Module, hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """``self_attn(hidden_states, **kwargs)[0]`` with q/k/v grouped (a training forward: no cache)."""
+    if (
+        type(attn).__name__ not in GROUPED_ATTENTION
+        or kwargs.get("past_key_values") is not None
+        or kwargs.get("position_embeddings") is None
+    ):
+        return attn(hidden_states=hidden_states, **kwargs)[0]
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    module = sys.modules[type(attn).__module__]
+    hidden_shape = (*hidden_states.shape[:-1], -1, attn.head_dim)
+    q, k, v = (
+        t.view(hidden_shape)
+        for t in grouped_projections([attn.q_proj, attn.k_proj, attn.v_proj], hidden_states)
+    )
+    if hasattr(attn, "q_norm"):  # Qwen3: per-head norms before RoPE
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    # v is a column slice of the grouped output: attention saves it for backward, and a slice would
+    # keep the whole q/k/v buffer alive (and not offloadable as one block); a copy is 1/6 of it
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.contiguous().transpose(1, 2)
+    cos, sin = kwargs.pop("position_embeddings")
+    q, k = module.apply_rotary_pos_emb(q, k, cos, sin)
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+        attn.config._attn_implementation, module.eager_attention_forward
+    )
+    kwargs.pop("past_key_values", None)
+    mask = kwargs.pop("attention_mask", None)
+    # Qwen2/Qwen3 keep a per-layer window, Mistral reads its config's, Llama has none
+    window = getattr(attn, "sliding_window", getattr(attn.config, "sliding_window", None))
+    out, _weights = interface(
+        attn, q, k, v, mask, dropout=0.0 if not attn.training else attn.attention_dropout,
+        scaling=attn.scaling, sliding_window=window, **kwargs,
+    )  # fmt: skip
+    return attn.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous())
+
+
+def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``mlp(x)`` with gate/up grouped."""
+    if type(mlp).__name__ not in GROUPED_MLP:
+        return mlp(x)
+    gate, up = grouped_projections([mlp.gate_proj, mlp.up_proj], x)
+    return mlp.down_proj(mlp.act_fn(gate) * up)
+
+
 def attention_half(layer: nn.Module, hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """``h + self_attn(input_layernorm(h))``; keyword arguments go to the attention as the layer's
     own forward passes them."""
-    out = layer.self_attn(hidden_states=layer.input_layernorm(hidden_states), **kwargs)[0]
-    return hidden_states + out
+    return hidden_states + _attention(layer.self_attn, layer.input_layernorm(hidden_states), **kwargs)
 
 
 def attention_half_recompute_norm(
@@ -50,13 +102,12 @@ def attention_half_recompute_norm(
     input in backward (one elementwise pass). Eager halves keep :func:`attention_half`: there, a
     nested checkpoint would hold the layer input on the GPU instead of letting it be offloaded."""
     normed = checkpoint(layer.input_layernorm, hidden_states, use_reentrant=False)
-    out = layer.self_attn(hidden_states=normed, **kwargs)[0]
-    return hidden_states + out
+    return hidden_states + _attention(layer.self_attn, normed, **kwargs)
 
 
 def mlp_half(layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """``h + mlp(post_attention_layernorm(h))``."""
-    return hidden_states + layer.mlp(layer.post_attention_layernorm(hidden_states))
+    return hidden_states + _mlp(layer.mlp, layer.post_attention_layernorm(hidden_states))
 
 
 @functools.cache
