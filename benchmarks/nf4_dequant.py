@@ -26,6 +26,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--sweep", action="store_true", help="also time the kernel's block/warp settings")
     args = ap.parse_args()
     torch.manual_seed(0)
 
@@ -68,6 +69,23 @@ def main() -> None:
                 f"  x{bnb_s / ours_s:.2f}",
                 flush=True,
             )
+    if args.sweep:
+        from legaltune.speed import nf4
+
+        w = torch.randn(SHAPES["gate/up"], device="cuda", dtype=torch.bfloat16) * 0.02
+        packed, state = bnbf.quantize_4bit(w, quant_type="nf4", compress_statistics=True)
+        moved = packed.numel() + state.absmax.numel() + w.numel() * 2
+        for block in (1024, 2048, 4096, 8192, 16384):
+            for warps in (2, 4, 8, 16):
+
+                def run(b: int = block, nw: int = warps) -> torch.Tensor:
+                    return nf4._launch(packed, state, torch.bfloat16, tuple(state.shape), w.numel(), b, nw)
+
+                sec = median_s(run)
+                rows.append({"sweep_block": block, "warps": warps, "us": 1e6 * sec})
+                print(
+                    f"sweep gate/up block {block:6} warps {warps:2}: {1e6 * sec:6.1f} us ({moved / sec / 1e9:5.0f} GB/s)"
+                )
     print(json.dumps({"gpu": torch.cuda.get_device_name(), "rows": rows}))
 
 

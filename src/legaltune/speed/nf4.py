@@ -23,6 +23,7 @@ from legaltune.speed.compile import compile_supported
 
 # Output elements per program: 8 KiB of bf16 written, 2 KiB of packed weight read.
 _BLOCK = 4096
+_WARPS = 4
 
 
 @functools.cache
@@ -115,12 +116,18 @@ def dequantize_nf4(weight: torch.Tensor, quant_state: Any, dtype: torch.dtype) -
 
 
 def _launch(
-    weight: torch.Tensor, quant_state: Any, dtype: torch.dtype, shape: tuple, n_out: int
+    weight: torch.Tensor,
+    quant_state: Any,
+    dtype: torch.dtype,
+    shape: tuple,
+    n_out: int,
+    block: int = _BLOCK,
+    num_warps: int = _WARPS,
 ) -> torch.Tensor:
     out = torch.empty(shape, dtype=dtype, device=weight.device)
     nested = bool(quant_state.nested)
     code, code2, absmax2, offset = _tables(weight, quant_state)
-    _kernel()[(-(-n_out // _BLOCK),)](
+    _kernel()[(-(-n_out // block),)](
         weight.view(torch.uint8),
         out,
         code,
@@ -132,7 +139,8 @@ def _launch(
         BLOCKSIZE=quant_state.blocksize,
         BLOCKSIZE2=quant_state.state2.blocksize if nested else 1,
         NESTED=nested,
-        BLOCK=_BLOCK,
+        BLOCK=block,
+        num_warps=num_warps,
         # bitsandbytes rounds the scale's product and its offset sum separately: no fused multiply-add
         enable_fp_fusion=False,
     )
