@@ -184,6 +184,7 @@ def setup_speed(
     bnb_dequant: bool = False,
     ungrouped: bool = False,
     module_calls: bool = False,
+    attention_module: bool = False,
 ) -> Any:
     """legaltune's speed engine as `legaltune train` runs it: apply_lora with a speed config, then
     TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
@@ -209,6 +210,10 @@ def setup_speed(
 
         split_layer._attention = lambda attn, hidden, **kw: attn(hidden_states=hidden, **kw)[0]
         split_layer._mlp = lambda mlp, x: mlp(x)
+    if attention_module:  # the attention module's own forward (q/k/v one by one), gate/up grouped
+        from legaltune.speed import split_layer
+
+        split_layer._attention = lambda attn, hidden, **kw: attn(hidden_states=hidden, **kw)[0]
     if ungrouped:  # session 4's projections: q/k/v and gate/up one by one
         from legaltune.speed import split_layer
 
@@ -356,6 +361,7 @@ ROWS: dict[str, Row] = {
     "x-lean-ungrouped": Row(functools.partial(setup_speed, checkpointing="unsloth", ungrouped=True), "unsloth", "probe: legaltune-lean running q/k/v and gate/up one by one instead of as grouped ops", ("trl",), fused_head=True, speed=True),
     "x-lean-s4": Row(functools.partial(setup_speed, checkpointing="unsloth", save_norm=True, bnb_dequant=True, ungrouped=True), "unsloth", "probe: legaltune-lean as in session 4 (normed input saved, bitsandbytes dequantization, projections one by one)", ("trl",), fused_head=True, speed=True),
     "x-lean-s4-modules": Row(functools.partial(setup_speed, checkpointing="unsloth", save_norm=True, bnb_dequant=True, ungrouped=True, module_calls=True), "unsloth", "probe: x-lean-s4 with the halves calling the attention/MLP modules (session 4 exactly)", ("trl",), fused_head=True, speed=True),
+    "x-lean-attn-module": Row(functools.partial(setup_speed, checkpointing="unsloth", attention_module=True), "unsloth", "probe: legaltune-lean with the attention module's own forward (q/k/v not grouped; gate/up grouped)", ("trl",), fused_head=True, speed=True),
     "x-lean-ondemand": Row(functools.partial(setup_speed, checkpointing="unsloth", read_ahead=False), "unsloth", "probe: legaltune-lean with each offloaded input copied back only when backward needs it", ("trl",), fused_head=True, speed=True),
     "x-lean-compiled": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=True), "unsloth", "probe: legaltune-lean with compile forced on (differs from legaltune-lean over 4-bit)", ("trl",), fused_head=True, speed=True),
     "x-fast-compiled": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=True), False, "probe: legaltune-fast with compile forced on (differs from legaltune-fast over 4-bit)", ("trl",), fused_head=True, speed=True),
