@@ -79,7 +79,7 @@ def main() -> None:
             for warps in (2, 4, 8, 16):
 
                 def run(b: int = block, nw: int = warps) -> torch.Tensor:
-                    return nf4._launch(packed, state, torch.bfloat16, tuple(state.shape), w.numel(), b, nw)
+                    return nf4._launch(packed, state, torch.bfloat16, b, nw)
 
                 sec = median_s(run)
                 rows.append({"sweep_block": block, "warps": warps, "us": 1e6 * sec})

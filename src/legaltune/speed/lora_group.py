@@ -23,12 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from legaltune.model.offload import in_recompute
 from legaltune.speed.lora_linear import (
     _compute_dtype,
     _dense_weight,
+    _forward_weight,
     _fusable,
-    _keep_for_backward,
     _mm_fp32,
     is_fused,
 )
@@ -57,17 +56,18 @@ def group_forward(
     if all(b is None for b in biases):
         out = torch.mm(xa, block.t())
     else:
-        zero = [torch.zeros(w_b.shape[0], dtype=dtype, device=x2.device) for w_b in lora_bs]
-        bias = torch.cat([zero[i] if b is None else b.to(dtype) for i, b in enumerate(biases)])
+        bias = torch.cat(
+            [
+                xa.new_zeros(lb.shape[0]) if b is None else b.to(dtype)
+                for b, lb in zip(biases, lora_bs, strict=True)
+            ]
+        )
         out = torch.addmm(bias, xa, block.t())
     col = 0
     for weight, lora_b in zip(weights, lora_bs, strict=True):
         width = lora_b.shape[0]
-        state = _quant_state(weight)
-        w = _dense_weight(weight, state, dtype)
+        w = _forward_weight(weight, _quant_state(weight), dtype)
         out[:, col : col + width].addmm_(x2, w.t())  # onto the adapters' product (beta = 1)
-        if state is not None and in_recompute():
-            _keep_for_backward(weight, w)
         del w
         col += width
     return out, xa

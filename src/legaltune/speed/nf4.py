@@ -112,21 +112,14 @@ def dequantize_nf4(weight: torch.Tensor, quant_state: Any, dtype: torch.dtype) -
         import bitsandbytes.functional as bnbf
 
         return bnbf.dequantize_4bit(weight, quant_state).to(dtype)
-    shape = tuple(quant_state.shape)
-    n_out = quant_state.shape.numel()
-    return _launch(weight, quant_state, dtype, shape, n_out)
+    return _launch(weight, quant_state, dtype)
 
 
 def _launch(
-    weight: torch.Tensor,
-    quant_state: Any,
-    dtype: torch.dtype,
-    shape: tuple,
-    n_out: int,
-    block: int = _BLOCK,
-    num_warps: int = _WARPS,
+    weight: torch.Tensor, quant_state: Any, dtype: torch.dtype, block: int = _BLOCK, num_warps: int = _WARPS
 ) -> torch.Tensor:
-    out = torch.empty(shape, dtype=dtype, device=weight.device)
+    n_out = quant_state.shape.numel()
+    out = torch.empty(tuple(quant_state.shape), dtype=dtype, device=weight.device)
     nested = bool(quant_state.nested)
     code, code2, absmax2, offset = _tables(weight, quant_state)
     _kernel()[(-(-n_out // block),)](
