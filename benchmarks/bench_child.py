@@ -17,6 +17,7 @@ from typing import Any
 
 # Nothing heavy at module level: an Unsloth child must import unsloth before torch/transformers.
 from bench_model import compute_dtype_name
+from bench_phases import PhaseClock, find_syncs
 from bench_rows import ROWS, Ctx, parse_shapes, split_variant
 from bench_settings import GIB, LEARNING_RATE, MARK, SEED, WEIGHT_DECAY
 
@@ -70,9 +71,12 @@ def run_shape(
     device: str,
     fused_head: bool = False,
     profile: Path | None = None,
+    sync_sites: bool = False,
 ) -> dict[str, Any]:
-    """Warm-up + timed steps at one shape; a dict with status ok / oom / error. ``profile``: then one
-    more step under the profiler, its summary written there (not part of the timings)."""
+    """Warm-up + timed steps at one shape; a dict with status ok / oom / error. Timed steps also
+    record CPU issue vs GPU time per phase (:mod:`bench_phases`). ``profile``: then one more step
+    under the profiler, its summary written there; ``sync_sites``: one more step listing where the
+    host synchronised (neither is part of the timings)."""
     import torch
 
     cuda = device == "cuda"
@@ -88,11 +92,21 @@ def run_shape(
     failure: tuple[str, str] | None = None
     extra = {"fused_lm_head": True} if fused_head else {}
 
-    def step() -> torch.Tensor:
+    clock = PhaseClock(cuda)
+
+    def step(timed_step: bool = False) -> torch.Tensor:
+        if timed_step:
+            clock.start()
         out = model(input_ids=ids, labels=ids, **extra)
+        if timed_step:
+            clock.mark("forward")
         out.loss.backward()
+        if timed_step:
+            clock.mark("backward")
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if timed_step:
+            clock.mark("optimizer")
         # Only the loss leaves: HF's output holds [tokens × vocab] logits, which would otherwise
         # still be alive during the next step's forward and count in its peak.
         return out.loss.detach()
@@ -101,9 +115,12 @@ def run_shape(
         for i in range(warmup + steps):
             _sync(cuda)
             t0 = time.perf_counter()
-            loss = step()
+            loss = step(timed_step=i >= warmup)
             _sync(cuda)
             (timed if i >= warmup else warm).append(time.perf_counter() - t0)
+        rec["phases"] = clock.summary()
+        if cuda and sync_sites:
+            rec["sync_sites"] = find_syncs(step)
         if profile is not None:
             from bench_profile import profile_step
 
@@ -310,7 +327,18 @@ def child_main(args: argparse.Namespace) -> int:
         _emit(
             {
                 **info,
-                **run_shape(model, opt, seq, batch, args.warmup, args.steps, device, row.fused_head, profile),
+                **run_shape(
+                    model,
+                    opt,
+                    seq,
+                    batch,
+                    args.warmup,
+                    args.steps,
+                    device,
+                    row.fused_head,
+                    profile,
+                    args.sync_sites,
+                ),
             }
         )
     return 0

@@ -182,6 +182,23 @@ def print_table(rows: list[dict[str, Any]], walls: dict[str, float]) -> None:
         print("* the plan's memory model does not describe this row yet (see plan_note in the JSON).")
 
 
+def print_phases(rows: list[dict[str, Any]]) -> None:
+    """CPU issue vs GPU time per phase (median ms of the timed steps), and where hosts synchronised."""
+    timed = [r for r in rows if r.get("status") == "ok" and r.get("phases")]
+    if not timed:
+        return
+    print("phases, median ms — CPU issuing / GPU (CPU near or above GPU: the GPU waited for the CPU):")
+    for r in timed:
+        cells = "  ".join(
+            f"{phase} {t['cpu_ms']:.1f}/{t.get('gpu_ms', float('nan')):.1f}"
+            for phase, t in r["phases"].items()
+        )
+        print(f"  {r['variant']:<28} {r['seq']}x{r['batch']:<4} {cells}")
+        for site in r.get("sync_sites", []):
+            print(f"      sync x{site['count']}: {' <- '.join(reversed(site['frames']))}")
+    print()
+
+
 def note_device(meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """GPU name, CUDA version and dtype as the first child that ran reported them."""
     ran = next((r for r in rows if r.get("device")), None)

@@ -75,6 +75,7 @@ from bench_report import (  # noqa: E402
     flops_per_token,
     note_device,
     plan_fields,
+    print_phases,
     print_table,
     write_json,
 )
@@ -285,6 +286,7 @@ def parent_main(args: argparse.Namespace) -> int:
     total = time.monotonic() - t_start
     write_json(out_path, meta, ordered, total)
     print_table(ordered, walls)
+    print_phases(ordered)
     print(f"total {total:.0f} s; JSON written to {out_path}")
     return 0
 
@@ -327,6 +329,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         help="after the timed steps, profile one more step per shape; summaries go to this folder",
+    )
+    parser.add_argument(
+        "--sync-sites",
+        action="store_true",
+        help="after the timed steps, run one more step per shape listing where the host waited for the GPU",
     )
     parser.add_argument("--list-rows", action="store_true", help="print the rows and exit")
     parser.add_argument(

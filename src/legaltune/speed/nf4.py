@@ -21,10 +21,10 @@ import torch
 
 from legaltune.speed.compile import compile_supported
 
-# Output elements per program: 8 KiB of bf16 written, 2 KiB of packed weight read. (The H100 sweep,
-# `benchmarks/nf4_dequant.py --sweep`: 1,701 GB/s here, 1,848 at 1024 x 4 warps — 1.5 ms a step,
-# not switched untested on the GPU.)
-_BLOCK = 4096
+# Output elements per program: 2 KiB of bf16 written, 512 B of packed weight read. The H100 sweep
+# (`benchmarks/nf4_dequant.py --sweep`, Llama-3.1-8B's 7 projections): 1,848 GB/s at 1024 x 4 warps,
+# 1,701 at 4096 x 4 — ~1.5 ms of an 8k-token QLoRA step.
+_BLOCK = 1024
 _WARPS = 4
 
 
