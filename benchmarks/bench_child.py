@@ -17,7 +17,7 @@ from typing import Any
 
 # Nothing heavy at module level: an Unsloth child must import unsloth before torch/transformers.
 from bench_model import compute_dtype_name
-from bench_phases import PhaseClock, find_syncs
+from bench_phases import PhaseClock, cprofile_steps, find_syncs
 from bench_rows import ROWS, Ctx, parse_shapes, split_variant
 from bench_settings import GIB, LEARNING_RATE, MARK, SEED, WEIGHT_DECAY
 
@@ -72,11 +72,13 @@ def run_shape(
     fused_head: bool = False,
     profile: Path | None = None,
     sync_sites: bool = False,
+    cprofile: Path | None = None,
 ) -> dict[str, Any]:
     """Warm-up + timed steps at one shape; a dict with status ok / oom / error. Timed steps also
-    record CPU issue vs GPU time per phase (:mod:`bench_phases`). ``profile``: then one more step
-    under the profiler, its summary written there; ``sync_sites``: one more step listing where the
-    host synchronised (neither is part of the timings)."""
+        record CPU issue vs GPU time per phase (:mod:`bench_phases`). ``profile``: then one more step
+        under the profiler, its summary written there; ``sync_sites``: one more step listing where the
+        host synchronised; ``cprofile``: three more steps under cProfile, its summary written there (none
+    of these is part of the timings)."""
     import torch
 
     cuda = device == "cuda"
@@ -121,6 +123,8 @@ def run_shape(
         rec["phases"] = clock.summary()
         if cuda and sync_sites:
             rec["sync_sites"] = find_syncs(step)
+        if cprofile is not None:
+            cprofile_steps(step, lambda: _sync(cuda), cprofile)
         if profile is not None:
             from bench_profile import profile_step
 
@@ -321,9 +325,11 @@ def child_main(args: argparse.Namespace) -> int:
         return 0
     for seq, batch in shapes:
         print(f"{seq}x{batch}: {args.warmup} warm-up + {args.steps} timed steps", file=sys.stderr)
-        profile = (
-            Path(args.profile) / f"{variant.replace('+', '_')}_{seq}x{batch}.txt" if args.profile else None
-        )
+        stem = f"{variant.replace('+', '_')}_{seq}x{batch}"
+        profile = Path(args.profile) / f"{stem}.txt" if args.profile else None
+        cprofile = Path(args.cprofile) / f"{stem}.cprofile.txt" if args.cprofile else None
+        if cprofile is not None:
+            cprofile.parent.mkdir(parents=True, exist_ok=True)
         _emit(
             {
                 **info,
@@ -338,6 +344,7 @@ def child_main(args: argparse.Namespace) -> int:
                     row.fused_head,
                     profile,
                     args.sync_sites,
+                    cprofile,
                 ),
             }
         )

@@ -98,4 +98,27 @@ def find_syncs(step: Callable[[], Any], frames: int = 4) -> list[dict[str, Any]]
     return [{"count": n, "frames": list(site)} for site, n in sites.most_common()]
 
 
-__all__ = ["PHASES", "PhaseClock", "find_syncs"]
+def cprofile_steps(step: Callable[[], Any], sync: Callable[[], None], path: Any, steps: int = 3) -> None:
+    """``steps`` more steps under cProfile (what the CPU does per step, by function: the profiler
+    slows Python calls, so compare functions with each other, not with the step time); the top
+    functions by own and by cumulative time are written to ``path``."""
+    import cProfile
+    import io
+    import pstats
+
+    sync()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        step()
+    sync()
+    profiler.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    text.write(f"{steps} steps under cProfile\n")
+    stats.sort_stats("tottime").print_stats(45)
+    stats.sort_stats("cumulative").print_stats(70)
+    path.write_text(text.getvalue(), encoding="utf-8")
+
+
+__all__ = ["PHASES", "PhaseClock", "cprofile_steps", "find_syncs"]

@@ -102,6 +102,8 @@ class Child:
             cmd += ["--model-dir", str(args.model_dir)]
         if getattr(args, "profile", None):
             cmd += ["--profile", str(args.profile)]
+        if getattr(args, "cprofile", None):
+            cmd += ["--cprofile", str(args.cprofile)]
         if getattr(args, "sync_sites", False):
             cmd += ["--sync-sites"]
         # A prestarted child learns its deadline (time.time() by which it must be done) with "go".

@@ -185,6 +185,7 @@ def setup_speed(
     ungrouped: bool = False,
     module_calls: bool = False,
     attention_module: bool = False,
+    per_tensor: bool = False,
 ) -> Any:
     """legaltune's speed engine as `legaltune train` runs it: apply_lora with a speed config, then
     TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
@@ -225,6 +226,20 @@ def setup_speed(
         for layer in find_decoder_layers(model):
             if layer.__dict__.get("_legaltune_halves") is not None:
                 layer.__dict__["_legaltune_halves"] = layer_halves(layer, recompute_norm=False)
+    if per_tensor:  # session 5's CPU side: copies issued per tensor, NF4 through Triton's JIT launch
+        from legaltune.speed import nf4
+
+        nf4.DIRECT_LAUNCH[0] = False
+        for layer in find_decoder_layers(model):
+            if (offloader := layer.__dict__.get("_legaltune_offloader")) is not None:
+                pack = type(offloader).pack.__get__(offloader)
+
+                def pack_and_flush(tensor: Any, pack: Any = pack, offloader: Any = offloader) -> Any:
+                    packed = pack(tensor)
+                    offloader.flush()
+                    return packed
+
+                offloader.pack = pack_and_flush
     if not read_ahead:
         for layer in find_decoder_layers(model):
             if (offloader := layer.__dict__.get("_legaltune_offloader")) is not None:
@@ -363,6 +378,7 @@ ROWS: dict[str, Row] = {
     "x-lean-s4": Row(functools.partial(setup_speed, checkpointing="unsloth", save_norm=True, bnb_dequant=True, ungrouped=True), "unsloth", "probe: legaltune-lean as in session 4 (normed input saved, bitsandbytes dequantization, projections one by one)", ("trl",), fused_head=True, speed=True),
     "x-lean-s4-modules": Row(functools.partial(setup_speed, checkpointing="unsloth", save_norm=True, bnb_dequant=True, ungrouped=True, module_calls=True), "unsloth", "probe: x-lean-s4 with the halves calling the attention/MLP modules (session 4 exactly)", ("trl",), fused_head=True, speed=True),
     "x-lean-attn-module": Row(functools.partial(setup_speed, checkpointing="unsloth", attention_module=True), "unsloth", "probe: legaltune-lean with the attention module's own forward (q/k/v not grouped; gate/up grouped)", ("trl",), fused_head=True, speed=True),
+    "x-lean-per-tensor": Row(functools.partial(setup_speed, checkpointing="unsloth", per_tensor=True), "unsloth", "probe: legaltune-lean issuing each offload copy on its own and launching NF4 through Triton's JIT (session 5's CPU side)", ("trl",), fused_head=True, speed=True),
     "x-lean-ondemand": Row(functools.partial(setup_speed, checkpointing="unsloth", read_ahead=False), "unsloth", "probe: legaltune-lean with each offloaded input copied back only when backward needs it", ("trl",), fused_head=True, speed=True),
     "x-lean-compiled": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=True), "unsloth", "probe: legaltune-lean with compile forced on (differs from legaltune-lean over 4-bit)", ("trl",), fused_head=True, speed=True),
     "x-fast-compiled": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=True), False, "probe: legaltune-fast with compile forced on (differs from legaltune-fast over 4-bit)", ("trl",), fused_head=True, speed=True),

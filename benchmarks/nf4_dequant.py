@@ -5,7 +5,7 @@ per layer and step), so this kernel's bandwidth is part of every QLoRA step. Pri
 effective bandwidth (packed weight + scales read, dense weight written) per shape, with and without
 double-quantized scales, side by side in one process, plus a JSON line.
 
-    python3 benchmarks/nf4_dequant.py [--repeats 20]
+    python3 benchmarks/nf4_dequant.py [--repeats 20] [--sweep] [--launch]
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--sweep", action="store_true", help="also time the kernel's block/warp settings")
+    ap.add_argument(
+        "--launch", action="store_true", help="also time the CPU cost of a launch, direct vs Triton's JIT"
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
 
@@ -86,6 +89,27 @@ def main() -> None:
                 print(
                     f"sweep gate/up block {block:6} warps {warps:2}: {1e6 * sec:6.1f} us ({moved / sec / 1e9:5.0f} GB/s)"
                 )
+    if args.launch:
+        from legaltune.speed import nf4
+
+        # A tiny weight: the GPU finishes each kernel in microseconds, so the loop times the CPU.
+        w = torch.randn(64, 64, device="cuda", dtype=torch.bfloat16)
+        packed, state = bnbf.quantize_4bit(w, quant_type="nf4", compress_statistics=True)
+        for direct in (True, False, True, False):
+            nf4.DIRECT_LAUNCH[0] = direct
+            for _ in range(50):
+                dequantize_nf4(packed, state, torch.bfloat16)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(2000):
+                dequantize_nf4(packed, state, torch.bfloat16)
+            torch.cuda.synchronize()
+            us = (time.perf_counter() - t0) / 2000 * 1e6
+            rows.append({"launch": "direct" if direct else "triton-jit", "cpu_us_per_call": us})
+            print(
+                f"launch {'direct' if direct else 'triton jit':10}: {us:6.1f} us of CPU per dequantize_nf4 call"
+            )
+        nf4.DIRECT_LAUNCH[0] = True
     print(json.dumps({"gpu": torch.cuda.get_device_name(), "rows": rows}))
 
 

@@ -335,6 +335,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="after the timed steps, run one more step per shape listing where the host waited for the GPU",
     )
+    parser.add_argument(
+        "--cprofile",
+        help="after the timed steps, three more steps per shape under cProfile; summaries go here",
+    )
     parser.add_argument("--list-rows", action="store_true", help="print the rows and exit")
     parser.add_argument(
         "--find-max-seq",

@@ -74,8 +74,10 @@ def test_kept_attention_half_gives_the_gradients_of_no_checkpointing(batch, seq)
     _, ref_loss, ref_grads = loss_and_grads(ref, ids)
     offloader = find_decoder_layers(split)[0].__dict__["_legaltune_offloader"]
     for step in range(3):
-        before = offloader.read_aheads
+        before, bursts = offloader.read_aheads, offloader.bursts
         _, loss, grads = loss_and_grads(split, ids)
+        # copies out are issued per layer half (one stream wait and event each), not per tensor
+        assert offloader.bursts - bursts == 2 * layers
         torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
         for name, g in ref_grads.items():
             torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=f"step {step}: {name}")

@@ -127,6 +127,10 @@ def test_triton_nf4_dequantize_is_bitwise_bitsandbytes(nested, dtype):
         assert torch.equal(out, ref), f"{shape}: max |diff| {(out.float() - ref.float()).abs().max().item()}"
         # FP4 and other dtypes are left to bitsandbytes
         assert not triton_nf4_supported(packed, state, torch.float64)
+    # after the first shape, the others ran through the direct launch of the compiled kernel
+    from legaltune.speed import nf4
+
+    assert any(kernel is not None for kernel in nf4._COMPILED.values())
 
 
 @needs_bnb

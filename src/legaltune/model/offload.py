@@ -79,15 +79,15 @@ def _checkpoint_contexts() -> tuple[Any, Any]:
 
 
 class _Packed:
-    """One offloaded tensor: its pinned host copy and, once read ahead, its way back to the GPU."""
+    """One offloaded tensor: its pinned host copy (set when its burst is flushed) and, once read
+    ahead, its way back to the GPU."""
 
     __slots__ = ("__weakref__", "copied", "device", "gpu", "host", "index", "nbytes", "ready")
 
-    def __init__(
-        self, device: torch.device, host: torch.Tensor, copied: torch.cuda.Event, index: int
-    ) -> None:
-        self.device, self.host, self.copied, self.index = device, host, copied, index
-        self.nbytes = host.numel() * host.element_size()
+    def __init__(self, device: torch.device, nbytes: int, index: int) -> None:
+        self.device, self.nbytes, self.index = device, nbytes, index
+        self.host: torch.Tensor | None = None
+        self.copied: torch.cuda.Event | None = None
         self.gpu: torch.Tensor | None = None
         self.ready: torch.cuda.Event | None = None
 
@@ -114,6 +114,13 @@ class _Offloader:
 
     The offloader keeps only weak references to what it packed: the autograd graph owns the packed
     objects, so pinned buffers are freed with the graph, not held until the next step.
+
+    Copies are issued per burst, not per tensor: a compiled layer saves all its activations at once
+    at the end of its forward, so ``pack`` only queues the tensor and :meth:`flush` (called by the
+    layer wrapper when the layer returns, and by the first unpack) issues the burst's copies after
+    one stream wait, under one stream switch, with one completion event. Read-aheads are batched
+    the same way. Each stream call costs tens of microseconds of Python, and the CPU issuing a
+    layer is, in parts of a step, what the GPU waits for (``benchmarks/train_step.py`` phases).
     """
 
     def __init__(self, read_ahead: bool = True, layers: int = 1) -> None:
@@ -132,6 +139,8 @@ class _Offloader:
         self._in_flight_bytes = 0
         self._last_layer_bytes = 0
         self._seen: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
+        self._pending: list[tuple[torch.Tensor, _Packed]] = []  # packed, copy not yet issued
+        self.bursts = 0  # flushes that issued copies (tests read it)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Offloader:
         # a copied model gets its own (lazily created) side streams
@@ -147,9 +156,10 @@ class _Offloader:
         return self._streams[device]
 
     def pack(self, tensor: torch.Tensor) -> Any:
+        # parameters first: a bitsandbytes parameter routes every attribute read through Python
         if (
-            not tensor.is_cuda
-            or isinstance(tensor, nn.Parameter)
+            isinstance(tensor, nn.Parameter)
+            or not tensor.is_cuda
             or tensor.numel() * tensor.element_size() < MIN_OFFLOAD_BYTES
         ):
             return tensor
@@ -164,26 +174,36 @@ class _Offloader:
         seen = self._seen.get(tensor.data_ptr())
         if seen is not None and seen[0]() is tensor and seen[1] == tensor._version:
             return tensor
-        device = tensor.device
-        stream = self._stream(device)
-        compute = torch.cuda.current_stream(device)
-        # The side stream must see the tensor fully computed before copying it out.
-        stream.wait_stream(compute)
-        with torch.cuda.stream(stream):
-            # empty_like keeps a dense tensor's strides: the copy is one memcpy of its block
-            host = torch.empty_like(tensor, device="cpu", pin_memory=True)
-            host.copy_(tensor, non_blocking=True)
-            copied = torch.cuda.Event()
-            copied.record(stream)
-        # Tell the caching allocator the side stream still reads this memory, so it is not handed
-        # to a later kernel on the compute stream before the copy has finished.
-        tensor.record_stream(stream)
-        packed = _Packed(device, host, copied, len(self._packed))
+        packed = _Packed(tensor.device, tensor.numel() * tensor.element_size(), len(self._packed))
+        self._pending.append((tensor, packed))
         self._packed.append(weakref.ref(packed))
         self._seen[tensor.data_ptr()] = (weakref.ref(tensor), tensor._version)
         self.offloaded_bytes += packed.nbytes
-        self._bound_in_flight(copied, packed.nbytes, compute)
         return packed
+
+    def flush(self) -> None:
+        """Issue the copies out of every tensor packed since the last flush (see the class doc)."""
+        pending, self._pending = self._pending, []
+        self.bursts += bool(pending)
+        for device in {packed.device for _, packed in pending}:
+            burst = [(t, p) for t, p in pending if p.device == device]
+            stream = self._stream(device)
+            compute = torch.cuda.current_stream(device)
+            # The side stream must see the tensors fully computed before copying them out.
+            stream.wait_stream(compute)
+            with torch.cuda.stream(stream):
+                for tensor, packed in burst:
+                    # empty_like keeps a dense tensor's strides: the copy is one memcpy of its block
+                    packed.host = torch.empty_like(tensor, device="cpu", pin_memory=True)
+                    packed.host.copy_(tensor, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record(stream)
+            for tensor, packed in burst:
+                packed.copied = copied
+                # Tell the caching allocator the side stream still reads this memory, so it is not
+                # handed to a later kernel on the compute stream before the copy has finished.
+                tensor.record_stream(stream)
+            self._bound_in_flight(copied, sum(p.nbytes for _, p in burst), compute)
 
     def _new_forward(self) -> None:
         self._last_layer_bytes = self._window()
@@ -211,6 +231,8 @@ class _Offloader:
     def unpack(self, packed: Any) -> torch.Tensor:
         if isinstance(packed, torch.Tensor):
             return packed
+        if self._pending:  # backward of a forward whose last burst was not flushed by a layer wrapper
+            self.flush()
         if not self._backward_started:
             self._backward_started = True
             self._cursor = len(self._packed) - 1
@@ -231,28 +253,38 @@ class _Offloader:
         """Start copies back for the tensors packed before the ones backward is at, newest first,
         until one layer's worth of bytes is on its way."""
         window = self._window()
+        reads = []
         while self._cursor >= 0 and (self._ahead_bytes < window or self._ahead_bytes == 0):
             ref = self._packed[self._cursor]
             self._cursor -= 1
             packed = ref()
             if packed is None or packed.gpu is not None:
                 continue
-            self._start_read(packed, compute)
+            reads.append(packed)
             self._ahead_bytes += packed.nbytes
+        if reads:
+            self._start_reads(reads, compute)
 
-    def _start_read(self, packed: _Packed, compute: torch.cuda.Stream) -> None:
-        host = packed.host
-        gpu = torch.empty_like(host, device=packed.device)
-        stream = self._stream(packed.device)
+    def _start_reads(self, reads: list[_Packed], compute: torch.cuda.Stream) -> None:
+        """One stream wait and one completion event for a batch of copies back (one device: the
+        compute stream's)."""
+        # allocated on the compute stream, so activation memory stays in its allocator pool
+        gpus = [torch.empty_like(packed.host, device=packed.device) for packed in reads]
+        stream = self._stream(reads[0].device)
         stream.wait_stream(compute)  # the memory may still be in use by queued compute work
+        waited: set[int] = set()
         with torch.cuda.stream(stream):
-            stream.wait_event(packed.copied)
-            gpu.copy_(host, non_blocking=True)
+            for packed, gpu in zip(reads, gpus, strict=True):
+                if id(packed.copied) not in waited:  # a burst shares one event
+                    stream.wait_event(packed.copied)
+                    waited.add(id(packed.copied))
+                gpu.copy_(packed.host, non_blocking=True)
             ready = torch.cuda.Event()
             ready.record(stream)
-        gpu.record_stream(stream)
-        packed.gpu, packed.ready = gpu, ready
-        self.read_aheads += 1
+        for packed, gpu in zip(reads, gpus, strict=True):
+            gpu.record_stream(stream)
+            packed.gpu, packed.ready = gpu, ready
+        self.read_aheads += len(reads)
 
 
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -305,11 +337,16 @@ def _offloaded_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
         # Attention kept, its saved activations offloaded; the MLP checkpointed (input offloaded).
         with torch.autograd.graph.saved_tensors_hooks(offloader.pack, offloader.unpack):
             mid = attention(layer, args[0], **kwargs)
-            return checkpoint(mlp, layer, mid, use_reentrant=False, context_fn=_checkpoint_contexts)
+            offloader.flush()
+            out = checkpoint(mlp, layer, mid, use_reentrant=False, context_fn=_checkpoint_contexts)
+        offloader.flush()
+        return out
     if offloader is None:  # recompute-only layer (a partial checkpointing policy)
         return checkpoint(inner, *args, use_reentrant=False, context_fn=_checkpoint_contexts, **kwargs)
     with torch.autograd.graph.saved_tensors_hooks(offloader.pack, offloader.unpack):
-        return checkpoint(inner, *args, use_reentrant=False, context_fn=_checkpoint_contexts, **kwargs)
+        out = checkpoint(inner, *args, use_reentrant=False, context_fn=_checkpoint_contexts, **kwargs)
+    offloader.flush()
+    return out
 
 
 def _is_wrapped(layer: nn.Module) -> bool:
