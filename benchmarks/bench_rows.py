@@ -186,6 +186,7 @@ def setup_speed(
     module_calls: bool = False,
     attention_module: bool = False,
     per_tensor: bool = False,
+    trl_head: bool = False,
 ) -> Any:
     """legaltune's speed engine as `legaltune train` runs it: apply_lora with a speed config, then
     TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
@@ -247,6 +248,10 @@ def setup_speed(
     from trl.trainer.utils import add_fused_lm_head
 
     add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))
+    if not trl_head:  # what `legaltune train` does over SFTTrainer's head
+        from legaltune.speed.lm_head import fuse_lm_head
+
+        model.get_base_model().legaltune_speed.fused_head = fuse_lm_head(model.get_base_model())
     report = model.get_base_model().legaltune_speed
     print(report.summary(), *report.notes, sep="\n", file=sys.stderr)
     return model
@@ -379,6 +384,7 @@ ROWS: dict[str, Row] = {
     "x-lean-s4-modules": Row(functools.partial(setup_speed, checkpointing="unsloth", save_norm=True, bnb_dequant=True, ungrouped=True, module_calls=True), "unsloth", "probe: x-lean-s4 with the halves calling the attention/MLP modules (session 4 exactly)", ("trl",), fused_head=True, speed=True),
     "x-lean-attn-module": Row(functools.partial(setup_speed, checkpointing="unsloth", attention_module=True), "unsloth", "probe: legaltune-lean with the attention module's own forward (q/k/v not grouped; gate/up grouped)", ("trl",), fused_head=True, speed=True),
     "x-lean-per-tensor": Row(functools.partial(setup_speed, checkpointing="unsloth", per_tensor=True), "unsloth", "probe: legaltune-lean issuing each offload copy on its own and launching NF4 through Triton's JIT (session 5's CPU side)", ("trl",), fused_head=True, speed=True),
+    "x-lean-trl-head": Row(functools.partial(setup_speed, checkpointing="unsloth", trl_head=True), "unsloth", "probe: legaltune-lean with TRL's fused LM head as SFTTrainer installs it (logits projected again in backward)", ("trl",), fused_head=True, speed=True),
     "x-lean-ondemand": Row(functools.partial(setup_speed, checkpointing="unsloth", read_ahead=False), "unsloth", "probe: legaltune-lean with each offloaded input copied back only when backward needs it", ("trl",), fused_head=True, speed=True),
     "x-lean-compiled": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=True), "unsloth", "probe: legaltune-lean with compile forced on (differs from legaltune-lean over 4-bit)", ("trl",), fused_head=True, speed=True),
     "x-fast-compiled": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=True), False, "probe: legaltune-fast with compile forced on (differs from legaltune-fast over 4-bit)", ("trl",), fused_head=True, speed=True),

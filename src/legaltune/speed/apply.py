@@ -33,6 +33,7 @@ class SpeedReport:
     swiglu: int = 0
     compiled_layers: int = 0
     checkpointing: str = ""
+    fused_head: bool = False  # TRL's LM head with the gradient computed in forward (speed/lm_head.py)
     on_cuda: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -48,6 +49,8 @@ class SpeedReport:
             parts.append(f"{self.compiled_layers} compiled layers")
         if self.checkpointing:
             parts.append(f"checkpointing: {self.checkpointing}")
+        if self.fused_head:
+            parts.append("LM head gradient in forward")
         if self.recompute_skips and self.checkpointing not in ("", "none"):
             parts.append(f"recompute skips {self.recompute_skips} down_proj GEMMs")
         return f"speed: {self.mode} — " + ", ".join(parts)

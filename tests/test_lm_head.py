@@ -1,0 +1,112 @@
+"""The LM head with the hidden-state gradient computed in forward (speed/lm_head.py), on the CPU:
+the same log-probs, entropy, top-1 and gradients as the full-logits reference and as TRL's fused
+head (the Triton row kernel is checked on the GPU, tests/gpu/test_gpu_speed.py)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from legaltune.speed import lm_head
+from legaltune.speed.lm_head import LogProbHead, fuse_lm_head
+from tests.conftest import randomize_lora_b
+
+trl_utils = pytest.importorskip("trl.trainer.utils")
+
+
+@pytest.mark.parametrize("with_entropy_grad", [False, True])
+def test_log_prob_head_matches_full_logits(with_entropy_grad):
+    torch.manual_seed(0)
+    n, hidden, vocab = 37, 16, 50  # 37 rows in blocks of 8: a partial last block
+    h = torch.randn(n, hidden, requires_grad=True)
+    weight = torch.randn(vocab, hidden)
+    targets = torch.randint(0, vocab, (n,))
+    token_weight, entropy_weight = torch.rand(n), torch.rand(n)
+
+    logprob, entropy, top1 = LogProbHead.apply(h, weight, targets, 8)
+    loss = -(logprob * token_weight).sum() + (with_entropy_grad and (entropy * entropy_weight).sum())
+    loss.backward()
+    grad = h.grad.clone()
+    h.grad = None
+
+    z = h @ weight.t()
+    log_p = torch.log_softmax(z, dim=-1)
+    ref_logprob = log_p.gather(1, targets[:, None]).squeeze(1)
+    ref_entropy = -(log_p.exp() * log_p).sum(-1)
+    ref_loss = -(ref_logprob * token_weight).sum() + (
+        with_entropy_grad and (ref_entropy * entropy_weight).sum()
+    )
+    ref_loss.backward()
+    torch.testing.assert_close(logprob, ref_logprob, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropy, ref_entropy, rtol=1e-5, atol=1e-5)
+    assert torch.equal(top1, z.argmax(-1) == targets)
+    torch.testing.assert_close(grad, h.grad, rtol=1e-4, atol=1e-5)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, use_cache=False,
+    )  # fmt: skip
+    base = LlamaForCausalLM(config)
+    trl_utils.add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer does
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    )
+    randomize_lora_b(model, 0.02, seed=1)
+    return model.train()
+
+
+def test_fused_forward_matches_trl_head(monkeypatch):
+    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[0, :5] = -100  # a masked prompt
+    ref = _model()
+    ours = copy.deepcopy(ref)
+    assert fuse_lm_head(ours.get_base_model())
+    assert not fuse_lm_head(ours.get_base_model())  # once only
+    # on the CPU the head defers to TRL's; force the covered path to compare the two
+    monkeypatch.setattr(lm_head, "_covered", lambda model, kwargs: True)
+    outputs = {}
+    for name, model in (("trl", ref), ("ours", ours)):
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        outputs[name] = (out, grads)
+    (ref_out, ref_grads), (out, grads) = outputs["trl"], outputs["ours"]
+    torch.testing.assert_close(out.loss, ref_out.loss, rtol=1e-5, atol=1e-5)
+    for field in ("log_probs", "entropy"):
+        torch.testing.assert_close(getattr(out, field), getattr(ref_out, field), rtol=1e-4, atol=1e-5)
+    assert torch.equal(out.is_top1, ref_out.is_top1)
+    assert torch.equal(out.label_mask, ref_out.label_mask)
+    assert set(grads) == set(ref_grads)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    # without fused_lm_head the model's own forward runs (logits, HF loss)
+    plain = ours(input_ids=ids, labels=labels)
+    assert plain.logits.shape == (2, 24, 96)
+
+
+def test_fuse_lm_head_needs_trls_head():
+    base = LlamaForCausalLM(
+        LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                    num_attention_heads=2, num_key_value_heads=1)
+    )  # fmt: skip
+    assert not fuse_lm_head(base)
+    assert "forward" not in base.__dict__
+
+
+def test_uncovered_calls_go_to_trls_forward():
+    """On the CPU (no Triton) every fused-head call is TRL's: same outputs exactly."""
+    ids = torch.randint(0, 96, (1, 16), generator=torch.Generator().manual_seed(1))
+    ref = _model()
+    ours = copy.deepcopy(ref)
+    fuse_lm_head(ours.get_base_model())
+    a = ref(input_ids=ids, labels=ids, fused_lm_head=True)
+    b = ours(input_ids=ids, labels=ids, fused_lm_head=True)
+    assert torch.equal(a.log_probs, b.log_probs) and torch.equal(a.entropy, b.entropy)
