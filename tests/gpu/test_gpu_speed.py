@@ -312,37 +312,45 @@ def test_legaltune_train_speed_auto_matches_speed_off_on_gpu(tmp_path, ckpt):
     assert abs(fast[-1] - off[-1]) / off[-1] < 0.05 and abs(fast[0] - off[0]) / off[0] < 0.01
 
 
-@pytest.mark.parametrize(
-    "dtype,lp_atol,grad_rel", [(torch.float32, 1e-4, 1e-4), (torch.bfloat16, 2e-2, 2e-2)]
-)
-def test_lm_head_gradient_in_forward_matches_trls_head(dtype, lp_atol, grad_rel):
-    """speed/lm_head.py on CUDA (its Triton row kernel): the outputs, loss and adapter gradients of
-    TRL's fused head, with a vocabulary over several row blocks and rows over several token blocks."""
+@pytest.mark.parametrize("dtype,lp_atol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+def test_lm_head_gradient_in_forward_matches_trls_head(dtype, lp_atol):
+    """speed/lm_head.py on CUDA (its Triton row kernel): the outputs and loss of TRL's fused head,
+    and adapter gradients as close to an fp32 reference as TRL's own head gets, with a vocabulary
+    over several row blocks and rows over several token blocks."""
     from trl.trainer.utils import add_fused_lm_head
 
     from legaltune.speed import lm_head
 
-    base = _llama(dtype=dtype)
-    base.resize_token_embeddings(9000)  # > 2 row blocks of the kernel, not a multiple of one
-    add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
-    ref = _lora(base).train()
+    def build(dt):  # noqa: ANN001, ANN202
+        base = _llama(dtype=torch.float32)
+        base.resize_token_embeddings(9000)  # > 2 row blocks of the kernel, not a multiple of one
+        add_fused_lm_head(base.to(dt), outputs=("log_probs", "entropy", "is_top1"))
+        return _lora(base).train()
+
+    ref32, ref = build(torch.float32), build(dtype)
     ours = copy.deepcopy(ref)
     assert lm_head.fuse_lm_head(ours.get_base_model())
     ids = torch.randint(0, 9000, (3, 700), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     labels = ids.clone()
     labels[:, :50] = -100
     results = []
-    for model in (ref, ours):
+    for model in (ref32, ref, ours):
         model.zero_grad(set_to_none=True)
         out = model(input_ids=ids, labels=labels, fused_lm_head=True)
         out.loss.backward()
         grads = {n: p.grad.float() for n, p in model.named_parameters() if p.requires_grad}
         results.append((out, grads))
-    (ref_out, ref_grads), (out, grads) = results
+    (_, exact), (ref_out, ref_grads), (out, grads) = results
     assert lm_head._covered(ours.get_base_model(), {})  # the Triton path ran, not TRL's
     torch.testing.assert_close(out.log_probs, ref_out.log_probs, atol=lp_atol, rtol=0)
     torch.testing.assert_close(out.entropy, ref_out.entropy, atol=lp_atol * 5, rtol=1e-3)
     torch.testing.assert_close(out.loss, ref_out.loss, atol=lp_atol, rtol=1e-4)
     # argmax ties/near-ties may flip in bf16; nearly all positions agree
     assert (out.is_top1 == ref_out.is_top1).float().mean() > 0.999
-    _assert_grads_close(grads, ref_grads, grad_rel)
+    for name, g in exact.items():
+        ours_err = ((grads[name] - g).norm() / g.norm()).item()
+        trl_err = ((ref_grads[name] - g).norm() / g.norm()).item()
+        print(f"{name}: ours {ours_err:.3g}, TRL's {trl_err:.3g} from fp32")
+        assert ours_err <= 1.5 * trl_err + 1e-4, (
+            f"{name}: ours {ours_err:.3g} vs TRL's {trl_err:.3g} from fp32"
+        )
