@@ -140,12 +140,22 @@ class LogProbHead(torch.autograd.Function):
         ctx: Any, grad_logprob: torch.Tensor | None, grad_entropy: torch.Tensor | None, _grad_top1: Any
     ) -> tuple[Any, ...]:
         grad_store, hidden, weight, targets, entropy = ctx.saved_tensors
-        grad = torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32)
-        if grad_logprob is not None:
-            grad.addcmul_(grad_store, grad_logprob.float()[:, None], value=-1.0)
-        if grad_entropy is not None:
+        if grad_entropy is not None:  # rare: the exact entropy term needs the logits again
+            grad = torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32)
+            if grad_logprob is not None:
+                grad.addcmul_(grad_store, grad_logprob.float()[:, None], value=-1.0)
             _entropy_grad(grad, hidden, weight.to(ctx.dtype), entropy, grad_entropy.float(), ctx.block)
-        return grad.to(hidden.dtype), None, None, None
+            return grad.to(hidden.dtype), None, None, None
+        if grad_logprob is None:
+            return None, None, None, None
+        # written block by block into the hidden dtype: no second tokens x hidden fp32 buffer beside
+        # the stored one (at long sequences that is the size of the step's largest activations)
+        grad = torch.empty_like(hidden)
+        scale = grad_logprob.float().neg()[:, None]
+        for start in range(0, hidden.shape[0], ctx.block):
+            end = min(start + ctx.block, hidden.shape[0])
+            grad[start:end] = grad_store[start:end] * scale[start:end]
+        return grad, None, None, None
 
 
 def _entropy_grad(
