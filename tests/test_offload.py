@@ -171,3 +171,38 @@ def test_pack_is_identity_off_cuda():
 def test_missing_layers_is_a_clear_error():
     with pytest.raises(ValueError, match="decoder layers"):
         enable_offloaded_checkpointing(nn.Sequential(nn.Linear(2, 2)))
+
+
+class _CudaInput:
+    """What keep_attention reads of a layer's CUDA input (on a CPU nothing is offloaded)."""
+
+    is_cuda = True
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+    def numel(self) -> int:
+        return self.nbytes
+
+    def element_size(self) -> int:
+        return 1
+
+
+def test_attention_kept_only_while_the_host_allowance_holds_the_rest():
+    mib = 1 << 20
+    offloader = _Offloader(layers=4, host_allowance=600 * mib)
+    x = _CudaInput(48 * mib)  # pinned as 64 MiB: the host allocator rounds up to a power of two
+    # layer 1: nothing parked yet; its own (guessed 5 x 64) + 3 inputs to come fit 600 MiB
+    assert offloader.keep_attention(x)
+    offloader._pinned += 289 * mib  # what that split layer parked (as measured after it ran)
+    offloader._split_bytes = 289 * mib
+    # layer 2: 289 parked + 289 + 2 x 64 > 600: run whole; so do the rest
+    assert not offloader.keep_attention(x)
+    offloader._pinned += 64 * mib
+    assert not offloader.keep_attention(x) and offloader.attention_recomputed == 2
+    # a new forward starts over from the first layer
+    offloader._backward_started = True
+    assert offloader.keep_attention(x) and offloader.attention_recomputed == 0
+    # no allowance (explicit speed.offload_attention): always kept
+    unbounded = _Offloader(layers=4)
+    assert all(unbounded.keep_attention(x) for _ in range(4))

@@ -340,3 +340,53 @@ def test_plan_takes_the_runs_checkpoint_choice():
     assert as_run.checkpoint_layers == 0 and "as the run did" in as_run.speed_choice
     assert any("no checkpointing" in name for name in as_run.memory.components)
     assert as_run.memory.peak_bytes > make_plan(cfg, gpu_memory=20 * GIB).memory.peak_bytes
+
+
+def test_pinned_host_bytes_of_an_offloaded_layer():
+    """The host memory model of offloaded checkpointing: a layer's input, or everything its kept
+    attention half saves; PyTorch's pinned allocator rounds each block up to a power of two."""
+    from legaltune.plan.memory import MIB, layer_host_bytes, pinned_bytes
+
+    assert pinned_bytes(48 * MIB) == 64 * MIB and pinned_bytes(64 * MIB) == 64 * MIB
+    arch = load_arch("llama-3.1-8b")
+    # 8,192 tokens: input 64 MiB; kept: input, q, k, v, attention output, LSE (1 MiB) and the MLP input
+    assert layer_host_bytes(arch, 1, 8192, 2, attention_kept=False) == 64 * MIB
+    assert layer_host_bytes(arch, 4, 2048, 2, attention_kept=True) == 289 * MIB
+    # the benchmark's offloader measured 9.03 GiB a step for 32 such layers
+    assert 32 * 289 * MIB / GIB == pytest.approx(9.03, abs=0.01)
+
+
+def _lean(seq: int, batch: int, ckpt: bool | str = "unsloth", **speed):  # noqa: ANN202
+    return build_config(
+        {
+            "model": {"model_name": "unsloth/Llama-3.1-8B-Instruct", "max_seq_length": seq},
+            "training": {"per_device_train_batch_size": batch},
+            "lora": {"use_gradient_checkpointing": ckpt},
+            "speed": {"mode": "fast", **speed},
+        }
+    )
+
+
+def test_offload_attention_auto_fits_the_hosts_memory():
+    from legaltune.plan.core import HOST_FRACTION
+    from legaltune.plan.memory import MIB
+
+    # 8k tokens on a 120 GiB host: every layer keeps its attention (9.03 GiB pinned)
+    plan = make_plan(_lean(8192, 1), host_memory=120 * GIB)
+    assert plan.attention_layers == 32 and "every offloaded layer" in plan.attention_choice
+    assert plan.memory.host_offload_bytes / GIB == pytest.approx(9.03, abs=0.01)
+    # seed 000's 8 x 8,192 tokens: all 32 would need 72 GiB; the first N that fit half of 120 GiB
+    allowed = HOST_FRACTION * 120 * GIB
+    plan = make_plan(_lean(8192, 8), host_memory=120 * GIB)
+    assert 0 < plan.attention_layers < 32 and f"{plan.attention_layers}/32" in plan.attention_choice
+    assert plan.memory.host_offload_bytes <= allowed
+    assert plan.memory.host_offload_bytes + (289 - 64) * 8 * MIB > allowed  # one more would not fit
+    # inputs alone over the allowance: attention recomputed, and the message says what to change
+    plan = make_plan(_lean(8192, 32), host_memory=64 * GIB)
+    assert plan.attention_layers == 0 and "micro-batch" in plan.attention_choice
+    # unknown host memory: as configured (every offloaded layer); explicit settings are kept
+    assert make_plan(_lean(8192, 8)).attention_layers == 32
+    assert make_plan(_lean(8192, 8, offload_attention=4), host_memory=8 * GIB).attention_layers == 4
+    assert make_plan(_lean(8192, 8, offload_attention=False), host_memory=8 * GIB).attention_layers is None
+    # recompute checkpointing offloads nothing: no attention half to keep
+    assert make_plan(_lean(8192, 1, ckpt=True), host_memory=8 * GIB).attention_layers is None

@@ -36,6 +36,7 @@ def _config_from_args(args: argparse.Namespace):
 def cmd_plan(args: argparse.Namespace) -> int:
     from legaltune.plan.core import make_plan, parse_size
     from legaltune.plan.render import render_plan
+    from legaltune.speed.policy import host_memory_available
 
     cfg = _config_from_args(args)
     examples = args.examples
@@ -48,6 +49,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         gpu_memory=parse_size(args.gpu_memory) if args.gpu_memory else None,
         world_size=args.world_size,
         train_examples=examples,
+        host_memory=parse_size(args.host_memory) if args.host_memory else host_memory_available(),
     )
     if args.json:
         print(json.dumps(plan.to_dict(), ensure_ascii=False, indent=2))
@@ -238,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--gpu-memory", help="GPU memory to check the fit against, e.g. 80GiB, 24GB, 141GiB")
+    p.add_argument(
+        "--host-memory",
+        help="host RAM available to the run, e.g. 120GiB (default: this machine's); with offloaded "
+        "checkpointing, speed.offload_attention auto keeps attention only in as many layers as it holds",
+    )
     p.add_argument("--world-size", type=int, default=1, help="number of GPUs (data parallel)")
     p.add_argument("--examples", type=int, help="number of training examples, when the config names no data")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")

@@ -86,3 +86,33 @@ def test_kept_attention_half_gives_the_gradients_of_no_checkpointing(batch, seq)
         # and all but the first tensors backward reaches came back ahead of need
         assert offloader.offloaded_bytes > layers * 3 * batch * seq * 512 * 4
         assert offloader.read_aheads - before >= layers * 3
+
+
+def test_host_allowance_keeps_attention_in_the_first_layers_only():
+    """speed.offload_attention auto's host-memory bound: with room for about two split layers, the
+    first two keep their attention half and the others run whole; gradients as without checkpointing."""
+    from legaltune.speed.split_layer import layer_halves
+
+    layers, batch, seq = 4, 1, 2048
+    ids = torch.randint(
+        3, 1024, (batch, seq), device="cuda", generator=torch.Generator("cuda").manual_seed(0)
+    )
+    ref = _model(layers, offload=False)
+    _, ref_loss, ref_grads = loss_and_grads(ref, ids)
+    input_bytes = 1 << 22  # 1 x 2048 x 512 fp32: 4 MiB a layer input
+    probe = _model(layers, offload=False)
+    enable_offloaded_checkpointing(probe, split=layer_halves)
+    loss_and_grads(probe, ids)
+    split_bytes = find_decoder_layers(probe)[0].__dict__["_legaltune_offloader"]._split_bytes
+    assert split_bytes > 2 * input_bytes
+    bounded = _model(layers, offload=False)
+    allowance = 2 * split_bytes + 2 * input_bytes
+    enable_offloaded_checkpointing(bounded, split=layer_halves, host_allowance=allowance)
+    offloader = find_decoder_layers(bounded)[0].__dict__["_legaltune_offloader"]
+    for _ in range(2):
+        _, loss, grads = loss_and_grads(bounded, ids)
+        assert offloader.attention_recomputed == 2
+        assert offloader._pinned <= allowance
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+        for name, g in ref_grads.items():
+            torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)

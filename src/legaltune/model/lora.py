@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from legaltune.model.offload import enable_offloaded_checkpointing
-from legaltune.speed.policy import offload_attention_wanted
+from legaltune.speed.policy import attention_host_allowance, offload_attention_wanted
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -96,6 +96,7 @@ def _checkpointing_mode(
     layers: int | None = None,
     split: Callable[[nn.Module], Any] | None = None,
     split_layers: int | None = None,
+    host_allowance: float | None = None,
 ) -> str:
     if not enabled or mode is False or layers == 0:
         return "none"
@@ -104,7 +105,12 @@ def _checkpointing_mode(
     if mode == "unsloth" or layers is not None:
         # a partial policy (the first `layers` layers) always goes through our per-layer wrapper
         enable_offloaded_checkpointing(
-            model, layers=layers, offload=mode == "unsloth", split=split, split_layers=split_layers
+            model,
+            layers=layers,
+            offload=mode == "unsloth",
+            split=split,
+            split_layers=split_layers,
+            host_allowance=host_allowance,
         )
         return str(model.legaltune_checkpointing)
     kwargs = {"use_reentrant": False}
@@ -179,7 +185,7 @@ def apply_lora(
 
         # before checkpointing: the checkpoint wrapper must sit outside the compiled layer forward
         report = apply_speed(peft_model, mode=speed.mode, kernels=speed.kernels, compile=speed.compile)
-    split, split_layers = None, None
+    split, split_layers, host_allowance = None, None, None
     if (
         speed is not None
         and speed.mode != "off"
@@ -190,6 +196,8 @@ def apply_lora(
         split = layer_halves
         if not isinstance(speed.offload_attention, (bool, str)):  # an integer: the first N layers
             split_layers = int(speed.offload_attention)
+        elif speed.offload_attention == "auto":  # only as many layers as the host's RAM holds
+            host_allowance = attention_host_allowance()
     base.legaltune_checkpointing = _checkpointing_mode(
         base,
         gradient_checkpointing,
@@ -197,6 +205,7 @@ def apply_lora(
         checkpoint_layers,
         split,
         split_layers,
+        host_allowance,
     )
     if report is not None:
         report.checkpointing = base.legaltune_checkpointing

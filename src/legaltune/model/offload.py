@@ -123,7 +123,7 @@ class _Offloader:
     layer is, in parts of a step, what the GPU waits for (``benchmarks/train_step.py`` phases).
     """
 
-    def __init__(self, read_ahead: bool = True, layers: int = 1) -> None:
+    def __init__(self, read_ahead: bool = True, layers: int = 1, host_allowance: float | None = None) -> None:
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
         self._packed: list[weakref.ref[_Packed]] = []
         self._backward_started = False
@@ -141,10 +141,38 @@ class _Offloader:
         self._seen: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
         self._pending: list[tuple[torch.Tensor, _Packed]] = []  # packed, copy not yet issued
         self.bursts = 0  # flushes that issued copies (tests read it)
+        # Pinned host bytes a forward may park (None: unbounded); see keep_attention.
+        self.host_allowance = host_allowance
+        self._pinned = 0  # this forward's pinned bytes, as the host allocator rounds them
+        self._layers_started = 0  # layers of this forward that asked keep_attention
+        self._split_bytes = 0  # pinned bytes of the last layer that kept its attention half
+        self.attention_recomputed = 0  # this forward's split layers run whole (host memory)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Offloader:
         # a copied model gets its own (lazily created) side streams
-        return _Offloader(read_ahead=self.read_ahead, layers=self.layers)
+        return _Offloader(read_ahead=self.read_ahead, layers=self.layers, host_allowance=self.host_allowance)
+
+    def keep_attention(self, hidden: torch.Tensor) -> bool:
+        """Whether the layer about to run (with this input) may keep its attention half.
+
+        Keeping it parks ~4.5x the layer's input in pinned host memory: at long sequences or large
+        batches a whole forward's worth exceeds the machine's RAM. So a layer keeps it only while
+        this forward's pinned bytes, plus this layer's (as the last split layer measured, or 5x
+        its input before any), plus the inputs of the layers still to come, stay within
+        ``host_allowance``: the first layers keep it, the rest are recomputed whole — the same
+        rule as ``legaltune plan``'s speed.offload_attention line."""
+        if self._backward_started:  # the first layer after a backward: a new forward
+            self._new_forward()
+        self._layers_started += 1
+        if self.host_allowance is None or not hidden.is_cuda:
+            return True
+        layer_input = _pinned_size(hidden.numel() * hidden.element_size())
+        split = self._split_bytes or 5 * layer_input
+        remaining = max(self.layers - self._layers_started, 0)
+        if self._pinned + split + remaining * layer_input <= self.host_allowance:
+            return True
+        self.attention_recomputed += 1
+        return False
 
     def _window(self) -> int:
         """Bytes to keep read ahead in backward: one layer's worth (at least one tensor)."""
@@ -179,6 +207,7 @@ class _Offloader:
         self._packed.append(weakref.ref(packed))
         self._seen[tensor.data_ptr()] = (weakref.ref(tensor), tensor._version)
         self.offloaded_bytes += packed.nbytes
+        self._pinned += _pinned_size(packed.nbytes)
         return packed
 
     def flush(self) -> None:
@@ -209,6 +238,7 @@ class _Offloader:
         self._last_layer_bytes = self._window()
         self._packed, self._backward_started, self._seen = [], False, {}
         self.offloaded_bytes = self.kept_bytes = self._ahead_bytes = 0
+        self._pinned = self._layers_started = self.attention_recomputed = 0
         self._cursor = -1
 
     def _bound_in_flight(self, copied: torch.cuda.Event, nbytes: int, compute: torch.cuda.Stream) -> None:
@@ -287,6 +317,11 @@ class _Offloader:
         self.read_aheads += len(reads)
 
 
+def _pinned_size(nbytes: int) -> int:
+    """PyTorch's pinned-memory allocator hands out blocks rounded up to a power of two."""
+    return 1 << max(0, (nbytes - 1).bit_length()) if nbytes > 0 else 0
+
+
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The repeated decoder blocks of a (possibly PEFT-wrapped) causal LM."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -332,14 +367,16 @@ def _offloaded_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
         args = (kwargs.pop("hidden_states"),)
     offloader: _Offloader | None = layer.__dict__[_OFFLOADER]
     halves = layer.__dict__.get(_HALVES)
-    if halves is not None and offloader is not None and len(args) == 1:
+    if halves is not None and offloader is not None and len(args) == 1 and offloader.keep_attention(args[0]):
         attention, mlp = halves
         # Attention kept, its saved activations offloaded; the MLP checkpointed (input offloaded).
+        before = offloader._pinned
         with torch.autograd.graph.saved_tensors_hooks(offloader.pack, offloader.unpack):
             mid = attention(layer, args[0], **kwargs)
             offloader.flush()
             out = checkpoint(mlp, layer, mid, use_reentrant=False, context_fn=_checkpoint_contexts)
         offloader.flush()
+        offloader._split_bytes = offloader._pinned - before
         return out
     if offloader is None:  # recompute-only layer (a partial checkpointing policy)
         return checkpoint(inner, *args, use_reentrant=False, context_fn=_checkpoint_contexts, **kwargs)
@@ -415,6 +452,7 @@ def enable_offloaded_checkpointing(
     read_ahead: bool = True,
     split: Callable[[nn.Module], Halves | None] | None = None,
     split_layers: int | None = None,
+    host_allowance: float | None = None,
 ) -> None:
     """Checkpoint decoder layers of this model instance, offloading the saved layer inputs to CPU.
 
@@ -430,7 +468,8 @@ def enable_offloaded_checkpointing(
     attention half (every activation it saves goes to the host, none is recomputed) and
     checkpoints only its MLP half: backward then recomputes no attention, at the cost of moving
     ~5x the bytes over the host link (see :mod:`legaltune.speed.split_layer`). ``split_layers``:
-    only the first N checkpointed layers are split (None = all).
+    only the first N checkpointed layers are split (None = all). ``host_allowance``: pinned host
+    bytes one forward may park; split layers beyond it run whole (see ``_Offloader.keep_attention``).
 
     Idempotent. Turns transformers' own checkpointing off first, and makes later calls to the
     model's ``gradient_checkpointing_enable``/``activation_checkpointing_enable`` (the Trainer's
@@ -448,7 +487,7 @@ def enable_offloaded_checkpointing(
     if count == 0:
         hf.legaltune_checkpointing = "none"
     else:
-        offloader = _Offloader(read_ahead, layers=count) if offload else None
+        offloader = _Offloader(read_ahead, layers=count, host_allowance=host_allowance) if offload else None
         split_count = 0
         for index, layer in enumerate(list(all_layers)[:count]):
             wanted = split is not None and offload and (split_layers is None or index < split_layers)

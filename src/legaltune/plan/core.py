@@ -11,9 +11,15 @@ from typing import Any
 from legaltune.config.schema import Config
 from legaltune.model.arch import Arch, load_arch
 from legaltune.plan.lint import Lint, lint_plan
-from legaltune.plan.memory import CONTEXT_BYTES, GIB, MemoryEstimate, estimate_memory
+from legaltune.plan.memory import (
+    CONTEXT_BYTES,
+    GIB,
+    SPLIT_MODEL_TYPES,
+    MemoryEstimate,
+    estimate_memory,
+)
 from legaltune.plan.params import ParamCount, count_params, lora_scale, resolve_targets
-from legaltune.speed.policy import compile_wanted, liger_available
+from legaltune.speed.policy import HOST_FRACTION, compile_wanted, liger_available
 
 _SIZE = re.compile(r"^\s*([0-9.]+)\s*(gib|gb|g|mib|mb|m)?\s*$", re.IGNORECASE)
 
@@ -46,6 +52,9 @@ class Plan:
     # speed.mode auto: how many decoder layers to checkpoint (None = as configured, every layer)
     checkpoint_layers: int | None = None
     speed_choice: str = ""
+    # speed.offload_attention: how many offloaded layers keep their attention half (None: not split)
+    attention_layers: int | None = None
+    attention_choice: str = ""
 
     @property
     def warmup_fraction(self) -> float:
@@ -98,6 +107,8 @@ class Plan:
                 "mode": c.speed.mode,
                 "checkpoint_layers": self.checkpoint_layers,
                 "choice": self.speed_choice,
+                "attention_layers": self.attention_layers,
+                "attention_choice": self.attention_choice,
             },
             "lints": [lint.__dict__ for lint in self.lints],
         }
@@ -162,6 +173,45 @@ def choose_checkpoint_layers(
     return layers, f"does not fit {budget / GIB:.0f} GiB even with every layer checkpointed"
 
 
+def choose_attention_layers(
+    host_bytes: Callable[[int], float], offloaded: int, host_memory: float | None
+) -> tuple[int, str]:
+    """speed.offload_attention auto: the most offloaded layers (the first N) that may keep their
+    attention half with the pinned host memory fitting ``HOST_FRACTION`` of ``host_memory``.
+
+    Keeping it moves ~4.5x a layer's input over the host link and parks it in pinned memory: at long
+    sequences or large batches that exceeds the machine's RAM (Llama-3.1-8B at 32 x 8,192 tokens: 289
+    GiB for 32 layers). Unknown host memory (not Linux): every offloaded layer, as configured."""
+    if not host_memory:
+        return offloaded, ""
+    usable = HOST_FRACTION * host_memory
+    for n in range(offloaded, -1, -1):
+        if host_bytes(n) <= usable:
+            need = (
+                f"{host_bytes(n) / GIB:.1f} GiB pinned host memory of {host_memory / GIB:.0f} GiB available"
+            )
+            if n == offloaded:
+                return n, f"attention kept in every offloaded layer ({need})"
+            return n, (
+                f"attention kept in {n}/{offloaded} offloaded layers ({need}; all {offloaded} would need "
+                f"{host_bytes(offloaded) / GIB:.0f} GiB, over the {HOST_FRACTION:.0%} allowed)"
+            )
+    return 0, (
+        f"attention recomputed: the offloaded layer inputs alone need {host_bytes(0) / GIB:.0f} GiB pinned host "
+        f"memory, over {HOST_FRACTION:.0%} of the {host_memory / GIB:.0f} GiB available (consider a smaller "
+        "micro-batch, or use_gradient_checkpointing: true)"
+    )
+
+
+def _attention_setting(cfg: Config, arch: Arch, checkpointing: bool | str) -> bool | int | str:
+    """speed.offload_attention as it applies to this config: False where it cannot (no offloaded
+    checkpointing, speed off, a model family the halves do not restate)."""
+    sp = cfg.speed
+    if checkpointing != "unsloth" or sp.mode in ("off", False) or arch.model_type not in SPLIT_MODEL_TYPES:
+        return False
+    return sp.offload_attention
+
+
 def make_plan(
     cfg: Config,
     *,
@@ -170,13 +220,15 @@ def make_plan(
     train_examples: int | None = None,
     fused_head: bool | None = None,
     checkpoint_layers: int | None = None,
+    host_memory: float | None = None,
 ) -> Plan:
     """Compute parameters, schedule, memory and lints for ``cfg``.
 
     ``fused_head``: whether the loss goes through TRL's chunked LM head; None = as `legaltune train`
     runs it (chunked unless lm_head has an adapter). False models full logits (a plain training loop).
     ``checkpoint_layers``: the layer count a run actually checkpointed (its report), instead of the
-    speed policy's choice.
+    speed policy's choice. ``host_memory``: bytes of host RAM available (speed.offload_attention
+    auto keeps the attention half only in as many layers as fit it; None = in every offloaded layer).
     """
     arch = load_arch(cfg.model.model_name)
     targets = resolve_targets(arch, cfg.lora.target_modules)
@@ -222,7 +274,24 @@ def make_plan(
         layers, choice = choose_checkpoint_layers(
             lambda n: estimate_memory(arch, params, **common, checkpoint_layers=n), arch.layers, budget
         )
-    memory = estimate_memory(arch, params, **common, checkpoint_layers=layers)
+    offloaded = 0 if checkpointing is False else arch.layers if layers is None else layers
+    setting = _attention_setting(cfg, arch, checkpointing)
+    attention_layers, attention_choice = None, ""
+    if setting == "auto":
+        attention_layers, attention_choice = choose_attention_layers(
+            lambda n: (
+                estimate_memory(
+                    arch, params, **common, checkpoint_layers=layers, attention_layers=n
+                ).host_offload_bytes
+            ),
+            offloaded,
+            host_memory,
+        )
+    elif setting is not False:
+        attention_layers = offloaded if setting is True else min(int(setting), offloaded)
+    memory = estimate_memory(
+        arch, params, **common, checkpoint_layers=layers, attention_layers=attention_layers or 0
+    )
     plan = Plan(
         config=cfg,
         arch=arch,
@@ -239,6 +308,8 @@ def make_plan(
         gpu_bytes=budget,
         checkpoint_layers=layers,
         speed_choice=choice,
+        attention_layers=attention_layers,
+        attention_choice=attention_choice,
     )
     plan.lints = lint_plan(plan)
     return plan

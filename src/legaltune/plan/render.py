@@ -59,7 +59,8 @@ def render_plan(plan: Plan, console: Console | None = None) -> None:
     m.add_row("+ CUDA context / workspaces", f"{CONTEXT_BYTES / GIB:.2f}")
     if plan.memory.host_offload_bytes:
         m.add_row(
-            "host (CPU) memory for offloaded layer inputs", f"{plan.memory.host_offload_bytes / GIB:.2f}"
+            "host (CPU) pinned memory for offloaded activations",
+            f"{plan.memory.host_offload_bytes / GIB:.2f}",
         )
     console.print(m)
     if plan.gpu_bytes:
@@ -68,6 +69,8 @@ def render_plan(plan: Plan, console: Console | None = None) -> None:
         console.print(f"GPU {plan.gpu_bytes / GIB:.0f} GiB: {verdict}")
     if plan.speed_choice:
         console.print(f"speed {plan.config.speed.mode}: {plan.speed_choice}")
+    if plan.attention_choice:
+        console.print(f"speed.offload_attention auto: {plan.attention_choice}")
     for note in plan.memory.notes:
         console.print(f"note: {note}")
 

@@ -29,4 +29,34 @@ def offload_attention_wanted(setting: bool | str, *, on_cuda: bool) -> bool:
     return on_cuda if setting == "auto" else bool(setting)
 
 
-__all__ = ["compile_wanted", "liger_available", "offload_attention_wanted"]
+def host_memory_available() -> float | None:
+    """Bytes of host RAM available now (Linux ``MemAvailable``); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+# Of the host memory available when training starts, what pinned activations may take: the rest is
+# for the data loader, the Python process and the OS (pinned pages cannot be swapped out).
+HOST_FRACTION = 0.5
+
+
+def attention_host_allowance() -> float | None:
+    """speed.offload_attention auto: the pinned host bytes a forward may park (None: unknown)."""
+    available = host_memory_available()
+    return None if available is None else HOST_FRACTION * available
+
+
+__all__ = [
+    "HOST_FRACTION",
+    "attention_host_allowance",
+    "compile_wanted",
+    "host_memory_available",
+    "liger_available",
+    "offload_attention_wanted",
+]
