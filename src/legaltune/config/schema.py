@@ -352,7 +352,8 @@ class SpeedConfig:
         "With use_gradient_checkpointing 'unsloth': keep each checkpointed layer's attention half (its saved activations "
         "offloaded to CPU, none recomputed) and recompute only its MLP half. Backward then recomputes no attention, at the "
         "cost of ~5x the host-link traffic and ~one layer's attention activations of GPU memory. An integer N: only the "
-        "first N checkpointed layers. auto: on CUDA for Llama/Qwen2/Qwen3/Mistral layers.",
+        "first N checkpointed layers. auto: on CUDA for Llama/Qwen2/Qwen3/Mistral layers, in as many layers as half the "
+        "host RAM available at start holds (the pinned activations; later layers are recomputed whole).",
     )
     gpu_memory_gb: float | None = opt(
         None,
