@@ -121,6 +121,25 @@ def test_flops_and_plan_inputs_match_the_reference(harness):
     assert harness.plan_fields(arch, "legaltune-offload+qlora", 8192, 1, None, 2)["plan_applies"] is True
 
 
+@pytest.mark.parametrize(
+    "variant,seq,batch,measured",
+    [
+        # H100 peaks of session 6 (docs/performance.md): 8k tokens and one real step at 262k
+        ("legaltune-lean", 8192, 1, 17.21),
+        ("legaltune-lean+qlora", 2048, 4, 7.78),
+        ("legaltune-lean", 262144, 1, 60.55),
+        ("legaltune-lean+qlora", 262144, 1, 51.24),
+        ("legaltune-fast", 8192, 1, 50.09),
+    ],
+)
+def test_plan_matches_the_measured_speed_engine_peaks(harness, variant, seq, batch, measured):
+    """The speed engine's memory model against measured peaks, short and long sequences alike:
+    over by a few percent (the safe side for speed: auto), never under."""
+    arch = harness.plan_arch("llama-3.1-8b", None)
+    plan = harness.plan_fields(arch, variant, seq, batch, measured, 2)
+    assert 0 <= plan["plan_error_pct"] <= 3.0, plan
+
+
 def test_row_selection(harness):
     assert harness.expand_variants("hf,unsloth", qlora=True) == ["hf", "unsloth", "hf+qlora", "unsloth+qlora"]
     assert harness.expand_variants("hf,unsloth", qlora=False, only_qlora=True) == [

@@ -43,6 +43,10 @@ LOGITS_BYTES_PER_ENTRY = 12.0
 # The layer being recomputed in backward also holds its gradient transients: ~35 % on top of its
 # saved activations (fit on the calibration point above).
 RECOMPUTE_TRANSIENT = 1.35
+# The speed engine's recompute (fused LoRA, compiled layers): ~10 % on top. Fit on the H100 steps of
+# Llama-3.1-8B at 8,192 and 262,144 tokens (docs/performance.md, session 6): at 1.35 the estimate was
+# +3 % at 8k and +16-18 % at 262k (the transient does not grow with the layer's activations).
+FAST_RECOMPUTE_TRANSIENT = 1.10
 CONTEXT_BYTES = 1.0 * GIB  # CUDA context + cuBLAS/cuDNN workspaces, not in "allocated"
 
 
@@ -182,6 +186,7 @@ def estimate_memory(
     n_ckpt = 0 if checkpointing is False else arch.layers if checkpoint_layers is None else checkpoint_layers
     n_ckpt = max(0, min(n_ckpt, arch.layers))
     kept = (arch.layers - n_ckpt) * layer
+    transient = (FAST_RECOMPUTE_TRANSIENT if speed else RECOMPUTE_TRANSIENT) * layer
     host = 0.0
     if n_ckpt == 0:
         acts = kept
@@ -190,7 +195,7 @@ def estimate_memory(
         # layer inputs live in pinned host memory; two are on the GPU at a time (one copying, one used).
         # Kept layers are freed by backward before it reaches the checkpointed ones, so the peak is
         # the larger of the end of forward and the recompute of one layer.
-        acts = 2 * layer_input + max(kept, RECOMPUTE_TRANSIENT * layer)
+        acts = 2 * layer_input + max(kept, transient)
         split = max(0, min(attention_layers, n_ckpt))
         host = (n_ckpt - split) * layer_host_bytes(arch, batch_size, seq_len, compute_bytes, False)
         host += split * layer_host_bytes(arch, batch_size, seq_len, compute_bytes, True)
@@ -199,7 +204,7 @@ def estimate_memory(
         )
         act_name = f"activations ({what}; 1 layer recomputed)"
     else:
-        acts = n_ckpt * layer_input + max(kept, RECOMPUTE_TRANSIENT * layer)
+        acts = n_ckpt * layer_input + max(kept, transient)
         what = "layer inputs kept" if n_ckpt == arch.layers else f"{n_ckpt}/{arch.layers} layers recomputed"
         act_name = f"activations ({what}; 1 layer recomputed)"
 
