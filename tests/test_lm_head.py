@@ -27,7 +27,7 @@ def test_log_prob_head_matches_full_logits(with_entropy_grad):
     targets = torch.randint(0, vocab, (n,))
     token_weight, entropy_weight = torch.rand(n), torch.rand(n)
 
-    logprob, entropy, top1 = LogProbHead.apply(h, weight, targets, 8)
+    logprob, entropy, top1 = LogProbHead.apply(h, weight, targets, 8, True)
     loss = -(logprob * token_weight).sum() + (with_entropy_grad and (entropy * entropy_weight).sum())
     loss.backward()
     grad = h.grad.clone()
@@ -45,6 +45,24 @@ def test_log_prob_head_matches_full_logits(with_entropy_grad):
     torch.testing.assert_close(entropy, ref_entropy, rtol=1e-5, atol=1e-5)
     assert torch.equal(top1, z.argmax(-1) == targets)
     torch.testing.assert_close(grad, h.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_log_prob_head_without_grad_skips_the_gradient(monkeypatch):
+    """Evaluation: the same outputs, and no gradient GEMM for a backward that will not come."""
+    calls = []
+    monkeypatch.setattr(lm_head, "_mm_fp32", lambda a, b: calls.append(1) or a.float() @ b.float())
+    torch.manual_seed(0)
+    h, weight, targets = torch.randn(9, 8), torch.randn(20, 8), torch.randint(0, 20, (9,))
+    LogProbHead.apply(h.requires_grad_(), weight, targets, 4, True)
+    assert len(calls) == 3  # one per block of 4 rows when training
+    calls.clear()
+    with torch.no_grad():
+        logprob, _entropy, _top1 = LogProbHead.apply(h, weight, targets, 4, False)
+    assert not calls
+    torch.testing.assert_close(
+        logprob, torch.log_softmax(h @ weight.t(), -1).gather(1, targets[:, None]).squeeze(1)
+    )
+    assert logprob.grad_fn is None
 
 
 def _model() -> torch.nn.Module:

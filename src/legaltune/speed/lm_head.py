@@ -106,11 +106,17 @@ def _rows(tile: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torc
 
 class LogProbHead(torch.autograd.Function):
     """``(log p(target), entropy, is_top1)`` per row of ``hidden [N, H]`` under ``weight [V, H]``,
-    differentiable in ``hidden`` (the gradient computed in forward, scaled in backward)."""
+    differentiable in ``hidden`` (the gradient computed in forward, scaled in backward) when
+    ``need_grad`` (the caller's grad mode and ``hidden.requires_grad``)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, block: int
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        block: int,
+        need_grad: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         kind = hidden.device.type
         dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else hidden.dtype
@@ -119,7 +125,11 @@ class LogProbHead(torch.autograd.Function):
         logprob = torch.empty(n, device=hidden.device, dtype=torch.float32)
         entropy = torch.empty_like(logprob)
         top1 = torch.empty(n, device=hidden.device, dtype=torch.bool)
-        grad_store = torch.empty(hidden.shape, device=hidden.device, dtype=torch.float32)
+        # evaluation (no grad) skips the gradient GEMM: one vocabulary GEMM, as TRL's forward. (The
+        # caller says: grad mode is always off inside forward, whatever it was outside.)
+        grad_store = (
+            torch.empty(hidden.shape, device=hidden.device, dtype=torch.float32) if need_grad else None
+        )
         tile_buf = torch.empty((min(n, block), w.shape[0]), device=hidden.device, dtype=dtype)
         for start in range(0, n, block):
             end = min(start + block, n)
@@ -127,9 +137,10 @@ class LogProbHead(torch.autograd.Function):
             tile = tile_buf[: end - start]
             torch.mm(h, w.t(), out=tile)
             logprob[start:end], entropy[start:end], top1[start:end] = _rows(tile, targets[start:end])
-            grad_store[start:end] = _mm_fp32(tile, w)  # d(-logprob)/d hidden, fp32 accumulated
+            if grad_store is not None:
+                grad_store[start:end] = _mm_fp32(tile, w)  # d(-logprob)/d hidden, fp32 accumulated
         del tile_buf
-        ctx.save_for_backward(grad_store, hidden, weight, targets, entropy)
+        ctx.save_for_backward(grad_store, hidden, weight, entropy)
         ctx.block, ctx.dtype = block, dtype
         ctx.mark_non_differentiable(top1)
         ctx.set_materialize_grads(False)
@@ -139,15 +150,17 @@ class LogProbHead(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, grad_logprob: torch.Tensor | None, grad_entropy: torch.Tensor | None, _grad_top1: Any
     ) -> tuple[Any, ...]:
-        grad_store, hidden, weight, targets, entropy = ctx.saved_tensors
+        grad_store, hidden, weight, entropy = ctx.saved_tensors
+        if grad_store is None:
+            raise RuntimeError("LogProbHead: backward through a call made with need_grad=False")
         if grad_entropy is not None:  # rare: the exact entropy term needs the logits again
             grad = torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32)
             if grad_logprob is not None:
                 grad.addcmul_(grad_store, grad_logprob.float()[:, None], value=-1.0)
             _entropy_grad(grad, hidden, weight.to(ctx.dtype), entropy, grad_entropy.float(), ctx.block)
-            return grad.to(hidden.dtype), None, None, None
+            return grad.to(hidden.dtype), None, None, None, None
         if grad_logprob is None:
-            return None, None, None, None
+            return None, None, None, None, None
         # written block by block into the hidden dtype: no second tokens x hidden fp32 buffer beside
         # the stored one (at long sequences that is the size of the step's largest activations)
         grad = torch.empty_like(hidden)
@@ -155,7 +168,7 @@ class LogProbHead(torch.autograd.Function):
         for start in range(0, hidden.shape[0], ctx.block):
             end = min(start + ctx.block, hidden.shape[0])
             grad[start:end] = grad_store[start:end] * scale[start:end]
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def _entropy_grad(
@@ -224,9 +237,9 @@ def _fused_forward(
     head = model.get_output_embeddings()
     labels = labels.to(head.weight.device)
     mask = labels != -100
-    logprob, entropy, top1 = LogProbHead.apply(
-        hidden.to(head.weight.device)[mask], head.weight, labels[mask], TOKEN_BLOCK
-    )
+    hidden = hidden.to(head.weight.device)[mask]
+    need_grad = torch.is_grad_enabled() and hidden.requires_grad
+    logprob, entropy, top1 = LogProbHead.apply(hidden, head.weight, labels[mask], TOKEN_BLOCK, need_grad)
     # scattered back to the label positions (zero elsewhere), as TRL returns them; masked_scatter
     # keeps an all-ignored micro-batch connected to the graph (a zero loss, not a failed backward)
     log_probs, entropy, is_top1 = (
