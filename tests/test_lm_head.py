@@ -128,3 +128,21 @@ def test_uncovered_calls_go_to_trls_forward():
     a = ref(input_ids=ids, labels=ids, fused_lm_head=True)
     b = ours(input_ids=ids, labels=ids, fused_lm_head=True)
     assert torch.equal(a.log_probs, b.log_probs) and torch.equal(a.entropy, b.entropy)
+
+
+def test_fuse_speed_lm_head_only_over_the_speed_engine(monkeypatch):
+    """What `legaltune train` and the seed's SFTTrainer call: only a model carrying the speed engine
+    on CUDA gets the head (the report says so); a CPU model or speed off keeps TRL's."""
+    from legaltune.speed.apply import SpeedReport
+
+    model = _model()
+    base = model.get_base_model()
+    assert not lm_head.fuse_speed_lm_head(model)  # no speed report
+    base.legaltune_speed = SpeedReport(mode="fast", on_cuda=False)
+    assert not lm_head.fuse_speed_lm_head(model)  # the CPU
+    base.legaltune_speed = SpeedReport(mode="off", on_cuda=True)
+    assert not lm_head.fuse_speed_lm_head(model)
+    monkeypatch.setattr(lm_head, "compile_supported", lambda: True)
+    base.legaltune_speed = SpeedReport(mode="fast", on_cuda=True)
+    assert lm_head.fuse_speed_lm_head(model) and base.legaltune_speed.fused_head
+    assert "LM head gradient in forward" in base.legaltune_speed.summary()

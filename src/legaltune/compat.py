@@ -132,6 +132,10 @@ class SFTTrainer(trl.SFTTrainer):
             if isinstance(model_len, int):
                 overrides["max_length"] = model_len
         super().__init__(model=model, args=to_sft_config(args, overrides), **kwargs)
+        from legaltune.speed.lm_head import fuse_speed_lm_head
+
+        # a model from FastLanguageModel.get_peft_model carries the speed engine: its LM head too
+        fuse_speed_lm_head(self.model)
 
 
 __all__ = ["SFTTrainer", "TrainingArguments", "to_sft_config"]

@@ -276,4 +276,16 @@ def fuse_lm_head(model: nn.Module) -> bool:
     return True
 
 
-__all__ = ["PLAIN_HEAD_MODELS", "TOKEN_BLOCK", "LogProbHead", "fuse_lm_head"]
+def fuse_speed_lm_head(model: nn.Module) -> bool:
+    """After SFTTrainer installed its head: :func:`fuse_lm_head` on the model (PEFT-wrapped or not)
+    if it carries the speed engine (``legaltune_speed``, mode not off) on CUDA with Triton; the speed
+    report records it. What `legaltune train` and the seed's ``SFTTrainer`` call."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    report = getattr(base, "legaltune_speed", None)
+    if report is None or report.mode == "off" or not report.on_cuda or not compile_supported():
+        return False
+    report.fused_head = fuse_lm_head(base)
+    return report.fused_head
+
+
+__all__ = ["PLAIN_HEAD_MODELS", "TOKEN_BLOCK", "LogProbHead", "fuse_lm_head", "fuse_speed_lm_head"]

@@ -239,18 +239,11 @@ def run_training(
         processing_class=tokenizer,
         data_collator=BatchCollator(pad_token_id=tokenizer.pad_token_id or 0),
     )
-    if (
-        trainer_cls is LegalSFTTrainer
-        and speed_report is not None
-        and speed_report.mode != "off"
-        and use_cuda
-    ):
-        from legaltune.speed.compile import compile_supported
-        from legaltune.speed.lm_head import fuse_lm_head
+    if trainer_cls is LegalSFTTrainer:
+        from legaltune.speed.lm_head import fuse_speed_lm_head
 
         # over the fused head SFTTrainer just put on the model: two vocabulary GEMMs a step, not three
-        if compile_supported():
-            speed_report.fused_head = fuse_lm_head(model.get_base_model())
+        fuse_speed_lm_head(model)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
     metrics_cb = MetricsCallback(run_dir / "metrics.jsonl", trainer, show_progress)
     interrupt = InterruptCallback()
