@@ -33,10 +33,10 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from legaltune.speed.policy import MIN_OFFLOAD_BYTES, pinned_bytes
+
 logger = logging.getLogger(__name__)
 
-# Below this the copy costs more in launch/sync overhead than the memory it frees (RoPE cos/sin, masks).
-MIN_OFFLOAD_BYTES = 1 << 20
 # Copies out may lag the forward by at least this much before the compute stream waits for them.
 MIN_BACKLOG_BYTES = 256 << 20
 _INNER = "_legaltune_inner_forward"
@@ -166,7 +166,7 @@ class _Offloader:
         self._layers_started += 1
         if self.host_allowance is None or not hidden.is_cuda:
             return True
-        layer_input = _pinned_size(hidden.numel() * hidden.element_size())
+        layer_input = pinned_bytes(hidden.numel() * hidden.element_size())
         split = self._split_bytes or 5 * layer_input
         remaining = max(self.layers - self._layers_started, 0)
         if self._pinned + split + remaining * layer_input <= self.host_allowance:
@@ -207,7 +207,7 @@ class _Offloader:
         self._packed.append(weakref.ref(packed))
         self._seen[tensor.data_ptr()] = (weakref.ref(tensor), tensor._version)
         self.offloaded_bytes += packed.nbytes
-        self._pinned += _pinned_size(packed.nbytes)
+        self._pinned += pinned_bytes(packed.nbytes)
         return packed
 
     def flush(self) -> None:
@@ -315,11 +315,6 @@ class _Offloader:
             gpu.record_stream(stream)
             packed.gpu, packed.ready = gpu, ready
         self.read_aheads += len(reads)
-
-
-def _pinned_size(nbytes: int) -> int:
-    """PyTorch's pinned-memory allocator hands out blocks rounded up to a power of two."""
-    return 1 << max(0, (nbytes - 1).bit_length()) if nbytes > 0 else 0
 
 
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -15,11 +15,11 @@ every row of the benchmark against this model.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from legaltune.model.arch import Arch
 from legaltune.plan.params import ParamCount
+from legaltune.speed.policy import MIN_OFFLOAD_BYTES, pinned_bytes
 
 GIB = 1024**3
 MIB = 1024**2
@@ -93,14 +93,6 @@ def _fast_layer_activation_bytes(arch: Arch, tokens: int, act_bytes: int) -> flo
 
 # Model types whose layers speed.offload_attention splits (legaltune.speed.split_layer.SPLIT_LAYERS).
 SPLIT_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
-# The offloader leaves tensors under 1 MiB on the GPU (legaltune.model.offload.MIN_OFFLOAD_BYTES).
-_MIN_OFFLOAD_BYTES = 1 << 20
-
-
-def pinned_bytes(nbytes: float) -> float:
-    """Host bytes one offloaded tensor takes: PyTorch's pinned-memory allocator hands out blocks
-    rounded up to a power of two (a 48 MiB tensor holds a 64 MiB block)."""
-    return float(1 << max(0, math.ceil(math.log2(nbytes)))) if nbytes > 0 else 0.0
 
 
 def layer_host_bytes(
@@ -117,7 +109,7 @@ def layer_host_bytes(
     q = tokens * arch.heads * arch.head_dim * compute_bytes
     kv = tokens * arch.kv_heads * arch.head_dim * compute_bytes
     lse = batch_size * arch.heads * seq_len * 4
-    saved = [q, kv, kv, q] + ([lse] if lse >= _MIN_OFFLOAD_BYTES else [])
+    saved = [q, kv, kv, q] + ([lse] if lse >= MIN_OFFLOAD_BYTES else [])
     return 2 * layer_input + sum(pinned_bytes(b) for b in saved)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 
 
 @functools.cache
@@ -27,6 +28,18 @@ def offload_attention_wanted(setting: bool | str, *, on_cuda: bool) -> bool:
     """``speed.offload_attention``: auto = on a CUDA model (where the offloader moves activations to
     the host; on a CPU nothing is offloaded and keeping the attention only costs memory)."""
     return on_cuda if setting == "auto" else bool(setting)
+
+
+# The offloader leaves smaller tensors on the GPU: below this a copy costs more in launch and sync
+# overhead than the memory it frees (RoPE's cos/sin, masks). The memory plan models the same cut.
+MIN_OFFLOAD_BYTES = 1 << 20
+
+
+def pinned_bytes(nbytes: float) -> int:
+    """Host bytes one offloaded tensor of ``nbytes`` takes: PyTorch's pinned-memory allocator hands
+    out blocks rounded up to a power of two (a 48 MiB tensor holds a 64 MiB block)."""
+    n = math.ceil(nbytes)
+    return 1 << (n - 1).bit_length() if n > 0 else 0
 
 
 def host_memory_available() -> float | None:
@@ -54,9 +67,11 @@ def attention_host_allowance() -> float | None:
 
 __all__ = [
     "HOST_FRACTION",
+    "MIN_OFFLOAD_BYTES",
     "attention_host_allowance",
     "compile_wanted",
     "host_memory_available",
     "liger_available",
     "offload_attention_wanted",
+    "pinned_bytes",
 ]
