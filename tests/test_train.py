@@ -265,12 +265,19 @@ def test_speed_auto_checkpoints_the_layers_the_plan_chooses(tmp_path, tokenizer,
         training={"max_steps": 1},
         speed={"mode": "auto", "gpu_memory_gb": budget_gb},
     )
-    n = make_plan(cfg, train_examples=len(RECORDS)).checkpoint_layers
     res = train(cfg, tokenizer)
-    speed = json.loads((res.run_dir / "train_summary.json").read_text())["speed"]
+    summary = json.loads((res.run_dir / "train_summary.json").read_text())
+    speed, plan = summary["speed"], summary["plan"]
+    # planned for the largest micro-batch the data makes, not the config's batch x max_seq_length
+    rows, tokens = plan["micro_batch"]
+    assert 0 < rows * tokens < cfg.training.per_device_train_batch_size * cfg.model.max_seq_length
+    n = make_plan(cfg, train_examples=len(RECORDS), micro_batch=(rows, tokens)).checkpoint_layers
+    assert plan["checkpoint_layers"] == n
     assert speed["mode"] == "auto" and speed["fused_lora"] == 2 * 3
     assert speed["checkpointing"] == ("none" if n == 0 else "offload 1/2" if n == 1 else "offload")
     assert any("speed auto:" in note for note in speed["notes"])
+    worst = make_plan(cfg, train_examples=len(RECORDS)).checkpoint_layers
+    assert n <= worst
 
 
 def test_speed_auto_budgets_span_none_partial_and_all(tmp_path):

@@ -95,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(args)
     resume: str | bool | None = args.resume if args.resume != "" else True
-    result = run_training(cfg, resume=resume)
+    result = run_training(cfg, resume=resume, allow_plan_errors=args.ignore_plan_errors)
     print(f"run directory: {result.run_dir}")
     print(f"adapter: {result.adapter_dir}")
     if result.eval_loss_after is not None:
@@ -268,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help="continue from a checkpoint: PATH (run dir or checkpoint-N), or the newest run of this config",
+    )
+    p.add_argument(
+        "--ignore-plan-errors",
+        action="store_true",
+        help="train even when the plan has errors (e.g. warm-up >= total steps, memory that does not fit); "
+        "by default they stop the run before any weight loads",
     )
     p.set_defaults(func=cmd_train)
 

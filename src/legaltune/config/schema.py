@@ -355,6 +355,12 @@ class SpeedConfig:
         "first N checkpointed layers. auto: on CUDA for Llama/Qwen2/Qwen3/Mistral layers, in as many layers as half the "
         "host RAM available at start holds (the pinned activations; later layers are recomputed whole).",
     )
+    padding_free: bool | Literal["auto"] = opt(
+        "auto",
+        "Each micro-batch as one row of its examples back to back (positions restart per example; a varlen "
+        "attention kernel keeps examples apart): no padding, and the same examples per step as padded batches. "
+        "auto: on CUDA with the speed engine on and a varlen kernel (flash-attn's, or PyTorch's for sdpa).",
+    )
     gpu_memory_gb: float | None = opt(
         None,
         "Memory budget that speed.mode auto fits the run into (GiB). null: the GPU's total memory.",

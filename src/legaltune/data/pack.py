@@ -60,6 +60,12 @@ def pack_examples(examples: list[dict[str, Any]], capacity: int) -> list[dict[st
     return out
 
 
+NO_TRAINED_TOKENS = (
+    "a micro-batch has no trained tokens (all labels ignored); this would train on a zero loss. "
+    "Check data.train_on and that assistant answers survive truncation (legaltune data check)"
+)
+
+
 @dataclass
 class BatchCollator:
     """Micro-batches for the Trainer, in one of two layouts.
@@ -68,13 +74,23 @@ class BatchCollator:
     - Packed rows (``seq_lens`` present): no attention mask; ``position_ids`` restart at 0 for every
       example (and for the padding tail), which is how transformers separates packed examples.
       A single packed row per micro-batch is fully padding-free.
+    - ``padding_free``: every micro-batch as one such row (see the field below).
 
     Raises when a micro-batch has no trained token: that would be a silent zero loss.
     """
 
     pad_token_id: int = 0
+    # One row per micro-batch: its examples back to back, with ``cu_seq_lens_q/k`` (the example
+    # boundaries, as FlashAttention's varlen kernels take them) beside the restarting positions.
+    # The micro-batch keeps its examples (the schedule does not change); only padding goes.
+    padding_free: bool = False
+    # Upper bound on one example's length, passed as ``max_length_q/k`` (a constant, so that
+    # compiled layers do not specialise on each micro-batch's longest example).
+    max_length: int | None = None
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.padding_free:
+            return self._padding_free(features)
         n, width = len(features), max(len(f["input_ids"]) for f in features)
         ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((n, width), IGNORE, dtype=torch.long)
@@ -92,12 +108,34 @@ class BatchCollator:
             else:
                 extra[r, :k] = 1
         if bool((labels == IGNORE).all()):
-            raise ValueError(
-                "a micro-batch has no trained tokens (all labels ignored); this would train on a zero loss. "
-                "Check data.train_on and that assistant answers survive truncation (legaltune data check)"
-            )
+            raise ValueError(NO_TRAINED_TOKENS)
         key = "position_ids" if packed else "attention_mask"
         return {"input_ids": ids, "labels": labels, key: extra}
+
+    def _padding_free(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        ids: list[int] = []
+        labels: list[int] = []
+        lengths: list[int] = []
+        for f in features:
+            ids.extend(f["input_ids"])
+            labels.extend(f["labels"])
+            lengths.extend(f.get("seq_lens") or [len(f["input_ids"])])
+        label_t = torch.tensor([labels], dtype=torch.long)
+        if bool((label_t == IGNORE).all()):
+            raise ValueError(NO_TRAINED_TOKENS)
+        positions = [p for n in lengths for p in range(n)]
+        bounds = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+        bounds[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
+        longest = self.max_length or max(lengths)
+        return {
+            "input_ids": torch.tensor([ids], dtype=torch.long),
+            "labels": label_t,
+            "position_ids": torch.tensor([positions], dtype=torch.long),
+            "cu_seq_lens_q": bounds,
+            "cu_seq_lens_k": bounds.clone(),
+            "max_length_q": longest,
+            "max_length_k": longest,
+        }
 
 
 def efficiency(
@@ -120,3 +158,23 @@ def efficiency(
     if packed_rows:
         out["packed_rows_fill"] = real / (packed_rows * max_len)
     return out
+
+
+def largest_micro_batch(
+    lengths: list[int], batch_size: int, *, padding_free: bool, pad_to: int | None = None
+) -> tuple[int, int]:
+    """(rows, tokens per row) of the largest micro-batch these examples (or packed rows) can make,
+    whatever order the sampler draws them in: the memory a run needs, rather than the
+    ``batch_size x max_seq_length`` worst case of the config.
+
+    Padding-free: one row of the ``batch_size`` longest together. Padded: ``batch_size`` rows of the
+    longest (rounded up to ``pad_to``)."""
+    if not lengths:
+        return 0, 0
+    longest = sorted(lengths, reverse=True)[:batch_size]
+    if padding_free:
+        return 1, sum(longest)
+    width = longest[0]
+    if pad_to:
+        width = -(-width // pad_to) * pad_to
+    return len(longest), width

@@ -64,9 +64,15 @@ def in_recompute() -> bool:
 
 
 @contextlib.contextmanager
-def _recomputing() -> Any:
+def _recomputing(num_threads: int) -> Any:
     before = in_recompute()
     _RECOMPUTE.active = True
+    # Backward (and so the recompute) runs on autograd's device thread, which takes its intra-op
+    # thread count from the last torch.set_num_threads of any thread: the DataLoader's pin-memory
+    # thread sets 1. A compiled layer guards on that count, so the recompute would compile a second
+    # graph for it; the forward's count is restored here.
+    if torch.get_num_threads() != num_threads:
+        torch.set_num_threads(num_threads)
     try:
         yield
     finally:
@@ -74,8 +80,9 @@ def _recomputing() -> Any:
 
 
 def _checkpoint_contexts() -> tuple[Any, Any]:
-    """``checkpoint``'s context_fn: nothing around the forward, the recompute flag around the recompute."""
-    return contextlib.nullcontext(), _recomputing()
+    """``checkpoint``'s context_fn (called in forward): nothing around the forward, the recompute
+    flag and the forward's thread count around the recompute."""
+    return contextlib.nullcontext(), _recomputing(torch.get_num_threads())
 
 
 class _Packed:

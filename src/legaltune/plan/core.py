@@ -221,6 +221,7 @@ def make_plan(
     fused_head: bool | None = None,
     checkpoint_layers: int | None = None,
     host_memory: float | None = None,
+    micro_batch: tuple[int, int] | None = None,
 ) -> Plan:
     """Compute parameters, schedule, memory and lints for ``cfg``.
 
@@ -229,6 +230,9 @@ def make_plan(
     ``checkpoint_layers``: the layer count a run actually checkpointed (its report), instead of the
     speed policy's choice. ``host_memory``: bytes of host RAM available (speed.offload_attention
     auto keeps the attention half only in as many layers as fit it; None = in every offloaded layer).
+    ``micro_batch``: the (rows, tokens per row) of the largest micro-batch the prepared data makes
+    (:func:`legaltune.data.pack.largest_micro_batch`); None = the worst case, per_device_train_batch_size
+    rows of max_seq_length.
     """
     arch = load_arch(cfg.model.model_name)
     targets = resolve_targets(arch, cfg.lora.target_modules)
@@ -252,8 +256,8 @@ def make_plan(
     checkpointing = cfg.lora.use_gradient_checkpointing if cfg.optimization.gradient_checkpointing else False
     speed = _speed_activations(cfg)
     common = dict(
-        batch_size=t.per_device_train_batch_size,
-        seq_len=cfg.model.max_seq_length,
+        batch_size=micro_batch[0] if micro_batch else t.per_device_train_batch_size,
+        seq_len=micro_batch[1] if micro_batch else cfg.model.max_seq_length,
         compute_bytes=compute_bytes,
         load_in_4bit=cfg.quantization.load_in_4bit,
         load_in_8bit=cfg.quantization.load_in_8bit,

@@ -73,6 +73,7 @@ class MetricsCallback(TrainerCallback):
             row["trained_tokens"] = trainer.trained_tokens_seen()
         row["peak_memory_gib"] = round(peak_memory_gib(), 3)
         row["elapsed_s"] = round(now - self._t0, 2)
+        row["time"] = round(time.time(), 3)  # wall clock, to line runs up with other logs
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         if self.bar is not None:

@@ -24,7 +24,10 @@ from legaltune.config.load import save_config
 from legaltune.config.schema import Config
 from legaltune.data.pack import BatchCollator
 from legaltune.data.prepare import PreparedData, prepare_data
+from legaltune.plan.speed import RunSpeedPlan, plan_run
+from legaltune.speed.varlen import disable_varlen_attention, enable_varlen_attention
 from legaltune.train.callbacks import InterruptCallback, MetricsCallback
+from legaltune.train.compile_cache import use_compile_cache
 from legaltune.train.rundir import make_run_dir, resolve_resume
 
 
@@ -68,7 +71,9 @@ def optimizer_name(cfg: Config, *, use_cuda: bool) -> str:
     return cfg.optimization.optim
 
 
-def build_args(cfg: Config, run_dir: Path, *, use_cuda: bool, dtype: torch.dtype) -> SFTConfig:
+def build_args(
+    cfg: Config, run_dir: Path, *, use_cuda: bool, dtype: torch.dtype, padding_free: bool = False
+) -> SFTConfig:
     """SFTConfig carrying every training, optimization, data-loading and logging parameter of the config."""
     t, o, d, lg = cfg.training, cfg.optimization, cfg.data, cfg.logging
     kwargs: dict[str, Any] = {
@@ -103,7 +108,9 @@ def build_args(cfg: Config, run_dir: Path, *, use_cuda: bool, dtype: torch.dtype
         "fp16": use_cuda and dtype == torch.float16,
         "use_cpu": not use_cuda,
         "remove_unused_columns": False,
-        "include_num_input_tokens_seen": True,
+        # tokens/s counts real tokens: padded batches through their attention mask; padding-free
+        # rows and packed rows hold (next to) no padding, and have no mask to count by
+        "include_num_input_tokens_seen": "all" if (padding_free or d.packing) else "non_padding",
         "dataset_kwargs": {"skip_prepare_dataset": True},
         "max_length": cfg.model.max_seq_length,
         "packing": False,  # packing is done in legaltune.data.pack, with per-example positions
@@ -138,24 +145,42 @@ def build_args(cfg: Config, run_dir: Path, *, use_cuda: bool, dtype: torch.dtype
     return SFTConfig(**kwargs)
 
 
-def _speed_policy(cfg: Config, model: Any, train_examples: int) -> tuple[int | None, str]:
-    """speed.mode auto: how many layers to checkpoint so the run fits this GPU (plan's memory model)."""
-    if cfg.speed.mode != "auto":
-        return None, ""
-    first = next(model.parameters())
-    budget = None
-    if first.is_cuda:
-        budget = torch.cuda.get_device_properties(first.device).total_memory
-    elif not cfg.speed.gpu_memory_gb:
-        return None, ""  # CPU: host memory is not planned; checkpoint as configured
-    from legaltune.plan.core import make_plan
+class PlanError(ValueError):
+    """The run's plan found problems that would waste the run (see :func:`run_training`)."""
 
-    try:
-        plan = make_plan(cfg, gpu_memory=budget, train_examples=train_examples)
-    except Exception as exc:  # no architecture offline, target names the plan cannot map, …
-        # the config trains fine without a plan: keep the configured checkpointing and say why
-        return None, f"no memory plan for this model ({exc}); every layer checkpointed as configured"
-    return plan.checkpoint_layers, plan.speed_choice
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"the plan of this run has errors; nothing was trained:\n{lines}\n"
+            "Fix the config (legaltune plan CONFIG shows the whole plan), or pass --ignore-plan-errors to train anyway."
+        )
+
+
+def _plan_speed(cfg: Config, data: PreparedData, model: Any | None) -> RunSpeedPlan:
+    """The run's speed plan on this machine (GPU 0, or where a given model already is)."""
+    from legaltune.model.load import resolve_attn
+    from legaltune.speed.policy import host_memory_available
+
+    if model is not None:
+        first = next(model.parameters())
+        on_cuda, device = first.is_cuda, first.device
+        attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    else:
+        on_cuda = torch.cuda.is_available() and cfg.model.device_map not in ("cpu",)
+        device = torch.device("cuda", torch.cuda.current_device()) if on_cuda else None
+        attn = resolve_attn(cfg.model.attn_implementation)
+    gpu = torch.cuda.get_device_properties(device).total_memory if on_cuda else None
+    if cfg.speed.gpu_memory_gb:
+        gpu = cfg.speed.gpu_memory_gb * 2**30
+    return plan_run(
+        cfg,
+        [len(r["input_ids"]) for r in data.train],
+        on_cuda=on_cuda,
+        attn=attn,
+        gpu_memory=gpu,
+        host_memory=host_memory_available(),
+    )
 
 
 @dataclass
@@ -187,8 +212,13 @@ def run_training(
     show_progress: bool = True,
     model_and_tokenizer: tuple[Any, Any] | None = None,
     extra_callbacks: list[Any] | None = None,
+    allow_plan_errors: bool = False,
 ) -> TrainResult:
-    """Train per ``cfg`` and write the run directory. ``model_and_tokenizer`` skips loading (tests)."""
+    """Train per ``cfg`` and write the run directory. ``model_and_tokenizer`` skips loading (tests).
+
+    The run's plan (:func:`legaltune.plan.speed.plan_run`) is made before any weight loads; an
+    error lint or host memory that would not fit raises :class:`PlanError` then, unless
+    ``allow_plan_errors`` (the CLI's ``--ignore-plan-errors``)."""
     from transformers import EarlyStoppingCallback, PrinterCallback
     from transformers.integrations import TensorBoardCallback
 
@@ -204,28 +234,38 @@ def run_training(
     (run_dir / "data_stats.json").write_text(
         json.dumps(data.stats.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8"
     )
+    given = model_and_tokenizer[0] if model_and_tokenizer else None
+    speed_plan = _plan_speed(cfg, data, given)
+    if show_progress:
+        print(speed_plan.summary(), *speed_plan.notes, sep="\n  ")
+    if speed_plan.problems and not allow_plan_errors:
+        raise PlanError(speed_plan.problems)
+    if speed_plan.on_cuda:
+        use_compile_cache()
 
     # the tokenizer loaded above (and used for the data) is kept; load_model's own copy is dropped
-    model = model_and_tokenizer[0] if model_and_tokenizer else load_model(cfg.model, cfg.quantization)[0]
+    model = given if given is not None else load_model(cfg.model, cfg.quantization)[0]
     model.config.use_cache = False  # a KV cache disables packed-sequence detection in attention
-    checkpoint_layers, speed_choice = _speed_policy(cfg, model, len(data.train))
     model = apply_lora(
         model,
         cfg.lora,
         gradient_checkpointing=cfg.optimization.gradient_checkpointing,
         max_seq_length=cfg.model.max_seq_length,
         speed=cfg.speed,
-        checkpoint_layers=checkpoint_layers,
+        checkpoint_layers=speed_plan.checkpoint_layers,
     )
+    varlen = speed_plan.padding_free and enable_varlen_attention(model)
     speed_report = getattr(model.get_base_model(), "legaltune_speed", None)
     if speed_report is not None:
-        if speed_choice:
-            speed_report.notes.append(f"speed auto: {speed_choice}")
+        if speed_plan.choice:
+            speed_report.notes.append(f"speed auto: {speed_plan.choice}")
+        if speed_plan.padding_free:
+            speed_report.notes.append(f"padding-free micro-batches: {speed_plan.padding_free_why}")
         if show_progress:
             print(speed_report.summary(), *speed_report.notes, sep="\n  ")
     use_cuda = next(model.parameters()).is_cuda
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-    args = build_args(cfg, run_dir, use_cuda=use_cuda, dtype=dtype)
+    args = build_args(cfg, run_dir, use_cuda=use_cuda, dtype=dtype, padding_free=speed_plan.padding_free)
     eval_ds = _to_dataset(data.eval)
     if eval_ds is None and cfg.logging.eval_strategy != "no":
         args.eval_strategy = "no"
@@ -237,7 +277,11 @@ def run_training(
         train_dataset=_to_dataset(data.train),
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        data_collator=BatchCollator(pad_token_id=tokenizer.pad_token_id or 0),
+        data_collator=BatchCollator(
+            pad_token_id=tokenizer.pad_token_id or 0,
+            padding_free=speed_plan.padding_free,
+            max_length=cfg.model.max_seq_length,
+        ),
     )
     if trainer_cls is LegalSFTTrainer:
         from legaltune.speed.lm_head import fuse_speed_lm_head
@@ -260,11 +304,15 @@ def run_training(
             EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience)
         )
 
-    before = trainer.evaluate()["eval_loss"] if (eval_before and eval_ds is not None) else None
-    t0 = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_metrics = dict(out.metrics, wall_s=round(time.perf_counter() - t0, 2))
-    after = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
+    try:
+        before = trainer.evaluate()["eval_loss"] if (eval_before and eval_ds is not None) else None
+        t0 = time.perf_counter()
+        out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        train_metrics = dict(out.metrics, wall_s=round(time.perf_counter() - t0, 2))
+        after = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
+    finally:
+        if varlen:  # generation afterwards (demo, chat on the returned model) runs the model's own attention
+            disable_varlen_attention(model)
 
     adapter_dir = run_dir / "adapter"
     trainer.save_model(str(adapter_dir))
@@ -275,6 +323,7 @@ def run_training(
         "eval_loss_after": after,
         "interrupted": interrupt.requested,
         "speed": speed_report.to_dict() if speed_report is not None else None,
+        "plan": speed_plan.to_dict(),
     }
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     from legaltune.report.html import write_report

@@ -1,0 +1,142 @@
+"""The speed plan of one run, decided once, before any weight loads.
+
+`legaltune train` calls :func:`plan_run` with the prepared data and the machine it runs on; the
+result says how micro-batches are laid out (padding-free or padded), how many layers are
+checkpointed (from the memory the data's largest micro-batch needs on this GPU, not the config's
+``batch x max_seq_length`` worst case), the optimizer the engine runs, the host memory the
+offloaded activations will pin, and what stops the run before it starts (error lints, host memory
+that would not fit). ``legaltune plan`` prints the same decision from the config alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from legaltune.config.schema import Config
+from legaltune.plan.core import Plan, make_plan
+from legaltune.plan.memory import GIB
+
+# Pinned pages cannot be swapped: past this share of the host memory available at start, a run is
+# refused before its weights load instead of being killed by the OOM killer mid-step.
+HOST_REFUSE_FRACTION = 0.8
+
+
+@dataclass
+class RunSpeedPlan:
+    """What `legaltune train` will do about speed and memory (see module doc)."""
+
+    padding_free: bool
+    padding_free_why: str
+    micro_batch: tuple[int, int]  # (rows, tokens per row) of the largest micro-batch the data makes
+    checkpoint_layers: int | None = None
+    choice: str = ""
+    plan: Plan | None = None
+    host_available: float | None = None
+    on_cuda: bool = False
+    problems: list[str] = field(default_factory=list)  # each stops the run unless overridden
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def host_offload_bytes(self) -> float:
+        return self.plan.memory.host_offload_bytes if self.plan else 0.0
+
+    def summary(self) -> str:
+        rows, tokens = self.micro_batch
+        layout = "padding-free" if self.padding_free else "padded"
+        parts = [f"largest micro-batch {rows} × {tokens:,} tokens ({layout})"]
+        if self.plan is not None:
+            parts.append(f"planned peak {self.plan.memory.peak_bytes / GIB:.1f} GiB")
+            if self.host_offload_bytes:
+                parts.append(f"{self.host_offload_bytes / GIB:.1f} GiB pinned host memory")
+        if self.choice:
+            parts.append(self.choice)
+        return "plan: " + ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "padding_free": self.padding_free,
+            "padding_free_why": self.padding_free_why,
+            "micro_batch": list(self.micro_batch),
+            "checkpoint_layers": self.checkpoint_layers,
+            "choice": self.choice,
+            "peak_gib": round(self.plan.memory.peak_bytes / GIB, 3) if self.plan else None,
+            "host_offload_gib": round(self.host_offload_bytes / GIB, 3),
+            "host_available_gib": round(self.host_available / GIB, 1) if self.host_available else None,
+            "problems": self.problems,
+            "notes": self.notes,
+        }
+
+
+def padding_free_choice(cfg: Config, *, on_cuda: bool, attn: str) -> tuple[bool, str]:
+    """speed.padding_free as it applies: auto = on a CUDA GPU, speed engine on, with a varlen
+    attention kernel (flash-attn's, or PyTorch's for SDPA models)."""
+    setting = cfg.speed.padding_free
+    if setting is False:
+        return False, "speed.padding_free: false"
+    if cfg.speed.mode == "off" and setting == "auto":
+        return False, "speed.mode off: the transformers + PEFT reference batches"
+    if attn == "flash_attention_2":
+        return True, "flash-attn varlen kernel"
+    if attn == "sdpa":
+        from legaltune.speed.varlen import varlen_supported
+
+        if on_cuda and varlen_supported():
+            return True, "PyTorch's varlen flash kernel (speed/varlen.py)"
+        if setting is True:
+            # correct everywhere (transformers keeps the examples apart with a block mask), only slower
+            return True, "SDPA with a block-diagonal mask (no varlen kernel here: slower than padding)"
+        return False, "no varlen attention kernel here (needs CUDA)"
+    if setting is True:
+        return True, f"{attn} with per-example positions"
+    return False, f"attention {attn!r} has no varlen kernel"
+
+
+def plan_run(
+    cfg: Config,
+    lengths: list[int],
+    *,
+    on_cuda: bool,
+    attn: str,
+    gpu_memory: float | None,
+    host_memory: float | None,
+    world_size: int = 1,
+) -> RunSpeedPlan:
+    """The run's speed plan from the config, the prepared training rows' ``lengths`` and the
+    machine (``gpu_memory``/``host_memory`` in bytes, None where unknown)."""
+    from legaltune.data.pack import largest_micro_batch
+
+    padding_free, why = padding_free_choice(cfg, on_cuda=on_cuda, attn=attn)
+    micro = largest_micro_batch(lengths, cfg.training.per_device_train_batch_size, padding_free=padding_free)
+    result = RunSpeedPlan(padding_free, why, micro, host_available=host_memory, on_cuda=on_cuda)
+    budget = gpu_memory if on_cuda else None
+    try:
+        plan = make_plan(
+            cfg,
+            gpu_memory=budget,
+            world_size=world_size,
+            train_examples=len(lengths),
+            host_memory=host_memory,
+            micro_batch=micro if micro[0] else None,
+        )
+    except Exception as exc:  # no architecture offline, target names the plan cannot map, …
+        result.notes.append(f"no memory plan for this model ({exc}); checkpointing as configured")
+        return result
+    result.plan = plan
+    if cfg.speed.mode == "auto" and (on_cuda or cfg.speed.gpu_memory_gb):
+        result.checkpoint_layers, result.choice = plan.checkpoint_layers, plan.speed_choice
+    for lint in plan.lints:
+        if lint.level == "error":
+            result.problems.append(f"{lint.key}: {lint.message} — {lint.reason}")
+    host = result.host_offload_bytes
+    if on_cuda and host_memory and host > HOST_REFUSE_FRACTION * host_memory:
+        result.problems.append(
+            f"host memory: offloaded activations would pin {host / GIB:.0f} GiB of the {host_memory / GIB:.0f} GiB "
+            f"available (over {HOST_REFUSE_FRACTION:.0%}) and the OOM killer would stop the run — lower "
+            "training.per_device_train_batch_size or model.max_seq_length, or set lora.use_gradient_checkpointing: "
+            "true (recompute on the GPU, no host memory)"
+        )
+    return result
+
+
+__all__ = ["HOST_REFUSE_FRACTION", "RunSpeedPlan", "padding_free_choice", "plan_run"]

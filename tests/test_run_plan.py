@@ -1,0 +1,73 @@
+"""The run's speed plan (plan/speed.py): decided before weights load, from data and machine."""
+
+import pytest
+
+from legaltune.config.load import build_config
+from legaltune.plan.memory import GIB
+from legaltune.plan.speed import padding_free_choice, plan_run
+
+
+def _cfg(**over):
+    raw = {
+        "model": {"model_name": "meta-llama/Llama-3.1-8B-Instruct", "max_seq_length": 8192},
+        "lora": {"r": 16, "lora_alpha": 16, "use_gradient_checkpointing": "unsloth"},
+        "training": {
+            "per_device_train_batch_size": 32,
+            "gradient_accumulation_steps": 1,
+            "warmup_ratio": 0.05,
+        },
+        "optimization": {"gradient_checkpointing": True},
+        "data": {"train_file": "data/vi_legal_qa/train.jsonl", "eval_file": "data/vi_legal_qa/eval.jsonl"},
+        "speed": {"mode": "auto"},
+    }
+    for sec, kv in over.items():
+        raw.setdefault(sec, {}).update(kv)
+    return build_config(raw)
+
+
+def test_checkpointing_is_planned_for_the_data_not_the_worst_case():
+    cfg = _cfg()
+    short = [600] * 400  # the bundled sample's scale: far below 32 x 8192 tokens per micro-batch
+    plan = plan_run(
+        cfg, short, on_cuda=True, attn="flash_attention_2", gpu_memory=139 * GIB, host_memory=120 * GIB
+    )
+    assert plan.padding_free and plan.micro_batch == (1, 32 * 600)
+    assert plan.checkpoint_layers == 0, plan.choice  # 19k tokens fit an H200 without any checkpointing
+    worst = plan_run(
+        cfg, [8192] * 400, on_cuda=True, attn="flash_attention_2", gpu_memory=139 * GIB, host_memory=120 * GIB
+    )
+    assert worst.checkpoint_layers > 16
+
+
+def test_host_memory_that_would_not_fit_stops_the_run_before_loading():
+    cfg = _cfg()
+    long = [8192] * 64
+    small_host = plan_run(
+        cfg, long, on_cuda=True, attn="flash_attention_2", gpu_memory=80 * GIB, host_memory=16 * GIB
+    )
+    assert any("host memory" in p and "use_gradient_checkpointing" in p for p in small_host.problems)
+    big_host = plan_run(
+        cfg, long, on_cuda=True, attn="flash_attention_2", gpu_memory=80 * GIB, host_memory=1000 * GIB
+    )
+    assert not any("host memory" in p for p in big_host.problems)
+
+
+def test_error_lints_become_problems():
+    cfg = _cfg(training={"warmup_ratio": None, "warmup_steps": 100, "gradient_accumulation_steps": 16})
+    plan = plan_run(cfg, [600] * 334, on_cuda=False, attn="sdpa", gpu_memory=None, host_memory=None)
+    assert any(p.startswith("training.warmup_steps") for p in plan.problems)
+
+
+@pytest.mark.parametrize(
+    ("setting", "mode", "on_cuda", "attn", "expected"),
+    [
+        ("auto", "auto", True, "flash_attention_2", True),
+        ("auto", "auto", False, "sdpa", False),  # no varlen kernel on a CPU: padded batches are faster
+        (True, "auto", False, "sdpa", True),  # asked for: correct there too (block mask), only slower
+        ("auto", "off", True, "flash_attention_2", False),  # the reference path keeps padded batches
+        (False, "auto", True, "flash_attention_2", False),
+    ],
+)
+def test_padding_free_choice(setting, mode, on_cuda, attn, expected):
+    cfg = _cfg(speed={"padding_free": setting, "mode": mode})
+    assert padding_free_choice(cfg, on_cuda=on_cuda, attn=attn)[0] is expected
