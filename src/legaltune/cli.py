@@ -201,6 +201,21 @@ def cmd_chat(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from legaltune.serve.server import run_server
+
+    return run_server(
+        args.run,
+        args.model,
+        host=args.host,
+        port=args.port,
+        max_batch_size=args.max_batch_size,
+        max_pending=args.max_pending,
+        citations=args.citations,
+        threads=args.threads,
+    )
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from legaltune.report.html import write_report
 
@@ -358,6 +373,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(p, batch=False, max_new_tokens=512)
     p.add_argument("--no-stream", action="store_true", help="print each answer whole")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("serve", help="serve a run or a base model over an OpenAI-compatible HTTP API")
+    p.description = (
+        "Serve /v1/chat/completions (streamed or not), /v1/models and /health with FastAPI + uvicorn. A run is "
+        "served as RUN_NAME (base + adapter) and RUN_NAME:base (adapter disabled). Concurrent requests are "
+        "batched (up to --max-batch-size per generate call) and bounded: past --max-pending queued or "
+        "generating requests, the server answers 429 at once."
+    )
+    _add_model_source(p)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="requests generated together (default 8)")
+    p.add_argument(
+        "--max-pending", type=int, default=32, help="requests queued or generating before 429 (default 32)"
+    )
+    p.add_argument(
+        "--citations",
+        action="store_true",
+        help="add each answer's legal references as a `citations` field of the response",
+    )
+    p.add_argument(
+        "--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core)"
+    )
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="regenerate a run's HTML report with plots")
     p.description = (
