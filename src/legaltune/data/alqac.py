@@ -59,4 +59,5 @@ def join_question(
     if not isinstance(answer, str) or not answer.strip():
         # Retrieval sets (Zalo) carry no answer: the target is to name and quote the governing articles.
         answer = "Căn cứ " + ", ".join(cites) + ":\n" + "\n".join(p.split(": ", 1)[1] for p in parts)
-    return {"question": question, "answer": answer, "context": context}
+    # relevant_articles stays: context_fill and citation checks look the articles up in the law corpus
+    return {"question": question, "answer": answer, "context": context, "relevant_articles": rel}

@@ -6,7 +6,28 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from legaltune.corpus.context import ContextCounts
 from legaltune.data.prepare import DataStats, PreparedData
+
+_CONTEXT_ROWS = (
+    ("filled", "context from the law corpus"),
+    ("not_in_corpus", "  … citation not in the corpus (own kept)"),
+    ("no_citation", "  … no citation (own kept)"),
+    ("retrieval", "  … retrieved articles include the cited one"),
+    ("cut", "  … cut to data.context_max_chars"),
+    ("not_applicable", "  … schema without a context"),
+)
+
+
+def _context_cell(counts: ContextCounts | None, key: str) -> str:
+    if counts is None:
+        return "-"
+    if key == "retrieval":
+        if counts.mode != "retrieved":
+            return "-"
+        n = counts.retrieval_checked
+        return f"{counts.retrieval_hits}/{n} ({counts.retrieval_hits / n:.0%})" if n else "0/0"
+    return str(getattr(counts, key))
 
 
 def render_check(prep: PreparedData, console: Console | None = None) -> None:
@@ -30,6 +51,9 @@ def render_check(prep: PreparedData, console: Console | None = None) -> None:
         ", ".join(f"{k} {v}" for k, v in ev.schemas.items()),
     )
     row("malformed, skipped", tr.skipped_bad, ev.skipped_bad)
+    if tr.context or ev.context:
+        for key, label in _CONTEXT_ROWS:
+            row(label, _context_cell(tr.context, key), _context_cell(ev.context, key))
     row("exact duplicates dropped", tr.duplicates, ev.duplicates)
     row("left out by max_*_examples", tr.not_selected, ev.not_selected)
     row("truncated to max_seq_length", tr.truncated, ev.truncated)
@@ -70,6 +94,13 @@ def render_check(prep: PreparedData, console: Console | None = None) -> None:
     )
     if s.overlap_train_eval:
         console.print(f"[yellow]warning:[/yellow] {s.overlap_train_eval} eval questions also appear in train")
+    for split, stats in (("train", tr), ("eval", ev)):
+        if stats.context and stats.context.examples.get("not_in_corpus"):
+            where = ", ".join(stats.context.examples["not_in_corpus"])
+            console.print(
+                f"{split}: {stats.context.not_in_corpus} records cite a law or article not in the corpus "
+                f"and keep their own context, e.g. {escape(where)}"
+            )
     for reason in tr.skipped_reasons + ev.skipped_reasons:
         console.print(f"skipped: {escape(reason)}")
     if prep.first_example:

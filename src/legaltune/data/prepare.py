@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from legaltune.config.schema import Config
+from legaltune.corpus.context import ContextCounts, ContextFiller
 from legaltune.data import vietnamese as vn
 from legaltune.data.alqac import join_question, load_corpus
 from legaltune.data.format import ChatFormatter, load_template
@@ -41,6 +42,7 @@ class SplitStats:
     chars: int = 0
     length_percentiles: dict[str, int] = field(default_factory=dict)
     efficiency: dict[str, float] = field(default_factory=dict)
+    context: ContextCounts | None = None  # what data.context_fill did (None when it is off)
 
     @property
     def trained_fraction(self) -> float:
@@ -105,6 +107,7 @@ def _records_to_items(
     stats: SplitStats,
     report: vn.HygieneReport,
     corpus: Any,
+    filler: ContextFiller | None = None,
 ) -> list[dict[str, Any]]:
     """Validate and normalise records; each item holds messages (or text), its location and its reference."""
     items = []
@@ -135,6 +138,10 @@ def _records_to_items(
                 continue
             if schema == "alqac":
                 rec = join_question(rec, corpus, d.corpus_file or "")
+            if filler is not None:
+                if stats.context is None:
+                    stats.context = ContextCounts(filler.mode)
+                rec = filler.fill(rec, schema, loc, stats.context)
             msgs = to_messages(rec, schema, use_context=d.use_context)
             msgs = _clean_messages(msgs, cfg, loc, report)
             if d.system_prompt and msgs[0]["role"] != "system":
@@ -272,13 +279,20 @@ def prepare_data(cfg: Config, tokenizer: Any) -> PreparedData:
         raise DataError("data.train_file is not set; point it at your training data (see data/vi_legal_qa/)")
     formatter = ChatFormatter(tokenizer, template=load_template(d.chat_template), train_on=d.train_on)
     corpus = load_corpus(d.corpus_file) if d.corpus_file else {}
+    filler = None
+    if d.context_fill != "none":
+        from legaltune.corpus import build_corpus
+
+        filler = ContextFiller(
+            build_corpus(d.corpus_file), d.context_fill, top_k=d.context_top_k, max_chars=d.context_max_chars
+        )
     report = vn.HygieneReport()
     tr_stats, ev_stats = SplitStats(), SplitStats()
-    train_items = _records_to_items(read_records(d.train_file), cfg, tr_stats, report, corpus)
+    train_items = _records_to_items(read_records(d.train_file), cfg, tr_stats, report, corpus, filler)
     if d.dedup:
         train_items = _dedup(train_items, tr_stats)
     if d.eval_file:
-        eval_items = _records_to_items(read_records(d.eval_file), cfg, ev_stats, report, corpus)
+        eval_items = _records_to_items(read_records(d.eval_file), cfg, ev_stats, report, corpus, filler)
         if d.dedup:
             eval_items = _dedup(eval_items, ev_stats)
     else:

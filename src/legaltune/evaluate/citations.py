@@ -56,26 +56,39 @@ _SPLIT_VALUES = re.compile(_SEP, re.IGNORECASE)
 # What may stand between two mentions of one chain ("khoản 1 và khoản 2 của Điều 36").
 _CONNECTOR = re.compile(r"[\s,;]*(?:(?:và|hoặc|hay|của|tại|thuộc|theo)\b[\s,;]*)*", re.IGNORECASE)
 
-_DOCUMENT = re.compile(
+DOCUMENT_NUMBER = re.compile(
     r"(?<![\w/])(?P<number>\d{1,4})/(?P<year>\d{4})/"
     r"(?P<suffix>[A-Za-zĐđÐ]{2,}\d*(?:[-‐–][A-Za-zĐđÐ]{2,}\d*)*)(?![\w/-])"
 )
 
 
-def _canonical_document(number: str, year: str, suffix: str) -> str:
+def canonical_document(number: str, year: str, suffix: str) -> str:
     """``9/2023/tt–btc`` -> ``09/2023/TT-BTC``: official form, two-digit number, Đ kept."""
     suffix = re.sub(r"[‐–]", "-", suffix).upper().replace("Ð", "Đ")  # Ð: the look-alike Eth
     return f"{int(number):02d}/{year}/{suffix}"
 
 
-def _article_citations(text: str) -> set[Citation]:
-    found: set[Citation] = set()
+@dataclass(frozen=True)
+class Mention:
+    """An article citation and where it is written: ``start`` opens its chain ("điểm a khoản 1 …"),
+    ``end`` closes the article number that completes it."""
+
+    citation: Citation
+    start: int
+    end: int
+
+
+def _article_mentions(text: str) -> list[Mention]:
+    found: list[Mention] = []
     points: list[str] = []  # waiting for their clause (or directly an article)
     clauses: list[tuple[int | None, tuple[str, ...]]] = []  # waiting for their article
     last_end: int | None = None
+    chain_start = 0
     for match in _MENTION.finditer(text):
         if last_end is not None and not _CONNECTOR.fullmatch(text, last_end, match.start()):
             points, clauses = [], []  # the chain broke before an article number: unresolvable
+        if not points and not clauses:
+            chain_start = match.start()
         last_end = match.end()
         if match["points"]:
             points.extend(v.lower() for v in _SPLIT_VALUES.split(match["points"]))
@@ -86,20 +99,30 @@ def _article_citations(text: str) -> set[Citation]:
             first, *others = (int(v) for v in _SPLIT_VALUES.split(match["articles"]))
             for clause, clause_points in clauses or [(None, tuple(points))]:
                 for point in clause_points or (None,):
-                    found.add(Citation("article", first, clause, point))
-            found.update(Citation("article", article) for article in others)
+                    found.append(Mention(Citation("article", first, clause, point), chain_start, match.end()))
+            found.extend(Mention(Citation("article", a), chain_start, match.end()) for a in others)
             points, clauses = [], []
     return found
+
+
+def article_mentions(text: str) -> tuple[str, list[Mention]]:
+    """(normalised text, article citations with their positions in it), in reading order.
+
+    The text is normalised as :func:`extract_citations` does (NFC, new-style tone marks), so
+    positions refer to the returned text, which callers search for the law a citation names.
+    """
+    text = normalize_tone_marks(text, "new")
+    return text, _article_mentions(text)
 
 
 def extract_citations(text: str) -> set[Citation]:
     """All article and document citations in ``text`` (NFC/NFD, any case, either tone style)."""
     text = normalize_tone_marks(text, "new")  # NFC too, so NFD input and "khỏan" typos match
     documents = {
-        Citation("document", document=_canonical_document(m["number"], m["year"], m["suffix"]))
-        for m in _DOCUMENT.finditer(text)
+        Citation("document", document=canonical_document(m["number"], m["year"], m["suffix"]))
+        for m in DOCUMENT_NUMBER.finditer(text)
     }
-    return _article_citations(text) | documents
+    return {m.citation for m in _article_mentions(text)} | documents
 
 
 def _project(citations: set[Citation], level: Level) -> set[Citation]:

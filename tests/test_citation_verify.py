@@ -1,0 +1,93 @@
+"""Citations resolved against the corpus: which law, exists or hallucinated, supported or not."""
+
+import pytest
+
+from legaltune.corpus import build_corpus
+from legaltune.corpus.verify import Verifier, summarize_checks
+from legaltune.evaluate.citations import Citation, article_mentions
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    return Verifier(build_corpus())
+
+
+def _one(checks):
+    assert len(checks) == 1, [c.describe() for c in checks]
+    return checks[0]
+
+
+def test_mentions_carry_their_positions():
+    text, mentions = article_mentions("Theo điểm a khoản 1 Điều 35 và Điều 36, …")
+    assert [(m.citation, text[m.start : m.end]) for m in mentions] == [
+        (Citation("article", 35, 1, "a"), "điểm a khoản 1 Điều 35"),
+        (Citation("article", 36), "Điều 36"),
+    ]
+
+
+def test_an_existing_article_that_says_it_is_ok_and_supported(verifier):
+    c = _one(
+        verifier.check(
+            "Theo điểm a khoản 1 Điều 35 Bộ luật Lao động 2019, người lao động làm việc theo hợp đồng lao động "
+            "không xác định thời hạn phải báo trước ít nhất 45 ngày."
+        )
+    )
+    assert (c.law, c.article, c.clause, c.point, c.status) == ("45/2019/QH14", 35, 1, "a", "ok")
+    assert c.title == "Quyền đơn phương chấm dứt hợp đồng lao động của người lao động"
+    assert c.supported and c.support > 0.9 and c.mark == "✓"
+    assert c.describe().startswith("✓ điểm a khoản 1 Điều 35 Bộ luật Lao động 2019 — Quyền đơn phương")
+
+
+def test_the_same_claim_under_the_wrong_article_is_not_supported(verifier):
+    c = _one(
+        verifier.check(
+            "Theo Điều 139 Bộ luật Lao động 2019, người lao động làm việc theo hợp đồng lao động không xác định "
+            "thời hạn phải báo trước ít nhất 45 ngày khi đơn phương chấm dứt hợp đồng."
+        )
+    )
+    assert c.status == "ok" and c.title == "Nghỉ thai sản"
+    assert not c.supported and c.support < 0.75 and c.mark == "✗"
+
+
+def test_hallucinated_units_and_unchecked_laws(verifier):
+    checks = verifier.check(
+        "Theo Điều 999 Bộ luật Lao động 2019, khoản 9 Điều 35 BLLĐ và điểm z khoản 1 Điều 35 BLLĐ; "
+        "Điều 5 Luật Đất đai 2024 cũng vậy."
+    )
+    assert [(c.article, c.status, c.mark) for c in checks] == [
+        (999, "no_article", "✗"),
+        (35, "no_clause", "✗"),
+        (35, "no_point", "✗"),
+        (5, "outside_corpus", "?"),
+    ]
+    assert checks[3].law_name == "Luật Đất đai 2024" and not checks[3].checked
+    s = summarize_checks([checks, []])
+    assert (s["answers"], s["citations"], s["checked"], s["answers_with_hallucination"]) == (2, 4, 3, 1)
+    assert s["hallucinated_rate"] == 1.0 and s["hallucinated_article_rate"] == pytest.approx(1 / 3)
+    assert s["supported_rate"] == 0.0
+    assert summarize_checks([[]])["hallucinated_rate"] is None  # nothing checked: no rate, not 0
+
+
+def test_which_law_a_citation_belongs_to(verifier):
+    # named before it in the sentence
+    assert (
+        _one(verifier.check("Theo Bộ luật Hình sự 2015, tại Điều 12 quy định tuổi.")).law == "100/2015/QH13"
+    )
+    # a document number after it
+    assert _one(verifier.check("Điều 12 Bộ luật số 100/2015/QH13 quy định.")).law == "100/2015/QH13"
+    # none in the answer: the context's article of that number, else the first law it names
+    ctx = "Điều 12 Bộ luật Hình sự 2015 (100/2015/QH13). Tuổi chịu trách nhiệm hình sự\n…"
+    assert _one(verifier.check("Theo Điều 12, người từ đủ 16 tuổi phải chịu.", ctx)).law == "100/2015/QH13"
+    ctx2 = "Bộ luật Dân sự 2015 quy định …; Bộ luật Lao động 2019 cũng vậy."
+    assert _one(verifier.check("Theo Điều 20, …", ctx2)).law == "91/2015/QH13"
+    c = _one(verifier.check("Theo Điều 20, …"))
+    assert (c.status, c.law, c.mark) == ("no_law", None, "?")
+
+
+def test_repeated_citations_are_checked_once_with_all_their_sentences(verifier):
+    checks = verifier.check(
+        "Theo Điều 105 Bộ luật Lao động 2019, thời giờ làm việc bình thường không quá 08 giờ trong 01 ngày. "
+        "Cũng theo Điều 105 Bộ luật Lao động 2019, không quá 48 giờ trong 01 tuần."
+    )
+    c = _one(checks)
+    assert "08 giờ" in c.claim and "48 giờ" in c.claim and "Điều 105" not in c.claim
