@@ -91,3 +91,31 @@ def test_repeated_citations_are_checked_once_with_all_their_sentences(verifier):
     )
     c = _one(checks)
     assert "08 giờ" in c.claim and "48 giờ" in c.claim and "Điều 105" not in c.claim
+
+
+def test_eval_scores_carry_the_corpus_checks(verifier):
+    from legaltune.evaluate.run_eval import score_answers
+    from legaltune.generate import Answer
+
+    refs = [
+        "Theo điểm a khoản 1 Điều 35 Bộ luật Lao động 2019, ít nhất 45 ngày.",
+        "Theo Điều 105 Bộ luật Lao động 2019, không quá 08 giờ một ngày.",
+    ]
+    answers = [
+        Answer("Theo khoản 1 Điều 35 Bộ luật Lao động 2019, phải báo trước ít nhất 45 ngày.", 10, True),
+        Answer("Theo Điều 999, làm việc 08 giờ.", 8, True),  # law from the context: BLLĐ has no Điều 999
+    ]
+    contexts = ["Câu hỏi về nghỉ việc", "Điều 105 Bộ luật Lao động 2019 (45/2019/QH14). Thời giờ làm việc"]
+    summary, per = score_answers(answers, refs, verifier=verifier, contexts=contexts)
+    # exact: {k1 Đ35} vs {a k1 Đ35} and {Đ999} vs {Đ105}: nothing matches; article level: Đ35 matches
+    assert summary["citation_f1"] == 0.0
+    assert (
+        summary["citation_precision_article_level"] == 0.5 and summary["citation_recall_article_level"] == 0.5
+    )
+    assert summary["citation_f1_article_level"] == 0.5 and per[0]["citation_f1_article_level"] == 1.0
+    assert summary["hallucinated_rate"] == 0.5 and summary["hallucinated_article_rate"] == 0.5
+    assert summary["supported_rate"] == 0.5  # the Điều 35 answer says what Điều 35 says
+    assert [c["mark"] for c in per[0]["citation_checks"]] == ["✓"]
+    assert per[1]["citation_checks"][0]["status"] == "no_article"
+    assert per[1]["citation_checks"][0]["law"] == "45/2019/QH14"
+    assert "citation_check" not in score_answers(answers, refs)[0]  # no verifier: no corpus rates

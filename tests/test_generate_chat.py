@@ -48,7 +48,9 @@ def test_generate_writes_rows_and_resumes(run, gen, tmp_path):
     inp, out = write_jsonl(tmp_path / "q.jsonl", QUESTIONS), tmp_path / "a.jsonl"
     kw = {"max_new_tokens": 3, "batch_size": 2, "show_progress": False}
     first = generate_file(inp, out, run_dir=run, **kw)  # loads the run itself once
+    check = first.pop("citation_check")
     assert first == {"total": 4, "skipped": 0, "generated": 4, "output": str(out)}
+    assert check["answers"] == 4
     rows = [json.loads(x) for x in lines(out)]
     assert [r["input_line"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
@@ -172,3 +174,58 @@ def test_chat_drops_oldest_turns_beyond_the_context(gen, monkeypatch):
         max_new_tokens=3,
     )
     assert len(turns) == 2 and "dropped the oldest turn" in err.getvalue()
+
+
+def test_rows_without_context_get_law_text_as_in_training(gen):
+    import dataclasses
+
+    from legaltune.evaluate.batch import row_messages
+
+    grounded = dataclasses.replace(gen, context_fill="cited", _filler=None, _verifier=None)
+    cited = row_messages(
+        {"question": "Nghỉ việc báo trước mấy ngày?", "citation": {"number": "45/2019/QH14", "article": 35}},
+        grounded,
+    )
+    assert cited[-1]["content"].startswith(
+        "Căn cứ pháp lý tham khảo:\nĐiều 35 Bộ luật Lao động 2019 (45/2019/QH14). Quyền đơn phương"
+    )
+    # no citation to look up: the best BM25 articles, as `legaltune chat` does for every question
+    retrieved = row_messages({"question": "thời giờ làm việc bình thường một tuần"}, grounded)[-1]["content"]
+    assert "Điều 105 Bộ luật Lao động 2019" in retrieved and retrieved.endswith(
+        "Câu hỏi: thời giờ làm việc bình thường một tuần"
+    )
+    own = row_messages({"question": "Q?", "context": "Điều riêng."}, grounded)[-1]["content"]
+    assert own == "Căn cứ pháp lý tham khảo:\nĐiều riêng.\n\nCâu hỏi: Q?"  # a row's own context wins
+    assert row_messages({"question": "Q?"}, gen)[-1]["content"] == "Q?"  # the run trained without: none
+
+
+def test_chat_marks_citations_and_puts_law_text_before_the_question(gen):
+    from legaltune.chat import chat_loop
+    from legaltune.corpus import build_corpus
+    from legaltune.corpus.verify import Verifier
+
+    asked = []
+
+    def context(question):
+        asked.append(question)
+        return "Điều 105 Bộ luật Lao động 2019 (45/2019/QH14). Thời giờ làm việc bình thường\n…"
+
+    out, status = io.StringIO(), io.StringIO()
+    turns = chat_loop(
+        gen.model,
+        gen.tokenizer,
+        system_prompt=None,
+        template=gen.template,
+        end_of_turn=gen.end_of_turn,
+        stream=False,
+        input_stream=io.StringIO("Một tuần làm bao nhiêu giờ?\n"),
+        output=out,
+        status=status,
+        max_new_tokens=3,
+        context=context,
+        verifier=Verifier(build_corpus()),
+    )
+    assert asked == ["Một tuần làm bao nhiêu giờ?"]
+    assert turns[0]["question"] == "Một tuần làm bao nhiêu giờ?"
+    marks = [line for line in status.getvalue().splitlines() if line.startswith("  ")]
+    assert len(marks) == len(turns[0]["citations"])  # one marked line per citation the answer made

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import sys
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 from transformers import TextStreamer
 
+from legaltune.data.schemas import user_prompt
 from legaltune.generate import stop_token_ids
 
 HELP = (
@@ -99,8 +101,15 @@ def chat_loop(
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    context: Callable[[str], str | None] | None = None,
+    verifier: Any = None,
 ) -> list[dict[str, Any]]:
-    """Chat until /exit or end of input; returns the turns (question, answer, new_tokens, stopped)."""
+    """Chat until /exit or end of input; returns the turns (question, answer, new_tokens, stopped).
+
+    ``context(question)`` gives law text to put before each question (as the run was trained; the
+    history keeps the bare question). With a ``verifier``, each answer's citations are checked and
+    marked on the status stream, one line each: ✓ / ✗ / ?, the unit and law, the article's title.
+    """
     input_stream = input_stream or sys.stdin
     output = output or sys.stdout
     status = status or sys.stderr
@@ -150,8 +159,10 @@ def chat_loop(
             status.write(f"unknown command {command}; {HELP}\n")
             continue
         user = {"role": "user", "content": line}
+        law_text = context(line) if context is not None else None
+        asked = {"role": "user", "content": user_prompt(line, law_text)} if law_text else user
         while True:
-            messages = ([{"role": "system", "content": system}] if system else []) + history + [user]
+            messages = ([{"role": "system", "content": system}] if system else []) + history + [asked]
             ids = _prompt_ids(tokenizer, messages, template, device)
             if ids.shape[1] + max_new_tokens <= limit or not history:
                 break
@@ -165,15 +176,36 @@ def chat_loop(
             output.write("\n(interrupted; this question is not kept)\n")
             continue
         history += [user, {"role": "assistant", "content": turn["answer"]}]
+        if verifier is not None:
+            checks = verifier.check(turn["answer"], "\n".join(m["content"] for m in messages[-3:]))
+            for c in checks:
+                status.write(f"  {c.describe()}\n")
+            turn["citations"] = [c.to_dict() for c in checks]
         turns.append({"question": line, **turn})
     return turns
 
 
-def run_chat(run_dir: str | Path | None = None, model_name: str | None = None, **kwargs: Any) -> int:
-    """Load ``--run RUN_DIR`` (its training prompt format) or ``--model NAME`` and chat on stdin/stdout."""
+def run_chat(
+    run_dir: str | Path | None = None,
+    model_name: str | None = None,
+    *,
+    verify: bool = True,
+    context_fill: str | None = None,
+    **kwargs: Any,
+) -> int:
+    """Load ``--run RUN_DIR`` (its training prompt format) or ``--model NAME`` and chat on stdin/stdout.
+
+    A run trained with ``data.context_fill`` gets the best BM25 articles before each question (or
+    ``context_fill`` says otherwise); ``verify`` marks each answer's citations against the corpus."""
     from legaltune.evaluate.batch import load_generator
 
-    gen = load_generator(run_dir, model_name)
+    gen = load_generator(run_dir, model_name, context_fill=context_fill)
+    law_context = None
+    if gen.context_fill != "none" and gen.use_context:
+
+        def law_context(question: str) -> str | None:
+            return gen.corpus_context({"question": question})
+
     try:
         chat_loop(
             gen.model,
@@ -181,6 +213,8 @@ def run_chat(run_dir: str | Path | None = None, model_name: str | None = None, *
             system_prompt=gen.system_prompt,
             template=gen.template,
             end_of_turn=gen.end_of_turn,
+            context=law_context,
+            verifier=gen.verifier() if verify else None,
             **kwargs,
         )
     except KeyboardInterrupt:

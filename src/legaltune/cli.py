@@ -182,8 +182,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
         do_sample=args.do_sample,
         temperature=args.temperature,
         top_p=args.top_p,
+        verify=not args.no_verify,
+        context_fill=args.context_fill,
     )
     print(f"{done['generated']} answered, {done['skipped']} already answered, in {done['output']}")
+    check = done.get("citation_check")
+    if check and check["citations"]:
+
+        def rate(v: float | None) -> str:
+            return "—" if v is None else f"{100 * v:.1f} %"
+
+        print(
+            f"citations: {check['citations']} in {check['answers_with_citations']} answers, {check['checked']} "
+            f"checked against the law corpus: hallucinated {rate(check['hallucinated_rate'])}, supported "
+            f"{rate(check['supported_rate'])} (each row's 'citations' has the ✓/✗ marks)"
+        )
     return 0
 
 
@@ -198,6 +211,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         do_sample=args.do_sample,
         temperature=args.temperature,
         top_p=args.top_p,
+        verify=not args.no_verify,
+        context_fill=args.context_fill,
     )
 
 
@@ -283,6 +298,20 @@ def _add_generation_args(p: argparse.ArgumentParser, batch: bool = True, max_new
     )
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --sample)")
+
+
+def _add_grounding_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--context-fill",
+        choices=["none", "cited", "retrieved"],
+        help="law text for questions without a context: the cited article (when the row names one) or the best "
+        "BM25 articles (default: the run's data.context_fill)",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not check the answers' citations against the law corpus (✓ exists and supported, ✗ not, ? unknown law)",
+    )
 
 
 def _add_model_source(p: argparse.ArgumentParser) -> None:
@@ -413,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="questions, JSONL")
     p.add_argument("--output", required=True, help="answers, JSONL (appended)")
     _add_generation_args(p)
+    _add_grounding_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive multi-turn chat with a tuned run or a base model")
@@ -422,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_source(p)
     _add_generation_args(p, batch=False, max_new_tokens=512)
+    _add_grounding_args(p)
     p.add_argument("--no-stream", action="store_true", help="print each answer whole")
     p.set_defaults(func=cmd_chat)
 

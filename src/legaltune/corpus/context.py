@@ -90,13 +90,25 @@ class ContextFiller:
         self.mode = mode
         self.top_k = top_k
         self.max_chars = max_chars
-        self._search = ArticleSearch(corpus) if mode == "retrieved" else None
+        self._search: ArticleSearch | None = None
+
+    @property
+    def search(self) -> ArticleSearch:
+        if self._search is None:
+            self._search = ArticleSearch(self.corpus)  # ~2 s to index: only when retrieving
+        return self._search
 
     def context_for(
-        self, question: str, cited: list[tuple[str, str]], counts: ContextCounts, loc: str
+        self,
+        question: str,
+        cited: list[tuple[str, str]],
+        counts: ContextCounts,
+        loc: str,
+        *,
+        mode: str | None = None,
     ) -> str | None:
-        """The corpus context for a question (None: keep the record's own)."""
-        if self.mode == "cited":
+        """The corpus context for a question (None: keep the record's own); ``mode`` overrides the filler's."""
+        if (mode or self.mode) == "cited":
             if not cited:
                 counts.note("no_citation", loc)
                 return None
@@ -106,8 +118,7 @@ class ContextFiller:
                 return None
             text = "\n\n".join(article_context(a, self.corpus) for a in articles if a is not None)
         else:
-            assert self._search is not None
-            hits = self._search.search(question, self.top_k)
+            hits = self.search.search(question, self.top_k)
             in_corpus = [c for c in cited if self.corpus.article(*c) is not None]
             if in_corpus:
                 counts.retrieval_checked += 1

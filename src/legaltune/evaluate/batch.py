@@ -21,6 +21,7 @@ from typing import Any
 
 from legaltune.data import vietnamese as vn
 from legaltune.data.schemas import user_prompt
+from legaltune.evaluate.run_eval import prompt_text
 
 _Key = tuple[str, Any]
 
@@ -38,6 +39,43 @@ class Generator:
     use_context: bool = True
     nfc: bool = True
     tone_style: str | None = None
+    context_fill: str = "none"  # a row without a context gets one from the law corpus (cited / retrieved)
+    context_top_k: int = 3
+    context_max_chars: int | None = None
+    corpus_file: str | None = None
+    _filler: Any = None
+    _verifier: Any = None
+
+    def corpus_context(self, row: dict[str, Any]) -> str | None:
+        """Context from the law corpus for a row that brings none: the article its citation names
+        (context_fill cited), else the best BM25 articles for its question, as in training."""
+        if self.context_fill == "none":
+            return None
+        from legaltune.corpus import build_corpus
+        from legaltune.corpus.context import ContextCounts, ContextFiller, record_citations
+
+        if self._filler is None:
+            self._filler = ContextFiller(
+                build_corpus(self.corpus_file),
+                self.context_fill,
+                top_k=self.context_top_k,
+                max_chars=self.context_max_chars,
+            )
+        cited = record_citations(row)
+        # a new question rarely names its article: what cannot be looked up is retrieved
+        known = bool(cited) and all(self._filler.corpus.article(*c) for c in cited)
+        mode = "cited" if self.context_fill == "cited" and known else "retrieved"
+        return self._filler.context_for(row["question"], cited, ContextCounts(mode), "", mode=mode)
+
+    def verifier(self) -> Any:
+        """Citation checks against the law corpus (built on first use)."""
+        if self._verifier is None:
+            from legaltune.corpus import build_corpus
+            from legaltune.corpus.verify import Verifier
+
+            corpus = self._filler.corpus if self._filler is not None else build_corpus(self.corpus_file)
+            self._verifier = Verifier(corpus)
+        return self._verifier
 
 
 def model_label(run_dir: str | Path | None = None, model_name: str | None = None) -> str:
@@ -47,8 +85,13 @@ def model_label(run_dir: str | Path | None = None, model_name: str | None = None
     return str(Path(run_dir).resolve()) if run_dir is not None else str(model_name)
 
 
-def load_generator(run_dir: str | Path | None = None, model_name: str | None = None) -> Generator:
-    """Load a run (base + adapter, its training prompt format) or a base model alone (defaults)."""
+def load_generator(
+    run_dir: str | Path | None = None, model_name: str | None = None, *, context_fill: str | None = None
+) -> Generator:
+    """Load a run (base + adapter, its training prompt format) or a base model alone (defaults).
+
+    ``context_fill`` (none / cited / retrieved) overrides the run's ``data.context_fill`` for rows
+    that bring no context of their own."""
     from legaltune.config.load import load_config
     from legaltune.data.format import ChatFormatter, TemplateError, load_template
 
@@ -79,6 +122,10 @@ def load_generator(run_dir: str | Path | None = None, model_name: str | None = N
         cfg.data.use_context,
         cfg.data.nfc,
         cfg.data.tone_style,
+        context_fill if context_fill is not None else cfg.data.context_fill,
+        cfg.data.context_top_k,
+        cfg.data.context_max_chars,
+        cfg.data.corpus_file,
     )
 
 
@@ -101,6 +148,8 @@ def row_messages(row: dict[str, Any], gen: Generator, where: str = "") -> list[d
             raise ValueError(f"{where}'messages' must end with a user turn")
     elif isinstance(row.get("question"), str) and row["question"].strip():
         context = row.get("context") if gen.use_context else None
+        if gen.use_context and not (isinstance(context, str) and context.strip()):
+            context = gen.corpus_context(row)
         text = user_prompt(row["question"], context if isinstance(context, str) else "")
         msgs = [{"role": "user", "content": _clean(text, gen)}]
     else:
@@ -186,12 +235,17 @@ def generate_file(
     temperature: float = 1.0,
     top_p: float = 1.0,
     show_progress: bool = True,
+    verify: bool = True,
+    context_fill: str | None = None,
 ) -> dict[str, Any]:
     """Answer every row of ``input_jsonl`` not yet in ``output_jsonl``, appending one row per answer.
 
     Each output row is the input row plus ``answer``, ``stopped``, ``new_tokens``, ``model`` and
-    ``input_line`` (an input ``answer``, e.g. an eval file's gold answer, moves to ``reference``).
-    Returns counts: total, skipped (already answered), generated.
+    ``input_line`` (an input ``answer``, e.g. an eval file's gold answer, moves to ``reference``);
+    with ``verify``, ``citations``: each citation of the answer checked against the law corpus
+    (mark ✓/✗/?, law, article title, status, support; see legaltune.corpus.verify).
+    Returns counts: total, skipped (already answered), generated, and ``citation_check`` (the
+    rates over this call's answers) when verifying.
     """
     from tqdm.auto import tqdm
 
@@ -208,10 +262,11 @@ def generate_file(
     pending = [(n, r) for (n, r), k in zip(rows, keys, strict=True) if k not in done]
     if not pending:  # a finished file: answer at once, without loading the model
         return {"total": len(rows), "skipped": len(rows), "generated": 0, "output": str(dst)}
-    gen = generator or load_generator(run_dir, model_name)
+    gen = generator or load_generator(run_dir, model_name, context_fill=context_fill)
     convs = [row_messages(r, gen, f"{src}:{n}: ") for n, r in pending]  # all checked before generating
     dst.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(pending), desc="generating", unit="q", disable=not show_progress, dynamic_ncols=True)
+    checks: list[Any] = []
     with dst.open("a", encoding="utf-8") as out:
         for batch in _chunks(list(zip(pending, convs, strict=True)), batch_size):
             answers = generate_answers(
@@ -226,7 +281,7 @@ def generate_file(
                 chat_template=gen.template,
                 end_of_turn=gen.end_of_turn,
             )
-            for ((n, row), _), ans in zip(batch, answers, strict=True):
+            for ((n, row), conv), ans in zip(batch, answers, strict=True):
                 rec = dict(row)
                 if "answer" in rec and "reference" not in rec:
                     rec["reference"] = rec.pop(
@@ -239,14 +294,23 @@ def generate_file(
                     model=gen.name,
                     input_line=n,
                 )
+                if verify:
+                    found = gen.verifier().check(ans.text, prompt_text(conv))
+                    checks.append(found)
+                    rec["citations"] = [{**c.to_dict(), "line": c.describe()} for c in found]
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")  # one write per line: whole or cut
             out.flush()
             os.fsync(out.fileno())  # a crash loses at most the batch being generated
             bar.update(len(batch))
     bar.close()
-    return {
+    done_counts: dict[str, Any] = {
         "total": len(rows),
         "skipped": len(rows) - len(pending),
         "generated": len(pending),
         "output": str(dst),
     }
+    if verify:
+        from legaltune.corpus.verify import summarize_checks
+
+        done_counts["citation_check"] = summarize_checks(checks)
+    return done_counts

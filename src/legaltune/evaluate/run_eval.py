@@ -131,26 +131,48 @@ def _generate(
     return out
 
 
-def score_answers(answers: list[Any], refs: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(summary, per-question rows) for answers against references."""
+def prompt_text(prompt: list[dict[str, str]]) -> str:
+    """The conversation an answer replies to, as citation checks read it (system prompt left out)."""
+    return "\n".join(m["content"] for m in prompt if m["role"] != "system")
+
+
+def score_answers(
+    answers: list[Any],
+    refs: list[str],
+    *,
+    verifier: Any = None,
+    contexts: list[str] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(summary, per-question rows) for answers against references.
+
+    With a ``verifier`` (:class:`legaltune.corpus.verify.Verifier`) every citation of every answer is
+    also resolved against the law corpus (``contexts``: the conversation each answer replies to, where
+    a citation naming no law takes its law from): hallucinated and supported rates beside P/R/F1.
+    """
     texts = [a.text for a in answers]
     per = []
-    for a, ref in zip(answers, refs, strict=True):
+    checks = []
+    for i, (a, ref) in enumerate(zip(answers, refs, strict=True)):
         c = citation_scores(a.text, ref)
-        per.append(
-            {
-                "answer": a.text,
-                "new_tokens": a.new_tokens,
-                "syllables": len(syllables(a.text)),
-                "stopped": a.stopped,
-                "exact_match": exact_match(a.text, ref),
-                "token_f1": round(token_f1(a.text, ref), 4),
-                "rouge_l": round(rouge_l(a.text, ref), 4),
-                "citation_precision": c["precision"],
-                "citation_recall": c["recall"],
-                "citation_f1": c["f1"],
-            }
-        )
+        ca = citation_scores(a.text, ref, level="article")
+        row = {
+            "answer": a.text,
+            "new_tokens": a.new_tokens,
+            "syllables": len(syllables(a.text)),
+            "stopped": a.stopped,
+            "exact_match": exact_match(a.text, ref),
+            "token_f1": round(token_f1(a.text, ref), 4),
+            "rouge_l": round(rouge_l(a.text, ref), 4),
+            "citation_precision": c["precision"],
+            "citation_recall": c["recall"],
+            "citation_f1": c["f1"],
+            "citation_f1_article_level": ca["f1"],
+        }
+        if verifier is not None:
+            found = verifier.check(a.text, contexts[i] if contexts else "")
+            checks.append(found)
+            row["citation_checks"] = [x.to_dict() for x in found]
+        per.append(row)
     cit = aggregate_citation_scores(zip(texts, refs, strict=True))
     cit_article = aggregate_citation_scores(zip(texts, refs, strict=True), level="article")
     summary = {
@@ -161,12 +183,26 @@ def score_answers(answers: list[Any], refs: list[str]) -> tuple[dict[str, Any], 
         "citation_precision": cit["precision"],
         "citation_recall": cit["recall"],
         "citation_f1": cit["f1"],
-        "citation_f1_article_level": cit_article["f1"],  # clause/point ignored: right article, wrong clause
+        # clause/point ignored: the right article with a wrong clause counts
+        "citation_precision_article_level": cit_article["precision"],
+        "citation_recall_article_level": cit_article["recall"],
+        "citation_f1_article_level": cit_article["f1"],
         "mean_new_tokens": statistics.fmean(p["new_tokens"] for p in per),
         "mean_syllables": statistics.fmean(p["syllables"] for p in per),
         "stopped_rate": statistics.fmean(float(p["stopped"]) for p in per),
         "citations": cit,
+        "citations_article_level": cit_article,
     }
+    if verifier is not None:
+        from legaltune.corpus.verify import summarize_checks
+
+        check = summarize_checks(checks)
+        summary |= {
+            "hallucinated_rate": check["hallucinated_rate"],
+            "hallucinated_article_rate": check["hallucinated_article_rate"],
+            "supported_rate": check["supported_rate"],
+            "citation_check": check,
+        }
     return summary, per
 
 
@@ -194,6 +230,7 @@ def _evaluate_side(
     side: str,
     show: bool,
     cfg: Any,
+    verifier: Any = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, float]]:
     """Loss, answers and scores of the model as it is now (adapter on, or inside disable_adapter())."""
     t0 = time.perf_counter()
@@ -204,7 +241,7 @@ def _evaluate_side(
     t1 = time.perf_counter()
     answers = _generate(model, tokenizer, prompts, gen, f"{side} answers", show, cfg.effective_seed)
     t2 = time.perf_counter()
-    summary, per = score_answers(answers, refs)
+    summary, per = score_answers(answers, refs, verifier=verifier, contexts=[prompt_text(p) for p in prompts])
     summary |= {
         "loss": loss,
         "perplexity": _perplexity(loss) if loss is not None else None,
@@ -262,6 +299,11 @@ def evaluate_run(
         "chat_template": prep.formatter.template,
         "end_of_turn": prep.formatter.end_of_turn.strip(),
     }
+    from legaltune.corpus import build_corpus
+    from legaltune.corpus.verify import Verifier
+
+    corpus = build_corpus(cfg.data.corpus_file)
+    verifier = Verifier(corpus)
     sides = ("tuned", "base") if compare_base else ("tuned",)
     results: dict[str, Any] = {}
     timing: dict[str, float] = {}
@@ -269,7 +311,7 @@ def evaluate_run(
         # disable_adapter() turns the LoRA layers off in place: the base on the same weights
         with model.disable_adapter() if side == "base" else contextlib.nullcontext():
             summary, per, times = _evaluate_side(
-                model, tokenizer, rows, prompts, refs, gen, side, show_progress, cfg
+                model, tokenizer, rows, prompts, refs, gen, side, show_progress, cfg, verifier
             )
         results[side] = (summary, per)
         timing.update({f"{side}_{k}": v for k, v in times.items()})
@@ -304,6 +346,13 @@ def evaluate_run(
             "multi_turn": sum(1 for p in prompts if sum(m["role"] == "user" for m in p) > 1),
         },
         "generation": {k: v for k, v in gen.items() if k not in ("chat_template",)},
+        "corpus": {
+            "laws": len(corpus.laws),
+            "articles": len(corpus),
+            "corpus_file": cfg.data.corpus_file,
+            "context_fill": cfg.data.context_fill,
+            "support_threshold": verifier.scorer.threshold,
+        },
         "tuned": results["tuned"][0],
         "base": results["base"][0] if compare_base else None,
         "trainer_eval_loss": trainer_loss,
@@ -325,7 +374,12 @@ TABLE_ROWS: list[tuple[str, str, str, int]] = [
     ("citation_precision", "citation precision", "pct", 1),
     ("citation_recall", "citation recall", "pct", 1),
     ("citation_f1", "citation F1", "pct", 1),
+    ("citation_precision_article_level", "citation precision (article level)", "pct", 1),
+    ("citation_recall_article_level", "citation recall (article level)", "pct", 1),
     ("citation_f1_article_level", "citation F1 (article level)", "pct", 1),
+    ("hallucinated_rate", "hallucinated citations (law in corpus)", "pct", -1),
+    ("hallucinated_article_rate", "  … of a missing article", "pct", -1),
+    ("supported_rate", "citations supported by the article", "pct", 1),
     ("mean_new_tokens", "mean answer length (tokens)", "f1", 0),
     ("mean_syllables", "mean answer length (syllables)", "f1", 0),
     ("stopped_rate", "answers that stop", "pct", 1),
