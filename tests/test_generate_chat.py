@@ -133,21 +133,28 @@ def test_chat_over_a_pipe(gen, monkeypatch):
     assert "conversation cleared" in err.getvalue() and "luật sư" in err.getvalue()
 
 
-def test_chat_without_streaming_writes_each_answer_once(gen):
+def _quiet_chat(gen, text, out, status, **kw):
     from legaltune.chat import chat_loop
 
-    out = io.StringIO()
-    turns = chat_loop(
+    return chat_loop(
         gen.model,
         gen.tokenizer,
         system_prompt=None,
         template=gen.template,
         end_of_turn=gen.end_of_turn,
         stream=False,
-        input_stream=io.StringIO("Điều 35 quy định gì?\n/unknown\nCòn Điều 36?"),  # no final newline
+        input_stream=io.StringIO(text),
         output=out,
-        status=io.StringIO(),
-        max_new_tokens=2,
+        status=status,
+        **kw,
+    )
+
+
+def test_chat_without_streaming_writes_each_answer_once(gen):
+    out = io.StringIO()
+    # no final newline
+    turns = _quiet_chat(
+        gen, "Điều 35 quy định gì?\n/unknown\nCòn Điều 36?", out, io.StringIO(), max_new_tokens=2
     )
     assert len(turns) == 2
     assert out.getvalue() == "".join(t["answer"] + "\n" for t in turns)
@@ -200,7 +207,6 @@ def test_rows_without_context_get_law_text_as_in_training(gen):
 
 
 def test_chat_marks_citations_and_puts_law_text_before_the_question(gen):
-    from legaltune.chat import chat_loop
     from legaltune.corpus import build_corpus
     from legaltune.corpus.verify import Verifier
 
@@ -210,17 +216,12 @@ def test_chat_marks_citations_and_puts_law_text_before_the_question(gen):
         asked.append(question)
         return "Điều 105 Bộ luật Lao động 2019 (45/2019/QH14). Thời giờ làm việc bình thường\n…"
 
-    out, status = io.StringIO(), io.StringIO()
-    turns = chat_loop(
-        gen.model,
-        gen.tokenizer,
-        system_prompt=None,
-        template=gen.template,
-        end_of_turn=gen.end_of_turn,
-        stream=False,
-        input_stream=io.StringIO("Một tuần làm bao nhiêu giờ?\n"),
-        output=out,
-        status=status,
+    status = io.StringIO()
+    turns = _quiet_chat(
+        gen,
+        "Một tuần làm bao nhiêu giờ?\n",
+        io.StringIO(),
+        status,
         max_new_tokens=3,
         context=context,
         verifier=Verifier(build_corpus()),
