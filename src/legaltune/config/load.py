@@ -14,6 +14,7 @@ import yaml
 
 from legaltune.config.fields import ConfigError, Problem, suggest, validate_section
 from legaltune.config.schema import SECTIONS, Config
+from legaltune.evaluate.gen_metrics import GEN_METRICS
 
 
 def _yaml_lines(text: str, filename: str, problems: list[Problem]) -> dict[str, str]:
@@ -178,6 +179,25 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
             "training.early_stopping_patience",
             "early stopping needs load_best_model_at_end",
             "set training.load_best_model_at_end: true",
+        )
+    metric = t.metric_for_best_model.removeprefix("eval_")
+    if metric != "loss" and metric not in GEN_METRICS:
+        bad(
+            "training.metric_for_best_model",
+            f"{t.metric_for_best_model!r} is not a metric legaltune computes",
+            "use eval_loss or one of " + ", ".join(f"eval_{m}" for m in GEN_METRICS),
+        )
+    elif metric != "loss" and lg.gen_eval_examples == 0:
+        bad(
+            "training.metric_for_best_model",
+            f"{t.metric_for_best_model!r} is a generation score, but logging.gen_eval_examples is 0",
+            "set logging.gen_eval_examples (e.g. 16) or use eval_loss",
+        )
+    if lg.gen_eval_examples and lg.eval_strategy == "no":
+        bad(
+            "logging.gen_eval_examples",
+            "generation scores are computed at evaluations, but eval_strategy is 'no'",
+            "set logging.eval_strategy (steps or epoch), or gen_eval_examples: 0",
         )
     if t.load_best_model_at_end:
         if lg.eval_strategy == "no":

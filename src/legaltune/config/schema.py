@@ -195,10 +195,19 @@ class TrainingConfig:
         0.01, "Decoupled weight decay on the LoRA weights.", seed="000/003: 0.01 (up to 0.1).", ge=0
     )
     seed: int | None = opt(None, "Training seed (data order, dropout); null = lora.random_state.")
-    load_best_model_at_end: bool = opt(False, "Keep the checkpoint with the lowest eval loss at the end.")
+    load_best_model_at_end: bool = opt(
+        False, "Keep the best checkpoint (by metric_for_best_model, default the lowest eval loss) at the end."
+    )
+    metric_for_best_model: str = opt(
+        "eval_loss",
+        "What load_best_model_at_end and early stopping compare: eval_loss (lower is better), or a generation score "
+        "of logging.gen_eval_examples (eval_gen_citation_f1, eval_gen_citation_f1_article, eval_gen_token_f1, "
+        "eval_gen_rouge_l, eval_gen_supported_rate, eval_gen_stopped_rate: higher is better; "
+        "eval_gen_hallucinated_rate: lower is better). The eval_ prefix may be left out.",
+    )
     early_stopping_patience: int | None = opt(
         None,
-        "Stop after this many evaluations without eval-loss improvement (the seed's overfitting check). Needs load_best_model_at_end.",
+        "Stop after this many evaluations without improvement of metric_for_best_model (the seed's overfitting check). Needs load_best_model_at_end.",
         seed="000 §3.3: stop when val loss rises while train loss falls.",
         ge=1,
     )
@@ -338,6 +347,15 @@ class LoggingConfig:
         doc="Metric sinks: tensorboard, wandb, or none.",
         choices=("tensorboard", "wandb", "none"),
     )
+    gen_eval_examples: int = opt(
+        0,
+        "At each evaluation, answer this many held-out questions (evenly spread over the eval set; batched, greedy) and "
+        "log citation F1 (exact, article level), syllable F1, ROUGE-L and the hallucinated / supported citation rates "
+        "against the law corpus as eval_gen_* in metrics.jsonl and TensorBoard; 0 = off.",
+        ge=0,
+    )
+    gen_eval_max_new_tokens: int = opt(128, "Answer length cap of gen_eval_examples, in tokens.", ge=1)
+    gen_eval_batch_size: int = opt(8, "Questions generated together for gen_eval_examples.", ge=1)
 
 
 @dataclass

@@ -63,6 +63,7 @@ class MetricsCallback(TrainerCallback):
         for key in ("loss", "eval_loss", "learning_rate", "grad_norm", "train_loss"):
             if key in logs:
                 row["lr" if key == "learning_rate" else key] = logs[key]
+        row.update({k: v for k, v in logs.items() if k.startswith("eval_gen_")})  # generation scores
         if "loss" in logs:
             dt = now - self._last_time
             row["tokens_per_s"] = round((tokens - self._last_tokens) / dt, 1) if dt > 0 else None

@@ -24,10 +24,12 @@ from legaltune.config.load import save_config
 from legaltune.config.schema import Config
 from legaltune.data.pack import BatchCollator
 from legaltune.data.prepare import PreparedData, prepare_data
+from legaltune.evaluate.gen_metrics import greater_is_better
 from legaltune.plan.speed import RunSpeedPlan, plan_run
 from legaltune.speed.varlen import disable_varlen_attention, enable_varlen_attention
 from legaltune.train.callbacks import InterruptCallback, MetricsCallback
 from legaltune.train.compile_cache import use_compile_cache
+from legaltune.train.generation_eval import generation_eval_callback
 from legaltune.train.rundir import make_run_dir, resolve_resume
 
 
@@ -129,9 +131,9 @@ def build_args(
         kwargs["save_steps"] = lg.save_steps
     if lg.eval_steps:
         kwargs["eval_steps"] = lg.eval_steps
-    if t.load_best_model_at_end:
-        kwargs["metric_for_best_model"] = "eval_loss"
-        kwargs["greater_is_better"] = False
+    if t.load_best_model_at_end or t.early_stopping_patience:
+        kwargs["metric_for_best_model"] = t.metric_for_best_model
+        kwargs["greater_is_better"] = greater_is_better(t.metric_for_best_model)
     if t.lr_scheduler_type == "cosine_with_min_lr":
         kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": t.min_lr_rate if t.min_lr_rate is not None else 0.1}
     # transformers ≥ 5.18 folds warmup_ratio into a fractional warmup_steps; older 5.x has both.
@@ -291,7 +293,9 @@ def run_training(
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
     metrics_cb = MetricsCallback(run_dir / "metrics.jsonl", trainer, show_progress)
     interrupt = InterruptCallback()
-    for cb in (metrics_cb, interrupt, *(extra_callbacks or [])):
+    # before early stopping: it reads the generation scores this adds to each evaluation's metrics
+    gen_eval = generation_eval_callback(cfg, data, trainer.log)
+    for cb in (metrics_cb, interrupt, *([gen_eval] if gen_eval else []), *(extra_callbacks or [])):
         trainer.add_callback(cb)
     if "tensorboard" in cfg.logging.report_to:
         from torch.utils.tensorboard import SummaryWriter
