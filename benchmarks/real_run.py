@@ -25,6 +25,7 @@ embedded model's tokenizer files copied in; ``--tokenizer-from`` does the copy).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -197,7 +198,9 @@ def _texts(cfg, tokenizer) -> list[str]:
     """The prepared training examples as text (chat template applied, as a `text` dataset)."""
     from legaltune.data.prepare import prepare_data
 
-    data = prepare_data(cfg, tokenizer)
+    # the examples one by one: a packing config lets the trainer under test pack them itself
+    unpacked = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, packing=False))
+    data = prepare_data(unpacked, tokenizer)
     return [tokenizer.decode(r["input_ids"]) for r in data.train]
 
 
@@ -313,8 +316,6 @@ def child_main(args: argparse.Namespace) -> int:
         "dataloader_pin_memory": cfg.data.dataloader_pin_memory,
     }
     if t.warmup_ratio is not None:
-        import dataclasses
-
         # transformers ≥ 5.18 reads a fraction in warmup_steps; older 5.x has warmup_ratio
         has_ratio = "warmup_ratio" in {f.name for f in dataclasses.fields(SFTConfig)}
         sft["warmup_ratio" if has_ratio else "warmup_steps"] = t.warmup_ratio

@@ -43,25 +43,29 @@ def _training_compiled_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> A
         # forward (functions are copied by reference); compile this layer's own forward instead.
         fn = torch.compile(layer.__dict__["_legaltune_uncompiled"], backend=backend)
         layer.__dict__[_COMPILED_FN] = (fn, weakref.ref(layer), backend)
-    _mark_token_dims(args, kwargs)
+    if args:
+        mark_token_dims(*args, **kwargs)
+    else:
+        mark_token_dims(kwargs.get("hidden_states"), **kwargs)
     return fn(*args, **kwargs)
 
 
-def _mark_token_dims(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Mark the token dimension of every input dynamic before dynamo sees it.
+def mark_token_dims(hidden: Any, *args: Any, **kwargs: Any) -> None:
+    """Mark the token dimension of a layer's inputs dynamic before dynamo sees them.
 
     Real data gives every micro-batch another length (padded to its longest example, or all its
-    examples back to back when padding-free). Left to automatic dynamic shapes, dynamo compiles the
-    first length static, recompiles once per input whose size changed, and past its recompile limit
-    runs the layer eager for the rest of the run (13 recompiles in one step of seed 000's preset).
-    Marked up front, one graph serves every length."""
-    hidden = args[0] if args else kwargs.get("hidden_states")
-    if not isinstance(hidden, torch.Tensor) or hidden.dim() < 2:
+    examples back to back when padding-free) and, padding-free, another number of examples (the
+    ``cu_seq_lens`` boundaries). Left to automatic dynamic shapes, dynamo compiles the first shape
+    static, recompiles once per input whose size changed, and past its recompile limit runs the
+    layer eager for the rest of the run (13 recompiles in one step of seed 000's preset). Marked up
+    front, one graph serves every length. ``hidden`` is the layer input, (batch, tokens, hidden)."""
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() < 2 or hidden.shape[1] <= 1:
         return
     tokens = hidden.shape[1]
-    if tokens <= 1:
-        return
-    stack: list[Any] = [*args, *kwargs.values()]
+    for key, value in kwargs.items():
+        if key.startswith("cu_seq_lens") and isinstance(value, torch.Tensor):
+            torch._dynamo.maybe_mark_dynamic(value, 0)
+    stack: list[Any] = [hidden, *args, *kwargs.values()]
     while stack:
         value = stack.pop()
         if isinstance(value, (tuple, list)):
@@ -121,4 +125,11 @@ def compile_backend(layer: nn.Module) -> str | None:
     return layer.__dict__[_COMPILED_FN][2] if is_compiled(layer) else None
 
 
-__all__ = ["compile_backend", "compile_layers", "compile_supported", "is_compiled", "uncompile_layers"]
+__all__ = [
+    "compile_backend",
+    "compile_layers",
+    "compile_supported",
+    "is_compiled",
+    "mark_token_dims",
+    "uncompile_layers",
+]

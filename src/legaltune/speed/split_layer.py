@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from legaltune.model.offload import Halves
-from legaltune.speed.compile import compile_backend
+from legaltune.speed.compile import compile_backend, mark_token_dims
 from legaltune.speed.lora_group import grouped_projections
 
 # Pre-norm decoder layers with input_layernorm -> self_attn -> residual, post_attention_layernorm ->
@@ -112,8 +112,21 @@ def mlp_half(layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def _compiled(backend: str, recompute_norm: bool = True) -> Halves:
-    attention = attention_half_recompute_norm if recompute_norm else attention_half
-    return torch.compile(attention, backend=backend), torch.compile(mlp_half, backend=backend)
+    attention = torch.compile(
+        attention_half_recompute_norm if recompute_norm else attention_half, backend=backend
+    )
+    mlp = torch.compile(mlp_half, backend=backend)
+
+    # the halves see every micro-batch length too: one graph for all (compile.mark_token_dims)
+    def attention_marked(layer: nn.Module, hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        mark_token_dims(hidden_states, **kwargs)
+        return attention(layer, hidden_states, **kwargs)
+
+    def mlp_marked(layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+        mark_token_dims(hidden_states)
+        return mlp(layer, hidden_states)
+
+    return attention_marked, mlp_marked
 
 
 def layer_halves(layer: nn.Module, *, recompute_norm: bool = True) -> Halves | None:
