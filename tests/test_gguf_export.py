@@ -130,7 +130,8 @@ def test_f16_tied_run_reads_back_with_the_merged_logits(tied, tied_f16, tokenize
     # tied: no output tensor (llama.cpp reuses token_embd), and the reader infers tying from that
     assert "output.weight" not in tensors and model.config.tie_word_embeddings
     assert tensors["blk.1.ffn_down.weight"][1] == F16 and tensors["output_norm.weight"][1] == F32
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no leftover partial file
+    # no leftover partial file; the Ollama Modelfile beside it
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.Modelfile", path.name]
 
 
 @pytest.mark.slow
@@ -237,9 +238,9 @@ def test_permutation_turns_rotate_half_rope_into_interleaved_rope():
 
 @pytest.mark.slow
 def test_without_the_permutation_read_back_logits_differ(tied, tokenizer, tmp_path, monkeypatch):
-    from legaltune.export import gguf_export
+    from legaltune.export import gguf_arch, gguf_export
 
-    monkeypatch.setattr(gguf_export, "permute_qk", lambda weight, n_heads: weight)
+    monkeypatch.setattr(gguf_arch, "permute_qk", lambda weight, n_heads: weight)
     path = gguf_export.export_gguf(tied["run"], tmp_path / "unpermuted.gguf", type="f16")
     # The loader un-permutes Q/K, so un-permuted rows scramble attention: measured ≈ 70 % of the scale.
     model = read_back_model(path)
@@ -269,12 +270,12 @@ def test_non_llama_architecture_is_refused(tmp_path):
     from legaltune.export.gguf_export import export_gguf
     from legaltune.export.merge import ExportError
 
-    model_dir = tmp_path / "qwen"
+    model_dir = tmp_path / "mistral"
     model_dir.mkdir()
     (model_dir / "config.json").write_text(
-        json.dumps({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"})
+        json.dumps({"architectures": ["MistralForCausalLM"], "model_type": "mistral"})
     )
-    with pytest.raises(ExportError, match="Qwen2ForCausalLM.*Llama-architecture"):
+    with pytest.raises(ExportError, match="MistralForCausalLM.*supports llama .*qwen2 .*gemma3"):
         export_gguf(model_dir, tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()
 

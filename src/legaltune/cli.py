@@ -13,6 +13,9 @@ import sys
 from legaltune.config.fields import ConfigError
 
 EXIT_USAGE = 2
+# The export types, spelled here so that `legaltune --help` does not import gguf and numpy.
+GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+GGUF_K_QUANTS = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -134,15 +137,26 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import warnings
+
     from legaltune.export.gguf_export import export_gguf
     from legaltune.export.merge import ExportError
 
-    try:
-        out = export_gguf(args.run, args.output, args.type, overwrite=args.overwrite)
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            out = export_gguf(
+                args.run, args.output, args.type, overwrite=args.overwrite, modelfile=not args.no_modelfile
+            )
+        except ExportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    for w in caught:
+        if issubclass(w.category, UserWarning) and "legaltune" in w.filename:
+            print(f"warning: {w.message}", file=sys.stderr)
     print(f"GGUF written: {out}")
+    if not args.no_modelfile:
+        print(f"Ollama Modelfile: {out.with_name(out.name.removesuffix('.gguf') + '.Modelfile')}")
     return 0
 
 
@@ -405,16 +419,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("export", help="export a run to GGUF (llama.cpp and compatible runtimes)")
+    p = sub.add_parser("export", help="export a run to GGUF (llama.cpp, Ollama and compatible runtimes)")
     p.description = (
-        "legaltune export gguf --run RUN_DIR --output FILE [--type f16|bf16|q8_0]: merge the adapter and write a "
-        "GGUF with the gguf package (Llama-architecture models; no llama.cpp build needed), tokenizer and chat "
-        "template included."
+        "legaltune export gguf --run RUN_DIR --output FILE [--type TYPE]: merge the adapter and write a GGUF "
+        "(llama, qwen2 and gemma3 architectures), tokenizer and chat template included, and an Ollama Modelfile "
+        "beside it (chat template, stop tokens, system prompt). f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1 are written "
+        "by the gguf package; K-quants (q4_k_m, ...) by llama.cpp's quantizer (llama-quantize on PATH, or "
+        "llama-cpp-python)."
     )
     p.add_argument("format", choices=["gguf"], help="output format")
     p.add_argument("--run", required=True, help="run directory, or a merged model directory")
     p.add_argument("--output", required=True, help="the .gguf file to write")
-    p.add_argument("--type", default="f16", choices=["f16", "bf16", "q8_0"])
+    p.add_argument(
+        "--type",
+        default="f16",
+        choices=[*GGUF_TYPES, *GGUF_K_QUANTS],
+        metavar="TYPE",
+        help="f16 (default), bf16, q8_0, q4_0, q4_1, q5_0, q5_1, or a K-quant: " + ", ".join(GGUF_K_QUANTS),
+    )
+    p.add_argument("--no-modelfile", action="store_true", help="do not write the Ollama Modelfile")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
 

@@ -1,6 +1,10 @@
-"""Write a Llama-architecture model (or a run, merged first) as a GGUF file for llama.cpp and friends.
+"""Write a model (or a run, merged first) as a GGUF file for llama.cpp, Ollama and friends.
 
-Besides renaming tensors, one transformation matters: HF Llama applies RoPE with ``rotate_half``,
+Architectures: llama, qwen2, gemma3 (``gguf_arch``). Types: f16, bf16 and q8_0/q4_0/q4_1/q5_0/q5_1
+through the ``gguf`` package's own quantizer; K-quants (q4_k_m, …) through llama.cpp's quantizer
+(``gguf_quantize``). An Ollama Modelfile is written beside the file (``modelfile``).
+
+For Llama, besides renaming tensors, one transformation matters: HF Llama applies RoPE with ``rotate_half``,
 rotating each head's dimension i together with i + d/2, while llama.cpp's Llama RoPE rotates the
 adjacent pairs (2i, 2i+1). HF's checkpoints were themselves permuted from Meta's interleaved layout,
 so we permute the rows of W_q and W_k back, per head (row i → 2i, row i + d/2 → 2i + 1). Both q and
@@ -11,10 +15,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from math import pi, prod
 from pathlib import Path
 from typing import Any
@@ -23,62 +27,33 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
+from legaltune.export.gguf_arch import Arch, arch_for, permute_qk, rope_parameters
+from legaltune.export.gguf_quantize import K_QUANTS, find_quantizer
 from legaltune.export.merge import ExportError, inspect_run, load_merged
+from legaltune.export.modelfile import write_modelfile
+
+__all__ = ["TYPES", "K_QUANTS", "export_gguf", "permute_qk", "llama3_rope_factors", "rope_parameters"]
 
 TYPES = {
     "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
     "bf16": (Q.BF16, gguf.LlamaFileType.MOSTLY_BF16),
     "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+    "q4_0": (Q.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
+    "q4_1": (Q.Q4_1, gguf.LlamaFileType.MOSTLY_Q4_1),
+    "q5_0": (Q.Q5_0, gguf.LlamaFileType.MOSTLY_Q5_0),
+    "q5_1": (Q.Q5_1, gguf.LlamaFileType.MOSTLY_Q5_1),
 }
-SUPPORTED = ("LlamaForCausalLM",)  # SmolLM/SmolLM2, Llama-2/3.x
-# HF module path inside model.layers.N → GGUF name inside blk.N
-_LAYER = {
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-}
-_GLOBAL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+# The 4/5-bit types keep the vocabulary matrix that computes the logits (the output, or a tied
+# embedding) in q8_0: llama.cpp's own quantizer gives it more bits too (q6_k, which gguf cannot write).
+_LOGITS_TYPE = Q.Q8_0
 # Llama-3's pre-tokenizer split, as its tokenizer.json writes it; llama.cpp calls it "llama-bpe".
 _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")  # Qwen2/2.5 split digits one by one
 
 Loader = Callable[[], np.ndarray]
-
-
-def permute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """HF rotate-half row order → GGUF interleaved order, per head (rows or a 1-D bias)."""
-    half = weight.shape[0] // n_heads // 2
-    return weight.reshape(n_heads, 2, half, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
-
-
-def gguf_name(hf_name: str) -> str | None:
-    """GGUF tensor name for an HF Llama tensor; None for buffers that GGUF does not store."""
-    stem, _, suffix = hf_name.rpartition(".")
-    if stem.endswith("rotary_emb") or suffix == "inv_freq":
-        return None
-    if stem in _GLOBAL:
-        return f"{_GLOBAL[stem]}.{suffix}"
-    match = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", stem)
-    if match and match.group(2) in _LAYER:
-        return f"blk.{match.group(1)}.{_LAYER[match.group(2)]}.{suffix}"
-    raise ExportError(f"tensor {hf_name} has no GGUF name in the Llama layout; is this a plain Llama model?")
-
-
-def rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
-    """transformers ≥5 writes rope_parameters; older config.json files rope_theta + rope_scaling."""
-    rope = dict(config.get("rope_parameters") or {})
-    if not rope:
-        rope = {"rope_theta": config.get("rope_theta", 10000.0), **(config.get("rope_scaling") or {})}
-    rope.setdefault("rope_type", rope.get("type", "default"))
-    return rope
 
 
 def llama3_rope_factors(rope: dict[str, Any], head_dim: int) -> np.ndarray:
@@ -94,11 +69,15 @@ def llama3_rope_factors(rope: dict[str, Any], head_dim: int) -> np.ndarray:
     return divisors.astype(np.float32)
 
 
-def _tensor_type(shape: tuple[int, ...], qtype: Q) -> Q:
+def _tensor_type(name: str, shape: tuple[int, ...], qtype: Q, tied: bool) -> Q:
     if len(shape) == 1:
         return Q.F32  # norms, biases, rope_freqs: tiny, and precision-sensitive
-    if qtype == Q.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
-        return Q.F16  # rows that are not whole q8_0 blocks stay f16, as llama.cpp does
+    if qtype in (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1) and (
+        name == "output.weight" or (tied and name == "token_embd.weight")
+    ):
+        qtype = _LOGITS_TYPE
+    if qtype not in (Q.F16, Q.BF16) and shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+        return Q.F16  # rows that are not whole quantization blocks stay f16, as llama.cpp does
     return qtype
 
 
@@ -110,15 +89,6 @@ def _check_quantizer(qtype: Q) -> None:
             f"the installed gguf package cannot write {qtype.name} ({exc}); upgrade gguf, or export f16 "
             "and quantize with llama.cpp's llama-quantize"
         ) from exc
-
-
-def _check_architecture(config: dict[str, Any], where: str) -> None:
-    archs = config.get("architectures") or [config.get("model_type", "unknown")]
-    if archs[0] not in SUPPORTED or config.get("model_type", "llama") != "llama":
-        raise ExportError(
-            f"{where} is a {archs[0]} model; GGUF export supports Llama-architecture models only "
-            f"({', '.join(SUPPORTED)}: SmolLM2, Llama-3.x). Use llama.cpp's convert_hf_to_gguf.py for others."
-        )
 
 
 def _safetensors_tensors(model_dir: Path) -> dict[str, tuple[tuple[int, ...], Loader]]:
@@ -136,7 +106,9 @@ def _safetensors_tensors(model_dir: Path) -> dict[str, tuple[tuple[int, ...], Lo
     return tensors
 
 
-def _tokenizer_metadata(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> None:
+def _tokenizer_metadata(
+    writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int, template: str | None
+) -> None:
     """BPE vocabulary, token types, merges, special ids and chat template, under llama.cpp's keys."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     spec = json.loads(backend.to_str()) if backend is not None else {}
@@ -168,8 +140,9 @@ def _tokenizer_metadata(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int
     extra = len(full) > len(plain)
     writer.add_add_bos_token(bool(extra and ids["bos"] is not None and full[0] == ids["bos"]))
     writer.add_add_eos_token(bool(extra and ids["eos"] is not None and full[-1] == ids["eos"]))
-    if isinstance(tokenizer.chat_template, str):
-        writer.add_chat_template(tokenizer.chat_template)
+    template = template or tokenizer.chat_template  # the template the run trained with, if it chose one
+    if isinstance(template, str):
+        writer.add_chat_template(template)
 
 
 def _pre_tokenizer(pre: dict[str, Any] | None) -> str:
@@ -180,116 +153,103 @@ def _pre_tokenizer(pre: dict[str, Any] | None) -> str:
         return "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex"):
         return "smollm"
-    if kinds == ["Split", "ByteLevel"] and steps[0].get("pattern", {}).get("Regex") == _LLAMA3_SPLIT:
+    split = steps[0].get("pattern", {}).get("Regex") if kinds == ["Split", "ByteLevel"] else None
+    if split == _LLAMA3_SPLIT:
         return "llama-bpe"
+    if split == _QWEN2_SPLIT:
+        return "qwen2"
     message = f"unrecognised pre-tokenizer {kinds}; writing 'default', llama.cpp may split text differently"
     warnings.warn(message, stacklevel=3)
     return "default"
 
 
-def _hyperparameters(writer: gguf.GGUFWriter, config: dict[str, Any], head_dim: int, name: str) -> None:
-    writer.add_type("model")
-    writer.add_name(name)
-    keys = {
-        "context_length": "max_position_embeddings",
-        "embedding_length": "hidden_size",
-        "block_count": "num_hidden_layers",
-        "feed_forward_length": "intermediate_size",
-        "head_count": "num_attention_heads",
-        "layer_norm_rms_eps": "rms_norm_eps",
-        "vocab_size": "vocab_size",
-    }
-    for gguf_key, hf_key in keys.items():
-        getattr(writer, f"add_{gguf_key}")(config[hf_key])
-    writer.add_head_count_kv(config.get("num_key_value_heads") or config["num_attention_heads"])
-    rope = rope_parameters(config)
-    writer.add_rope_freq_base(rope["rope_theta"])
-    writer.add_rope_dimension_count(head_dim)
-    if head_dim != config["hidden_size"] // config["num_attention_heads"]:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    if rope["rope_type"] == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(rope["factor"])
-    elif rope["rope_type"] not in ("default", "llama3"):  # llama3 travels as the rope_freqs tensor
-        raise ExportError(f"RoPE type {rope['rope_type']!r} is not supported by this exporter")
-
-
 def _plan(
-    config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...], Loader]], head_dim: int, qtype: Q
+    arch: Arch,
+    config: dict[str, Any],
+    tensors: dict[str, tuple[tuple[int, ...], Loader]],
+    head_dim: int,
+    qtype: Q,
 ):
-    """(gguf name, shape, type, loader) of every tensor to write; Q/K permuted, a tied output dropped."""
+    """(gguf name, shape, type, loader) of every tensor to write, as llama.cpp wants it; a tied output dropped."""
     tied = config.get("tie_word_embeddings", "lm_head.weight" not in tensors)
     if not tied and "lm_head.weight" not in tensors:
         raise ExportError("tie_word_embeddings is false but the weights have no lm_head.weight")
-    heads = {"attn_q": config["num_attention_heads"]}
-    heads["attn_k"] = config.get("num_key_value_heads") or heads["attn_q"]
     plan: list[tuple[str, tuple[int, ...], Q, Loader]] = []
     rope = rope_parameters(config)
     if rope["rope_type"] == "llama3":
         factors = llama3_rope_factors(rope, head_dim)
         plan.append(("rope_freqs.weight", factors.shape, Q.F32, lambda: factors))
     for hf_name, (shape, load) in tensors.items():
-        name = gguf_name(hf_name)
+        name = arch.tensor_name(hf_name, config["num_hidden_layers"])
         if name is None or (tied and name == "output.weight"):
             continue  # a tied output is the embedding matrix; llama.cpp reuses token_embd for it
-        kind = name.split(".")[-2]
-        if kind in heads:
-            load = lambda load=load, n=heads[kind]: permute_qk(load(), n)  # noqa: E731
-        plan.append((name, shape, _tensor_type(shape, qtype), load))
+        plan.append((name, shape, _tensor_type(name, shape, qtype, tied), arch.transform(name, load, config)))
     return plan
 
 
-def export_gguf(
-    source: str | Path,
-    output_file: str | Path,
-    type: str = "f16",
-    *,
-    overwrite: bool = False,
-    merge_dtype: str | None = None,
-) -> Path:
-    """Write `source` — a run directory (merged first, in memory) or a model directory — as GGUF.
+@dataclass
+class _Source:
+    """What an export reads: the config, tensors on demand, tokenizer, and the run's prompt format."""
 
-    `type`: f16, bf16 or q8_0 (2-D weights; norms stay f32). `merge_dtype`: precision of the
-    in-memory merge of a run (default fp32, or bf16 for a bf16 export; fp32 needs 4 bytes/param of RAM).
-    """
-    if type not in TYPES:
-        raise ExportError(f"unknown GGUF type {type!r}: choose one of {', '.join(TYPES)}")
-    qtype, file_type = TYPES[type]
-    _check_quantizer(qtype)
-    source, output_file = Path(source), Path(output_file)
-    if output_file.exists() and not overwrite:
-        raise ExportError(f"{output_file} exists; choose another file or pass overwrite=True")
+    config: dict[str, Any]
+    tensors: dict[str, tuple[tuple[int, ...], Loader]]
+    tokenizer: Any
+    where: str
+    template: str | None = None  # the chat template training used (None: the tokenizer's)
+    system_prompt: str | None = None
+    context_length: int | None = None
+
+
+def _run_format(run_dir: Path) -> tuple[str | None, str | None, int | None]:
+    """(chat template, system prompt, max_seq_length) the run trained with, from its config.yaml."""
+    if not (run_dir / "config.yaml").is_file():
+        return None, None, None
+    from legaltune.config.load import load_config
+    from legaltune.data.format import load_template
+
+    cfg = load_config(run_dir / "config.yaml")
+    return load_template(cfg.data.chat_template), cfg.data.system_prompt, cfg.model.max_seq_length
+
+
+def _read_source(source: Path, type: str, merge_dtype: str | None) -> _Source:
     if (source / "adapter_config.json").is_file() or (source / "adapter").is_dir():
         info = inspect_run(source)
         base_config = Path(info.base) / "config.json"
         if base_config.is_file():  # check before spending minutes on a merge
-            _check_architecture(json.loads(base_config.read_text(encoding="utf-8")), info.base)
+            arch_for(json.loads(base_config.read_text(encoding="utf-8")), info.base)
         model, tokenizer, _ = load_merged(source, merge_dtype or ("bf16" if type == "bf16" else "fp32"))
-        config = model.config.to_dict()
-        _check_architecture(config, info.base)
         tensors = {k: (tuple(v.shape), lambda v=v: v.float().numpy()) for k, v in model.state_dict().items()}
-    elif (source / "config.json").is_file():
+        return _Source(
+            model.config.to_dict(), tensors, tokenizer, info.base, *_run_format(info.adapter_dir.parent)
+        )
+    if (source / "config.json").is_file():
         from transformers import AutoTokenizer
 
         config = json.loads((source / "config.json").read_text(encoding="utf-8"))
-        _check_architecture(config, str(source))
+        arch_for(config, str(source))
+        provenance = source / "legaltune_merge.json"  # a merged run remembers where it came from
+        run_dir = (
+            Path(json.loads(provenance.read_text(encoding="utf-8"))["run_dir"])
+            if provenance.is_file()
+            else source
+        )
         tokenizer = AutoTokenizer.from_pretrained(str(source))
-        tensors = _safetensors_tensors(source)
-    else:
-        raise ExportError(f"{source} is neither a run directory (with adapter/) nor a model directory")
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    plan = _plan(config, tensors, head_dim, qtype)
+        return _Source(config, _safetensors_tensors(source), tokenizer, str(source), *_run_format(run_dir))
+    raise ExportError(f"{source} is neither a run directory (with adapter/) nor a model directory")
 
-    output_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output_file.name}.", suffix=".partial", dir=output_file.parent)
-    os.close(fd)
-    writer = gguf.GGUFWriter(tmp_name, "llama")
+
+def _write(src: _Source, arch: Arch, path: Path, qtype: Q, file_type: Any, name: str) -> None:
+    config = src.config
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    plan = _plan(arch, config, src.tensors, head_dim, qtype)
+    writer = gguf.GGUFWriter(str(path), arch.name)
     try:
-        _hyperparameters(writer, config, head_dim, source.resolve().name)
+        writer.add_type("model")
+        writer.add_name(name)
+        arch.hyperparameters(writer, config, head_dim)
         writer.add_file_type(file_type)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _tokenizer_metadata(writer, tokenizer, config["vocab_size"])
+        _tokenizer_metadata(writer, src.tokenizer, config["vocab_size"], src.template)
         # Declare every tensor first, then stream the data: one tensor in memory at a time.
         for n, shape, t, _ in plan:
             nbytes = prod(gguf.quants.quant_shape_to_byte_shape(shape, t))
@@ -299,10 +259,77 @@ def export_gguf(
         writer.write_ti_data_to_file()
         for _, _, t, load in plan:
             writer.write_tensor_data(gguf.quants.quantize(load().astype(np.float32, copy=False), t))
-        writer.close()
-        os.replace(tmp_name, output_file)
     finally:
         writer.close()
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+
+
+def export_gguf(
+    source: str | Path,
+    output_file: str | Path,
+    type: str = "f16",
+    *,
+    overwrite: bool = False,
+    merge_dtype: str | None = None,
+    modelfile: bool = True,
+) -> Path:
+    """Write `source` — a run directory (merged first, in memory) or a model directory — as GGUF.
+
+    `type`: f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 (2-D weights; norms stay f32) or a llama.cpp
+    K-quant (q4_k_m, …; needs llama.cpp's quantizer). `merge_dtype`: precision of the in-memory
+    merge of a run (default fp32, or bf16 for a bf16 export; fp32 needs 4 bytes/param of RAM).
+    `modelfile`: also write an Ollama Modelfile beside it (model.gguf → model.Modelfile).
+    """
+    quantizer = None
+    if type in K_QUANTS:
+        quantizer = find_quantizer(type)  # before a long merge: say now if llama.cpp is missing
+        qtype, file_type = TYPES["f16"]
+    elif type in TYPES:
+        qtype, file_type = TYPES[type]
+        _check_quantizer(qtype)
+    else:
+        raise ExportError(f"unknown GGUF type {type!r}: choose one of {', '.join((*TYPES, *K_QUANTS))}")
+    source, output_file = Path(source), Path(output_file)
+    if output_file.exists() and not overwrite:
+        raise ExportError(f"{output_file} exists; choose another file or pass overwrite=True")
+    src = _read_source(source, type, merge_dtype)
+    arch = arch_for(src.config, src.where)
+    output_file.parent.mkdir(parents=True, exist_ok=True)
+    temps = [
+        Path(
+            tempfile.mkstemp(
+                prefix=f".{output_file.name}.", suffix=f".{kind}.partial", dir=output_file.parent
+            )[1]
+        )
+        for kind in (("f16", type) if quantizer else (type,))
+    ]
+    try:
+        _write(src, arch, temps[0], qtype, file_type, source.resolve().name)
+        if quantizer:
+            quantizer(temps[0], temps[1], type)
+        os.replace(temps[-1], output_file)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+    if modelfile:
+        _modelfile(src, output_file)
     return output_file
+
+
+def _modelfile(src: _Source, output_file: Path) -> None:
+    from legaltune.data.format import ChatFormatter, TemplateError
+
+    try:
+        end_of_turn = ChatFormatter(src.tokenizer, template=src.template).end_of_turn.strip()
+    except TemplateError:
+        end_of_turn = ""
+    eos = src.tokenizer.eos_token if isinstance(src.tokenizer.eos_token, str) else ""
+    _, warning = write_modelfile(
+        output_file,
+        src.tokenizer,
+        template=src.template,
+        stops=[end_of_turn, eos],
+        system_prompt=src.system_prompt,
+        context_length=src.context_length,
+    )
+    if warning:
+        warnings.warn(warning, stacklevel=3)
