@@ -247,12 +247,14 @@ def setup_speed(
                 offloader.read_ahead = False
     from trl.trainer.utils import add_fused_lm_head
 
+    from legaltune.speed.state import speed_report
+
     add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))
     if not trl_head:  # what `legaltune train` does over SFTTrainer's head
         from legaltune.speed.lm_head import fuse_lm_head
 
-        model.get_base_model().legaltune_speed.fused_head = fuse_lm_head(model.get_base_model())
-    report = model.get_base_model().legaltune_speed
+        speed_report(model).fused_head = fuse_lm_head(model.get_base_model())
+    report = speed_report(model)
     print(report.summary(), *report.notes, sep="\n", file=sys.stderr)
     return model
 

@@ -18,6 +18,7 @@ from legaltune.model import embedded
 from legaltune.model.arch import load_arch
 from legaltune.model.offload import is_offloaded
 from legaltune.plan.params import count_params
+from legaltune.speed.state import checkpointing_mode
 from tests.test_model_load import tiny_llama
 
 SEED_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -96,7 +97,7 @@ def test_seed_calls_on_tiny_model(tiny_dir, capsys):
     assert "using SDPA" in capsys.readouterr().err
     assert model.max_seq_length == 8192 and tokenizer.pad_token == "</s>"
     peft_model = seed_peft(model)
-    assert peft_model.legaltune_checkpointing == "offload" and is_offloaded(peft_model)
+    assert checkpointing_mode(peft_model) == "offload" and is_offloaded(peft_model)
     q = peft_model.get_base_model().model.layers[0].self_attn.q_proj
     assert q.scaling["default"] == pytest.approx(256 / math.sqrt(128))
     assert peft_model.max_seq_length == 8192

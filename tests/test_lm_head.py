@@ -13,6 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from legaltune.speed import lm_head
 from legaltune.speed.lm_head import LogProbHead, fuse_lm_head
+from legaltune.speed.state import set_speed_report, speed_report
 from tests.conftest import randomize_lora_b
 
 trl_utils = pytest.importorskip("trl.trainer.utils")
@@ -138,11 +139,11 @@ def test_fuse_speed_lm_head_only_over_the_speed_engine(monkeypatch):
     model = _model()
     base = model.get_base_model()
     assert not lm_head.fuse_speed_lm_head(model)  # no speed report
-    base.legaltune_speed = SpeedReport(mode="fast", on_cuda=False)
+    set_speed_report(base, SpeedReport(mode="fast", on_cuda=False))
     assert not lm_head.fuse_speed_lm_head(model)  # the CPU
-    base.legaltune_speed = SpeedReport(mode="off", on_cuda=True)
+    set_speed_report(base, SpeedReport(mode="off", on_cuda=True))
     assert not lm_head.fuse_speed_lm_head(model)
     monkeypatch.setattr(lm_head, "compile_supported", lambda: True)
-    base.legaltune_speed = SpeedReport(mode="fast", on_cuda=True)
-    assert lm_head.fuse_speed_lm_head(model) and base.legaltune_speed.fused_head
-    assert "LM head gradient in forward" in base.legaltune_speed.summary()
+    set_speed_report(base, SpeedReport(mode="fast", on_cuda=True))
+    assert lm_head.fuse_speed_lm_head(model) and speed_report(base).fused_head
+    assert "LM head gradient in forward" in speed_report(base).summary()

@@ -14,6 +14,7 @@ from legaltune.model.arch import Arch
 from legaltune.model.lora import TargetModuleError, apply_lora
 from legaltune.model.offload import is_offloaded
 from legaltune.plan.params import count_params
+from legaltune.speed.state import checkpointing_mode
 
 
 def tiny_config(tie: bool = False) -> LlamaConfig:
@@ -107,7 +108,7 @@ def test_checkpointing_mode_recorded(mode, switch, expected):
         tiny_model(), lora(use_gradient_checkpointing=mode), gradient_checkpointing=switch, max_seq_length=64
     )
     base = peft_model.get_base_model()
-    assert peft_model.legaltune_checkpointing == expected == base.legaltune_checkpointing
+    assert checkpointing_mode(peft_model) == expected == checkpointing_mode(base)
     hf_on = any(getattr(m, "gradient_checkpointing", False) for m in base.modules())
     assert hf_on == (expected == "recompute")
     assert is_offloaded(peft_model) == (expected == "offload")

@@ -18,6 +18,7 @@ from legaltune.model.offload import (
     find_decoder_layers,
     is_offloaded,
 )
+from legaltune.speed.state import checkpointing_mode
 from tests.conftest import randomize_lora_b
 
 
@@ -71,7 +72,7 @@ def test_peft_model_gradients_match(base, batch):
     cfg = dict(r=4, lora_alpha=8, use_rslora=False, target_modules=["q_proj", "v_proj", "down_proj"])
     plain = apply_lora(copy.deepcopy(base), LoraConfig(**cfg, use_gradient_checkpointing=True))
     offl = apply_lora(copy.deepcopy(base), LoraConfig(**cfg, use_gradient_checkpointing="unsloth"))
-    assert is_offloaded(offl) and offl.legaltune_checkpointing == "offload"
+    assert is_offloaded(offl) and checkpointing_mode(offl) == "offload"
     for model in (plain, offl):
         randomize_lora_b(model, 0.02, seed=5)
     g_plain, g_off = _grads(plain, batch), _grads(offl, batch)
@@ -145,12 +146,12 @@ def test_trainer_switch_keeps_offload(base, batch):
     for name in ("activation_checkpointing_enable", "gradient_checkpointing_enable"):
         if hasattr(model, name):
             getattr(model, name)({"use_reentrant": False})
-    assert is_offloaded(model) and model.legaltune_checkpointing == "offload"
+    assert is_offloaded(model) and checkpointing_mode(model) == "offload"
     assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     assert _count_mlp_calls(model, batch, train=True, grad=True) == 2  # not nested: still one recompute
     name = "activation_checkpointing_disable" if hasattr(model, "activation_checkpointing_disable") else None
     getattr(model, name or "gradient_checkpointing_disable")()
-    assert not is_offloaded(model) and model.legaltune_checkpointing == "none"
+    assert not is_offloaded(model) and checkpointing_mode(model) == "none"
 
 
 def test_cache_kwargs_are_dropped_in_training(base, batch):

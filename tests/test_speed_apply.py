@@ -22,6 +22,7 @@ from legaltune.speed.apply import apply_speed
 from legaltune.speed.compile import is_compiled
 from legaltune.speed.kernels import kernel_kind
 from legaltune.speed.lora_linear import RECOMPUTE_SKIPS, fuse_lora_linears, is_fused
+from legaltune.speed.state import checkpointing_mode, speed_report
 from tests.conftest import loss_and_grads, make_tiny_llama, randomize_lora_b
 
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -218,8 +219,8 @@ def _wrapped(model) -> list[bool]:
 def test_apply_lora_records_partial_checkpointing(mode, layers, expected):
     model = _lora_model(mode, layers)
     base = model.get_base_model()
-    assert base.legaltune_checkpointing == expected
-    report = base.legaltune_speed
+    assert checkpointing_mode(base) == expected
+    report = speed_report(base)
     assert report.mode == "fast" and report.checkpointing == expected
     assert report.fused_lora == 2 * len(PROJ) and report.compiled_layers == 0
     assert checkpointed_layers(model) == layers

@@ -18,6 +18,7 @@ from legaltune.model.offload import _dense, enable_offloaded_checkpointing, find
 from legaltune.speed.compile import compile_layers
 from legaltune.speed.lora_linear import fuse_lora_linears, mark_recompute_skips
 from legaltune.speed.split_layer import layer_halves
+from legaltune.speed.state import checkpointing_mode
 from tests.conftest import randomize_lora_b
 
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -56,7 +57,7 @@ def test_split_layer_matches_the_layer_forward(arch, compiled):
     if compiled:
         compile_layers(model, backend="aot_eager")
     enable_offloaded_checkpointing(model.get_base_model(), split=layer_halves)
-    assert model.get_base_model().legaltune_checkpointing == "offload (attention kept)"
+    assert checkpointing_mode(model.get_base_model()) == "offload (attention kept)"
     calls = {"attn": 0, "mlp": 0}
     for layer in find_decoder_layers(model):
         # pre-hooks: checkpoint's recompute stops once the last saved tensor is back, before the
@@ -78,7 +79,7 @@ def test_split_layer_matches_the_layer_forward(arch, compiled):
 def test_split_only_the_first_layers_and_only_known_classes():
     model = _peft("llama")
     enable_offloaded_checkpointing(model.get_base_model(), split=layer_halves, split_layers=2)
-    assert model.get_base_model().legaltune_checkpointing == "offload (attention kept in 2)"
+    assert checkpointing_mode(model.get_base_model()) == "offload (attention kept in 2)"
     kinds = [layer.__dict__.get("_legaltune_halves") is not None for layer in find_decoder_layers(model)]
     assert kinds == [True, True, False]
 
@@ -103,7 +104,7 @@ def test_offload_attention_setting_through_apply_lora():
             lora,
             speed=SpeedConfig(mode="fast", compile=False, offload_attention=setting),
         )
-        assert model.get_base_model().legaltune_checkpointing == expected, setting
+        assert checkpointing_mode(model.get_base_model()) == expected, setting
 
 
 def test_dense_layouts():

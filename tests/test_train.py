@@ -298,7 +298,7 @@ def test_speed_auto_budgets_span_none_partial_and_all(tmp_path):
 
 
 def test_speed_engine_runs_adamw_fused_on_cuda_only(tmp_path):
-    from legaltune.train.trainer import optimizer_name
+    from legaltune.plan.speed import optimizer_name
 
     cfg = base_cfg(tmp_path)
     assert cfg.optimization.optim == "adamw_torch"

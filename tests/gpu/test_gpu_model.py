@@ -17,6 +17,7 @@ from legaltune.config.schema import LoraConfig, ModelConfig, QuantizationConfig
 from legaltune.model.load import load_model
 from legaltune.model.lora import apply_lora
 from legaltune.model.offload import find_decoder_layers, is_offloaded
+from legaltune.speed.state import checkpointing_mode
 
 pytestmark = [
     pytest.mark.gpu,
@@ -83,7 +84,7 @@ def test_bf16_load_lora_three_trainer_steps(tmp_path):
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     assert next(model.parameters()).dtype is expected and next(model.parameters()).is_cuda
     peft_model = apply_lora(model, LoraConfig(r=16, lora_alpha=16, use_rslora=False))
-    assert peft_model.legaltune_checkpointing == "offload"
+    assert checkpointing_mode(peft_model) == "offload"
     before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_B" in n}
     text = "người lao động có quyền theo quy định của bộ luật lao động ."
     args = TrainingArguments(

@@ -12,6 +12,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from legaltune.model.offload import enable_offloaded_checkpointing, find_decoder_layers
+from legaltune.speed.state import checkpointing_mode
 from tests.conftest import loss_and_grads, randomize_lora_b
 from tests.gpu.test_gpu_speed import PROJ, _llama
 
@@ -70,7 +71,7 @@ def test_kept_attention_half_gives_the_gradients_of_no_checkpointing(batch, seq)
     ref = _model(layers, offload=False)
     split = _model(layers, offload=False)
     enable_offloaded_checkpointing(split, split=layer_halves)
-    assert "attention kept" in split.get_base_model().legaltune_checkpointing
+    assert "attention kept" in checkpointing_mode(split.get_base_model())
     _, ref_loss, ref_grads = loss_and_grads(ref, ids)
     offloader = find_decoder_layers(split)[0].__dict__["_legaltune_offloader"]
     for step in range(3):

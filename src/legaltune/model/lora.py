@@ -15,6 +15,7 @@ from torch import nn
 
 from legaltune.model.offload import enable_offloaded_checkpointing
 from legaltune.speed.policy import attention_host_allowance, offload_attention_wanted
+from legaltune.speed.state import checkpointing_mode, set_checkpointing, set_speed_report
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -112,7 +113,7 @@ def _checkpointing_mode(
             split_layers=split_layers,
             host_allowance=host_allowance,
         )
-        return str(model.legaltune_checkpointing)
+        return str(checkpointing_mode(model))
     kwargs = {"use_reentrant": False}
     # transformers 5.23 renamed the switch (the old name warns); 5.17 only has the old one.
     if hasattr(model, "activation_checkpointing_enable"):
@@ -141,8 +142,8 @@ def apply_lora(
     only the first N decoder layers (None = all; the speed policy's choice).
 
     The mode (``"none"``, ``"recompute"``, ``"offload"``, or ``"offload 12/32"`` for a partial
-    policy) is recorded as ``model.legaltune_checkpointing``, the speed report as
-    ``model.legaltune_speed``.
+    policy) and the speed report are kept beside the model: :func:`legaltune.speed.state.checkpointing_mode`
+    and :func:`legaltune.speed.state.speed_report` read them.
     """
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
@@ -198,7 +199,7 @@ def apply_lora(
             split_layers = int(speed.offload_attention)
         elif speed.offload_attention == "auto":  # only as many layers as the host's RAM holds
             host_allowance = attention_host_allowance()
-    base.legaltune_checkpointing = _checkpointing_mode(
+    mode = _checkpointing_mode(
         base,
         gradient_checkpointing,
         lora_cfg.use_gradient_checkpointing,
@@ -207,9 +208,10 @@ def apply_lora(
         split_layers,
         host_allowance,
     )
+    set_checkpointing(base, mode)
     if report is not None:
-        report.checkpointing = base.legaltune_checkpointing
-        base.legaltune_speed = report
+        report.checkpointing = mode
+        set_speed_report(base, report)
     seq = max_seq_length if max_seq_length is not None else getattr(base, "max_seq_length", None)
     if seq is not None:
         base.max_seq_length = seq

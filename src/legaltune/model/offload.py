@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from legaltune.speed.policy import MIN_OFFLOAD_BYTES, pinned_bytes
+from legaltune.speed.state import set_checkpointing
 
 logger = logging.getLogger(__name__)
 
@@ -487,7 +488,7 @@ def enable_offloaded_checkpointing(
         name = "activation_checkpointing_disable"
         getattr(type(hf), name if hasattr(type(hf), name) else "gradient_checkpointing_disable")(hf)
     if count == 0:
-        hf.legaltune_checkpointing = "none"
+        set_checkpointing(hf, "none")
     else:
         offloader = _Offloader(read_ahead, layers=count, host_allowance=host_allowance) if offload else None
         split_count = 0
@@ -502,7 +503,7 @@ def enable_offloaded_checkpointing(
         kind = "offload" if offload else "recompute"
         if split_count:
             kind += " (attention kept)" if split_count == count else f" (attention kept in {split_count})"
-        hf.legaltune_checkpointing = kind if count == len(all_layers) else f"{kind} {count}/{len(all_layers)}"
+        set_checkpointing(hf, kind if count == len(all_layers) else f"{kind} {count}/{len(all_layers)}")
 
 
 def disable_offloaded_checkpointing(model: nn.Module) -> None:
@@ -514,7 +515,7 @@ def disable_offloaded_checkpointing(model: nn.Module) -> None:
     for name in _SWITCHES:
         hf.__dict__.pop(name, None)
     if wrapped:  # ours, in any mode (transformers' own recompute is not ours to report as off)
-        hf.legaltune_checkpointing = "none"
+        set_checkpointing(hf, "none")
 
 
 __all__ = [

@@ -34,6 +34,7 @@ class RunSpeedPlan:
     plan: Plan | None = None
     host_available: float | None = None
     on_cuda: bool = False
+    optimizer: str = ""  # what the Trainer runs (optimization.optim, or its fused form on CUDA)
     problems: list[str] = field(default_factory=list)  # each stops the run unless overridden
     notes: list[str] = field(default_factory=list)
 
@@ -57,6 +58,7 @@ class RunSpeedPlan:
         return {
             "padding_free": self.padding_free,
             "padding_free_why": self.padding_free_why,
+            "optimizer": self.optimizer,
             "micro_batch": list(self.micro_batch),
             "checkpoint_layers": self.checkpoint_layers,
             "choice": self.choice,
@@ -66,6 +68,14 @@ class RunSpeedPlan:
             "problems": self.problems,
             "notes": self.notes,
         }
+
+
+def optimizer_name(cfg: Config, *, use_cuda: bool) -> str:
+    """optimization.optim, with the speed engine's one substitution: on CUDA, ``adamw_torch`` runs as
+    ``adamw_torch_fused`` (the same AdamW update in one kernel over all LoRA tensors)."""
+    if cfg.optimization.optim == "adamw_torch" and use_cuda and cfg.speed.mode not in ("off", False):
+        return "adamw_torch_fused"
+    return cfg.optimization.optim
 
 
 def padding_free_choice(cfg: Config, *, on_cuda: bool, attn: str) -> tuple[bool, str]:
@@ -108,7 +118,14 @@ def plan_run(
 
     padding_free, why = padding_free_choice(cfg, on_cuda=on_cuda, attn=attn)
     micro = largest_micro_batch(lengths, cfg.training.per_device_train_batch_size, padding_free=padding_free)
-    result = RunSpeedPlan(padding_free, why, micro, host_available=host_memory, on_cuda=on_cuda)
+    result = RunSpeedPlan(
+        padding_free,
+        why,
+        micro,
+        host_available=host_memory,
+        on_cuda=on_cuda,
+        optimizer=optimizer_name(cfg, use_cuda=on_cuda),
+    )
     budget = gpu_memory if on_cuda else None
     try:
         plan = make_plan(
@@ -139,4 +156,4 @@ def plan_run(
     return result
 
 
-__all__ = ["HOST_REFUSE_FRACTION", "RunSpeedPlan", "padding_free_choice", "plan_run"]
+__all__ = ["HOST_REFUSE_FRACTION", "RunSpeedPlan", "optimizer_name", "padding_free_choice", "plan_run"]

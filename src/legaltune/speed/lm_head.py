@@ -30,6 +30,7 @@ from torch import nn
 
 from legaltune.speed.compile import compile_supported
 from legaltune.speed.lora_linear import _mm_fp32
+from legaltune.speed.state import speed_report
 
 # Tokens projected onto the whole vocabulary at once: 1024 x 128,256 bf16 = 262 MB, the size of
 # TRL's own tile (4096 x 32,768).
@@ -278,10 +279,10 @@ def fuse_lm_head(model: nn.Module) -> bool:
 
 def fuse_speed_lm_head(model: nn.Module) -> bool:
     """After SFTTrainer installed its head: :func:`fuse_lm_head` on the model (PEFT-wrapped or not)
-    if it carries the speed engine (``legaltune_speed``, mode not off) on CUDA with Triton; the speed
+    if it carries the speed engine (a speed report, mode not off) on CUDA with Triton; the speed
     report records it. What `legaltune train` and the seed's ``SFTTrainer`` call."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    report = getattr(base, "legaltune_speed", None)
+    report = speed_report(base)
     if report is None or report.mode == "off" or not report.on_cuda or not compile_supported():
         return False
     report.fused_head = fuse_lm_head(base)

@@ -25,7 +25,8 @@ from legaltune.config.schema import Config
 from legaltune.data.pack import BatchCollator
 from legaltune.data.prepare import PreparedData, prepare_data
 from legaltune.evaluate.gen_metrics import greater_is_better
-from legaltune.plan.speed import RunSpeedPlan, plan_run
+from legaltune.plan.speed import RunSpeedPlan, optimizer_name, plan_run
+from legaltune.speed.state import speed_report as speed_report_of
 from legaltune.speed.varlen import disable_varlen_attention, enable_varlen_attention
 from legaltune.train.callbacks import InterruptCallback, MetricsCallback
 from legaltune.train.compile_cache import use_compile_cache
@@ -65,16 +66,14 @@ def _supports(name: str) -> bool:
     return name in {f.name for f in dataclasses.fields(SFTConfig)}
 
 
-def optimizer_name(cfg: Config, *, use_cuda: bool) -> str:
-    """optimization.optim, with the speed engine's one substitution: on CUDA, ``adamw_torch`` runs as
-    ``adamw_torch_fused`` (the same AdamW update in one kernel over all LoRA tensors)."""
-    if cfg.optimization.optim == "adamw_torch" and use_cuda and cfg.speed.mode not in ("off", False):
-        return "adamw_torch_fused"
-    return cfg.optimization.optim
-
-
 def build_args(
-    cfg: Config, run_dir: Path, *, use_cuda: bool, dtype: torch.dtype, padding_free: bool = False
+    cfg: Config,
+    run_dir: Path,
+    *,
+    use_cuda: bool,
+    dtype: torch.dtype,
+    padding_free: bool = False,
+    optim: str | None = None,
 ) -> SFTConfig:
     """SFTConfig carrying every training, optimization, data-loading and logging parameter of the config."""
     t, o, d, lg = cfg.training, cfg.optimization, cfg.data, cfg.logging
@@ -88,7 +87,7 @@ def build_args(
         "learning_rate": t.learning_rate,
         "lr_scheduler_type": t.lr_scheduler_type,
         "weight_decay": t.weight_decay,
-        "optim": optimizer_name(cfg, use_cuda=use_cuda),
+        "optim": optim or optimizer_name(cfg, use_cuda=use_cuda),
         "max_grad_norm": o.max_grad_norm,
         "adam_beta1": o.adam_beta1,
         "adam_beta2": o.adam_beta2,
@@ -257,7 +256,7 @@ def run_training(
         checkpoint_layers=speed_plan.checkpoint_layers,
     )
     varlen = speed_plan.padding_free and enable_varlen_attention(model)
-    speed_report = getattr(model.get_base_model(), "legaltune_speed", None)
+    speed_report = speed_report_of(model)
     if speed_report is not None:
         if speed_plan.choice:
             speed_report.notes.append(f"speed auto: {speed_plan.choice}")
@@ -267,7 +266,14 @@ def run_training(
             print(speed_report.summary(), *speed_report.notes, sep="\n  ")
     use_cuda = next(model.parameters()).is_cuda
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-    args = build_args(cfg, run_dir, use_cuda=use_cuda, dtype=dtype, padding_free=speed_plan.padding_free)
+    args = build_args(
+        cfg,
+        run_dir,
+        use_cuda=use_cuda,
+        dtype=dtype,
+        padding_free=speed_plan.padding_free,
+        optim=speed_plan.optimizer,
+    )
     eval_ds = _to_dataset(data.eval)
     if eval_ds is None and cfg.logging.eval_strategy != "no":
         args.eval_strategy = "no"
