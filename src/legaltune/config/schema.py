@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from legaltune.config.fields import opt
+from legaltune.speed.families import SPLIT
+from legaltune.speed.families import labels as family_labels
 
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -384,7 +386,7 @@ class SpeedConfig:
         "With use_gradient_checkpointing 'unsloth': keep each checkpointed layer's attention half (its saved activations "
         "offloaded to CPU, none recomputed) and recompute only its MLP half. Backward then recomputes no attention, at the "
         "cost of ~5x the host-link traffic and ~one layer's attention activations of GPU memory. An integer N: only the "
-        "first N checkpointed layers. auto: on CUDA for Llama/Qwen2/Qwen3/Mistral layers, in as many layers as half the "
+        f"first N checkpointed layers. auto: on CUDA for {family_labels(SPLIT)} layers, in as many layers as half the "
         "host RAM available at start holds (the pinned activations; later layers are recomputed whole).",
     )
     padding_free: bool | Literal["auto"] = opt(

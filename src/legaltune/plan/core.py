@@ -14,11 +14,11 @@ from legaltune.plan.lint import Lint, lint_plan
 from legaltune.plan.memory import (
     CONTEXT_BYTES,
     GIB,
-    SPLIT_MODEL_TYPES,
     MemoryEstimate,
     estimate_memory,
 )
 from legaltune.plan.params import ParamCount, count_params, lora_scale, resolve_targets
+from legaltune.speed.families import SPLIT, model_types
 from legaltune.speed.policy import HOST_FRACTION, compile_wanted, liger_available
 
 _SIZE = re.compile(r"^\s*([0-9.]+)\s*(gib|gb|g|mib|mb|m)?\s*$", re.IGNORECASE)
@@ -207,7 +207,7 @@ def _attention_setting(cfg: Config, arch: Arch, checkpointing: bool | str) -> bo
     """speed.offload_attention as it applies to this config: False where it cannot (no offloaded
     checkpointing, speed off, a model family the halves do not restate)."""
     sp = cfg.speed
-    if checkpointing != "unsloth" or sp.mode in ("off", False) or arch.model_type not in SPLIT_MODEL_TYPES:
+    if checkpointing != "unsloth" or sp.mode in ("off", False) or arch.model_type not in model_types(SPLIT):
         return False
     return sp.offload_attention
 

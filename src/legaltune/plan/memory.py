@@ -91,10 +91,6 @@ def _fast_layer_activation_bytes(arch: Arch, tokens: int, act_bytes: int) -> flo
     return tokens * act_bytes * (6 * arch.hidden + 2 * kv + 3 * arch.intermediate)
 
 
-# Model types whose layers speed.offload_attention splits (legaltune.speed.split_layer.SPLIT_LAYERS).
-SPLIT_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
-
-
 def layer_host_bytes(
     arch: Arch, batch_size: int, seq_len: int, compute_bytes: int, attention_kept: bool
 ) -> float:

@@ -15,6 +15,7 @@ from torch import nn
 
 from legaltune.model.offload import find_decoder_layers
 from legaltune.speed.compile import compile_layers, compile_supported
+from legaltune.speed.families import family_notices
 from legaltune.speed.kernels import apply_kernels
 from legaltune.speed.lora_linear import fuse_lora_linears, mark_recompute_skips
 from legaltune.speed.policy import compile_wanted, liger_available
@@ -91,6 +92,9 @@ def apply_speed(
     first = next(model.parameters())
     on_cuda = first.is_cuda
     report.on_cuda = on_cuda
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if config is not None else None
+    report.notes.extend(family_notices(getattr(text_config, "model_type", None)))
     compiled = resolve_compile(compile, on_cuda=on_cuda)
     if compiled:
         report.compiled_layers = compile_layers(model, backend=compile_backend)

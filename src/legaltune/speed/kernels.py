@@ -21,11 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from legaltune.speed.families import KERNELS, class_names
 from legaltune.speed.policy import liger_available
 
-# Classes whose forward is exactly the Llama RMSNorm / SiLU-gated MLP math.
-RMSNORM_CLASSES = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"}
-MLP_CLASSES = {"LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP"}
 _KERNEL = "_legaltune_kernel"
 
 
@@ -74,10 +72,10 @@ def apply_kernels(model: nn.Module, *, skip: tuple[nn.Module, ...] = ()) -> dict
         name = type(module).__name__
         if _KERNEL in module.__dict__ or "forward" in module.__dict__:
             continue
-        if name in RMSNORM_CLASSES and hasattr(module, "variance_epsilon"):
+        if name in class_names("RMSNorm", KERNELS) and hasattr(module, "variance_epsilon"):
             module.forward = types.MethodType(_rms_norm_forward, module)
             kind = "rms_norm"
-        elif name in MLP_CLASSES and _is_silu_mlp(module):
+        elif name in class_names("MLP", KERNELS) and _is_silu_mlp(module):
             module.forward = types.MethodType(_swiglu_mlp_forward, module)
             kind = "swiglu"
         else:
@@ -102,8 +100,6 @@ def kernel_kind(module: nn.Module) -> Any:
 
 
 __all__ = [
-    "MLP_CLASSES",
-    "RMSNORM_CLASSES",
     "apply_kernels",
     "kernel_kind",
     "remove_kernels",

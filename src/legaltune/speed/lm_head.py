@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from legaltune.speed.compile import compile_supported
+from legaltune.speed.families import FUSED_HEAD, model_types
 from legaltune.speed.lora_linear import _mm_fp32
 from legaltune.speed.state import speed_report
 
@@ -37,8 +38,6 @@ from legaltune.speed.state import speed_report
 TOKEN_BLOCK = 1024
 _ROW_BLOCK = 4096
 _PREV_FORWARD = "_legaltune_trl_forward"
-# Models whose logits are the plain projection (no scale, softcap or bias on the head).
-PLAIN_HEAD_MODELS = {"llama", "qwen2", "qwen3", "mistral"}
 
 
 @functools.cache
@@ -195,7 +194,8 @@ def _covered(model: nn.Module, kwargs: dict[str, Any]) -> bool:
     config = model.config.get_text_config()
     head = model.get_output_embeddings()
     return (
-        config.model_type in PLAIN_HEAD_MODELS
+        # families whose logits are the plain projection (no scale or bias on the head)
+        config.model_type in model_types(FUSED_HEAD)
         and getattr(config, "final_logit_softcapping", None) is None
         and getattr(head, "bias", None) is None
         and type(head.weight) is nn.Parameter
@@ -289,4 +289,4 @@ def fuse_speed_lm_head(model: nn.Module) -> bool:
     return report.fused_head
 
 
-__all__ = ["PLAIN_HEAD_MODELS", "TOKEN_BLOCK", "LogProbHead", "fuse_lm_head", "fuse_speed_lm_head"]
+__all__ = ["TOKEN_BLOCK", "LogProbHead", "fuse_lm_head", "fuse_speed_lm_head"]

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from legaltune.model.offload import find_decoder_layers, in_recompute
+from legaltune.speed.families import RECOMPUTE_SKIP, class_names
 from legaltune.speed.nf4 import dequantize_nf4
 
 _FUSED = "_legaltune_fused_lora"
@@ -321,19 +322,18 @@ def fuse_lora_linears(model: nn.Module) -> int:
     return count
 
 
-# Pre-norm decoder layers whose output is ``h + mlp(norm(h))``: the MLP's down_proj output feeds only
-# that sum, which nothing in the layer's backward saves. (Post-norm layers such as Gemma's normalise
-# the MLP output, whose backward needs it: not listed.)
-RECOMPUTE_SKIP_LAYERS = {"LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "MistralDecoderLayer"}
-
-
 def mark_recompute_skips(model: nn.Module) -> int:
     """Let the fused down_proj of every known pre-norm decoder layer skip its GEMM while the layer
-    is recomputed under legaltune's checkpointing; returns how many were marked."""
+    is recomputed under legaltune's checkpointing; returns how many were marked.
+
+    Known: the families of the registry with RECOMPUTE_SKIP, pre-norm layers whose output is
+    ``h + mlp(norm(h))``: the MLP's down_proj output feeds only that sum, which nothing in the
+    layer's backward saves."""
+    skip_layers = class_names("DecoderLayer", RECOMPUTE_SKIP)
     count = 0
     for layer in find_decoder_layers(model):
         down = getattr(getattr(layer, "mlp", None), "down_proj", None)
-        if type(layer).__name__ in RECOMPUTE_SKIP_LAYERS and down is not None and is_fused(down):
+        if type(layer).__name__ in skip_layers and down is not None and is_fused(down):
             down.__dict__[_SKIP_IN_RECOMPUTE] = True
             count += 1
     return count

@@ -10,8 +10,8 @@ moves it while the next layers compute. So with a split: the attention half runs
 under the offloader's hooks (everything it saves goes to pinned host memory and comes back ahead of
 backward), and only the MLP half is checkpointed.
 
-The halves restate the forward of the layer classes listed in :data:`SPLIT_LAYERS` (identical in
-transformers 5.17-5.23; the CPU tests compare outputs and gradients with the layer's own forward).
+The halves restate the forward of the decoder layers of the families that
+:mod:`legaltune.speed.families` lists with ``SPLIT`` (identical in transformers 5.17-5.24; the CPU tests compare outputs and gradients with the layer's own forward).
 Compiled layers get compiled halves (one compiled function per half, shared by all layers).
 """
 
@@ -27,23 +27,19 @@ from torch.utils.checkpoint import checkpoint
 
 from legaltune.model.offload import Halves
 from legaltune.speed.compile import compile_backend, mark_token_dims
+from legaltune.speed.families import SPLIT, class_names
 from legaltune.speed.lora_group import grouped_projections
 
-# Pre-norm decoder layers with input_layernorm -> self_attn -> residual, post_attention_layernorm ->
-# mlp -> residual, and nothing else in their forward.
-SPLIT_LAYERS = {"LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "MistralDecoderLayer"}
-
-
-# Attention and MLP classes whose forward _attention/_mlp restate (transformers 5.17-5.23), so that
-# the projections sharing an input run as one grouped op (:mod:`legaltune.speed.lora_group`).
-GROUPED_ATTENTION = {"LlamaAttention", "Qwen2Attention", "Qwen3Attention", "MistralAttention"}
-GROUPED_MLP = {"LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP"}
+# The families of the registry with SPLIT: pre-norm decoder layers (input_layernorm -> self_attn ->
+# residual, post_attention_layernorm -> mlp -> residual, nothing else in their forward) whose
+# attention and MLP forward _attention/_mlp restate (transformers 5.17-5.24), so that the
+# projections sharing an input run as one grouped op (:mod:`legaltune.speed.lora_group`).
 
 
 def _attention(attn: nn.Module, hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """``self_attn(hidden_states, **kwargs)[0]`` with q/k/v grouped (a training forward: no cache)."""
     if (
-        type(attn).__name__ not in GROUPED_ATTENTION
+        type(attn).__name__ not in class_names("Attention", SPLIT)
         or kwargs.get("past_key_values") is not None
         or kwargs.get("position_embeddings") is None
     ):
@@ -68,7 +64,7 @@ def _attention(attn: nn.Module, hidden_states: torch.Tensor, **kwargs: Any) -> t
     )
     kwargs.pop("past_key_values", None)
     mask = kwargs.pop("attention_mask", None)
-    # Qwen2/Qwen3 keep a per-layer window, Mistral reads its config's, Llama has none
+    # a per-layer window (Qwen's), else the config's (Mistral's); Llama has none
     window = getattr(attn, "sliding_window", getattr(attn.config, "sliding_window", None))
     out, _weights = interface(
         attn, q, k, v, mask, dropout=0.0 if not attn.training else attn.attention_dropout,
@@ -79,7 +75,7 @@ def _attention(attn: nn.Module, hidden_states: torch.Tensor, **kwargs: Any) -> t
 
 def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``mlp(x)`` with gate/up grouped."""
-    if type(mlp).__name__ not in GROUPED_MLP:
+    if type(mlp).__name__ not in class_names("MLP", SPLIT):
         return mlp(x)
     gate, up = grouped_projections([mlp.gate_proj, mlp.up_proj], x)
     return mlp.down_proj(mlp.act_fn(gate) * up)
@@ -133,7 +129,7 @@ def layer_halves(layer: nn.Module, *, recompute_norm: bool = True) -> Halves | N
     """The halves for this layer (compiled if the layer was compiled), or None if its class is not
     one whose forward the halves restate. ``recompute_norm=False`` (a benchmark probe) saves the
     normed input of compiled halves instead of recomputing it."""
-    if type(layer).__name__ not in SPLIT_LAYERS:
+    if type(layer).__name__ not in class_names("DecoderLayer", SPLIT):
         return None
     if not all(
         hasattr(layer, n) for n in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
@@ -144,7 +140,6 @@ def layer_halves(layer: nn.Module, *, recompute_norm: bool = True) -> Halves | N
 
 
 __all__ = [
-    "SPLIT_LAYERS",
     "attention_half",
     "attention_half_recompute_norm",
     "layer_halves",
