@@ -71,3 +71,32 @@ def test_error_lints_become_problems():
 def test_padding_free_choice(setting, mode, on_cuda, attn, expected):
     cfg = _cfg(speed={"padding_free": setting, "mode": mode})
     assert padding_free_choice(cfg, on_cuda=on_cuda, attn=attn)[0] is expected
+
+
+def test_plan_from_data_prints_what_train_will_plan(capsys):
+    """`legaltune plan --from-data`: the tokenized data's largest micro-batch, padding-free for a GPU,
+    the same numbers `plan_run` gives train (the seed 000 preset's warm-up error included)."""
+    import json
+
+    from legaltune.cli import main
+
+    rc = main(
+        [
+            "plan",
+            "configs/llama31-8b-h200.yaml",
+            "--set",
+            "model.model_name=smollm2-135m-instruct",
+            "--from-data",
+            "--gpu-memory",
+            "24GiB",
+            "--host-memory",
+            "100GiB",
+            "--json",
+        ]
+    )
+    out = json.loads(capsys.readouterr().out)
+    run = out["run"]
+    assert rc == 1 and any(p.startswith("training.warmup_steps") for p in run["problems"])
+    rows, tokens = run["micro_batch"]
+    assert run["padding_free"] and rows == 1 and 10_000 < tokens < 32 * 8192
+    assert out["memory"]["tokens_per_micro_batch"] == tokens

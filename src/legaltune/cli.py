@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from legaltune.config.fields import ConfigError
 
@@ -42,6 +43,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from legaltune.speed.policy import host_memory_available
 
     cfg = _config_from_args(args)
+    if args.from_data:
+        return _plan_from_data(cfg, args)
     examples = args.examples
     if examples is None and cfg.data.train_file:
         from legaltune.data.sources import count_train_examples
@@ -59,6 +62,50 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         render_plan(plan)
     return 1 if any(lint.level == "error" for lint in plan.lints) else 0
+
+
+def _plan_from_data(cfg: Any, args: argparse.Namespace) -> int:
+    """`plan --from-data`: the plan `legaltune train` makes (plan/speed.py), from the prepared data."""
+    import torch
+
+    from legaltune.data.prepare import prepare_data
+    from legaltune.model.load import resolve_attn
+    from legaltune.model.tokenizer import load_tokenizer
+    from legaltune.plan.core import parse_size
+    from legaltune.plan.render import render_plan
+    from legaltune.plan.speed import plan_run
+    from legaltune.speed.policy import host_memory_available
+
+    if not cfg.data.train_file:
+        raise ValueError("--from-data needs data.train_file in the config (or --set data.train_file=FILE)")
+    data = prepare_data(cfg, load_tokenizer(cfg.model))
+    gpu = parse_size(args.gpu_memory) if args.gpu_memory else None
+    on_cuda = gpu is not None or torch.cuda.is_available()
+    if gpu is None and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_properties(0).total_memory
+    plan = plan_run(
+        cfg,
+        [len(r["input_ids"]) for r in data.train],
+        on_cuda=on_cuda,
+        attn=resolve_attn(cfg.model.attn_implementation)
+        if not args.gpu_memory
+        else cfg.model.attn_implementation,
+        gpu_memory=gpu,
+        host_memory=parse_size(args.host_memory) if args.host_memory else host_memory_available(),
+        world_size=args.world_size,
+        varlen=True if args.gpu_memory else None,
+    )
+    if args.json:
+        out = plan.plan.to_dict() if plan.plan else {}
+        out["run"] = plan.to_dict()
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+    else:
+        if plan.plan is not None:
+            render_plan(plan.plan)
+        print(plan.summary(), *plan.notes, sep="\n  ")
+        for problem in plan.problems:
+            print(f"error: {problem}")
+    return 1 if plan.problems else 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -357,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=int, default=1, help="number of GPUs (data parallel)")
     p.add_argument("--examples", type=int, help="number of training examples, when the config names no data")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument(
+        "--from-data",
+        action="store_true",
+        help="tokenize the training data (the tokenizer only, no weights) and plan for the largest micro-batch "
+        "it makes, padding-free on a GPU, exactly as `legaltune train` will",
+    )
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("config", help="print the resolved config (defaults + file + --set) as YAML")

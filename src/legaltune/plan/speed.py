@@ -78,9 +78,12 @@ def optimizer_name(cfg: Config, *, use_cuda: bool) -> str:
     return cfg.optimization.optim
 
 
-def padding_free_choice(cfg: Config, *, on_cuda: bool, attn: str) -> tuple[bool, str]:
+def padding_free_choice(
+    cfg: Config, *, on_cuda: bool, attn: str, varlen: bool | None = None
+) -> tuple[bool, str]:
     """speed.padding_free as it applies: auto = on a CUDA GPU, speed engine on, with a varlen
-    attention kernel (flash-attn's, or PyTorch's for SDPA models)."""
+    attention kernel (flash-attn's, or PyTorch's for SDPA models). ``varlen``: whether PyTorch's
+    varlen kernel is there (None: look on this machine; `plan` for a GPU from a CPU says True)."""
     setting = cfg.speed.padding_free
     if setting is False:
         return False, "speed.padding_free: false"
@@ -89,9 +92,11 @@ def padding_free_choice(cfg: Config, *, on_cuda: bool, attn: str) -> tuple[bool,
     if attn == "flash_attention_2":
         return True, "flash-attn varlen kernel"
     if attn == "sdpa":
-        from legaltune.speed.varlen import varlen_supported
+        if varlen is None:
+            from legaltune.speed.varlen import varlen_supported
 
-        if on_cuda and varlen_supported():
+            varlen = varlen_supported()
+        if on_cuda and varlen:
             return True, "PyTorch's varlen flash kernel (speed/varlen.py)"
         if setting is True:
             # correct everywhere (transformers keeps the examples apart with a block mask), only slower
@@ -111,12 +116,13 @@ def plan_run(
     gpu_memory: float | None,
     host_memory: float | None,
     world_size: int = 1,
+    varlen: bool | None = None,
 ) -> RunSpeedPlan:
     """The run's speed plan from the config, the prepared training rows' ``lengths`` and the
     machine (``gpu_memory``/``host_memory`` in bytes, None where unknown)."""
     from legaltune.data.pack import largest_micro_batch
 
-    padding_free, why = padding_free_choice(cfg, on_cuda=on_cuda, attn=attn)
+    padding_free, why = padding_free_choice(cfg, on_cuda=on_cuda, attn=attn, varlen=varlen)
     micro = largest_micro_batch(lengths, cfg.training.per_device_train_batch_size, padding_free=padding_free)
     result = RunSpeedPlan(
         padding_free,
