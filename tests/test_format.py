@@ -75,3 +75,63 @@ def test_unknown_template_name(tmp_path):
     f = tmp_path / "t.jinja"
     f.write_text("x", encoding="utf-8")
     assert load_template(str(f)) == "x"
+
+
+def _gemma_like(tokenizer):
+    """The embedded tokenizer as a pretrained Gemma's looks to legaltune: no chat template, and
+    <start_of_turn>/<end_of_turn> as single tokens of its vocabulary."""
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = None
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tok.bos_token = "<|endoftext|>"
+    return tok
+
+
+def test_gemma_template_trains_model_turns_with_end_of_turn(tokenizer):
+    from legaltune.generate import stop_token_ids
+
+    tok = _gemma_like(tokenizer)
+    fmt = ChatFormatter(tok, template=load_template("gemma"))
+    text, spans = fmt.spans(CHAT)
+    # no system role in Gemma's format: the system prompt opens the first user turn
+    assert text.startswith(
+        "<|endoftext|><start_of_turn>user\nBạn là trợ lý pháp lý.\n\nTuổi kết hôn của nam là bao nhiêu?<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )
+    assert [text[s:e] for s, e in spans] == [
+        "Nam từ đủ 20 tuổi trở lên (Điều 8).<end_of_turn>",
+        "Nữ từ đủ 18 tuổi trở lên.<end_of_turn>",
+    ]
+    assert fmt.assistant_header == "<start_of_turn>model\n" and fmt.end_of_turn == "<end_of_turn>"
+    enc = fmt.encode(CHAT, 1024)
+    assert (
+        trained_text(tok, enc)
+        == "Nam từ đủ 20 tuổi trở lên (Điều 8).<end_of_turn>Nữ từ đủ 18 tuổi trở lên.<end_of_turn>"
+    )
+    # generation stops at it
+    assert tok.convert_tokens_to_ids("<end_of_turn>") in stop_token_ids(tok, fmt.end_of_turn)
+
+
+def test_a_tokenizer_without_template_gets_gemma_only_with_gemma_markers(tokenizer, capsys):
+    from legaltune.data.format import fallback_template_name
+    from legaltune.model.load import prepare_tokenizer
+
+    assert fallback_template_name(tokenizer) is None  # has its own (ChatML)
+    tok = _gemma_like(tokenizer)
+    assert fallback_template_name(tok) == "gemma"
+    prepare_tokenizer(tok, 512)
+    assert tok.chat_template == load_template("gemma")
+    assert "built-in 'gemma' template" in capsys.readouterr().err
+    assert ChatFormatter(tok).end_of_turn == "<end_of_turn>"
+
+    import copy
+
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    assert fallback_template_name(plain) is None
+    prepare_tokenizer(plain, 512)
+    assert plain.chat_template is None
+    with pytest.raises(TemplateError, match="chatml, llama-3.1, gemma"):
+        ChatFormatter(plain)

@@ -286,7 +286,9 @@ class DataConfig:
         "System prompt added to every conversation that has none; null for none.",
     )
     chat_template: str | None = opt(
-        None, "Chat template: null = the tokenizer's; a name (llama-3.1, chatml) or a .jinja file."
+        None,
+        "Chat template: null = the tokenizer's (a tokenizer with none but Gemma's turn markers gets gemma); a name "
+        "(llama-3.1, chatml, gemma) or a .jinja file.",
     )
     overlength: str = opt(
         "truncate",

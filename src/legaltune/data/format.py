@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 IGNORE = -100
-BUILTIN_TEMPLATES = ("chatml", "llama-3.1")
+BUILTIN_TEMPLATES = ("chatml", "llama-3.1", "gemma")
+# Built-in templates for tokenizers that ship without one (pretrained, not instruction-tuned,
+# checkpoints), recognised by the turn markers in their vocabulary.
+_FALLBACK_MARKERS = {"gemma": ("<start_of_turn>", "<end_of_turn>")}
 _PROBE = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
 
 
@@ -41,6 +44,19 @@ def load_template(name_or_path: str | None) -> str | None:
     )
 
 
+def fallback_template_name(tokenizer: Any) -> str | None:
+    """The built-in template a tokenizer without a chat template gets: the one whose turn markers
+    are all single tokens of its vocabulary (a pretrained Gemma's ``<start_of_turn>``), else None."""
+    if getattr(tokenizer, "chat_template", None):
+        return None
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for name, markers in _FALLBACK_MARKERS.items():
+        ids = [tokenizer.convert_tokens_to_ids(m) for m in markers]
+        if all(isinstance(i, int) and i != unk for i in ids):
+            return name
+    return None
+
+
 @dataclass
 class Encoded:
     input_ids: list[int]
@@ -59,7 +75,7 @@ class ChatFormatter:
         self.train_on = train_on
         if template is None and not getattr(tokenizer, "chat_template", None):
             raise TemplateError(
-                "the tokenizer has no chat template; set data.chat_template (chatml or llama-3.1)"
+                f"the tokenizer has no chat template; set data.chat_template ({', '.join(BUILTIN_TEMPLATES)} or a .jinja file)"
             )
         # The text that opens an assistant turn and the one that closes it, read off a probe render.
         before = self.render(_PROBE[:1], add_generation_prompt=True)
@@ -72,7 +88,7 @@ class ChatFormatter:
         if not self.end_of_turn.strip():
             raise TemplateError(
                 "the chat template does not close assistant turns with an end-of-turn token, so a tuned model "
-                "would not learn to stop; use data.chat_template chatml or llama-3.1, or fix the template"
+                f"would not learn to stop; use data.chat_template {' or '.join(BUILTIN_TEMPLATES)}, or fix the template"
             )
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:

@@ -161,7 +161,20 @@ def _hub_error(name: str, exc: Exception) -> ModelNameError:
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> None:
-    """Give the tokenizer a pad token and a model_max_length of ``max_seq_length`` if it has none/larger."""
+    """Give the tokenizer a pad token and a model_max_length of ``max_seq_length`` if it has none/larger,
+    and a built-in chat template if it has none and its vocabulary has that template's turn markers
+    (a pretrained Gemma: the ``gemma`` template). It is then saved with the run's adapter, so chat,
+    serve, eval and export read the same format."""
+    from legaltune.data.format import fallback_template_name, load_template
+
+    name = fallback_template_name(tokenizer)
+    if name is not None:
+        tokenizer.chat_template = load_template(name)
+        print(
+            f"the tokenizer has no chat template; using legaltune's built-in '{name}' template "
+            "(its vocabulary has that format's turn markers; data.chat_template overrides it)",
+            file=sys.stderr,
+        )
     if tokenizer.pad_token is None:
         # Safe because labels are built explicitly with the attention mask: pad positions get label
         # -100 and are never trained, so the model never learns to emit eos in place of padding.
