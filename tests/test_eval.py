@@ -169,7 +169,10 @@ def test_limit_and_data_file(run, tmp_path):
     from legaltune.evaluate.run_eval import evaluate_run, render_eval
 
     other = write_jsonl(tmp_path / "other.jsonl", list(reversed(EVAL_RECORDS)))
-    result = evaluate_run(run, data_file=other, limit=1, max_new_tokens=2, show_progress=False)
+    result = evaluate_run(
+        run, data_file=other, limit=1, max_new_tokens=2, show_progress=False, compute_loss=False
+    )
+    assert result["tuned"]["loss"] is None and result["data"]["loss_tokens"] == 0  # --no-loss
     assert result["data"]["questions"] == 1 and result["data"]["limit"] == 1
     assert result["data"]["available"] == 3 and result["data"]["source"] == str(other)
     assert [q["id"] for q in result["questions"]] == ["chat1"]  # the first record of --data
@@ -178,6 +181,7 @@ def test_limit_and_data_file(run, tmp_path):
     text = " ".join(buf.getvalue().split())  # the title wraps at the table's width, which the paths change
     assert "citation F1" in text and "first 1 of 3" in text and "Δ" in text
     assert "hallucinated citations (law in corpus)" in text and "citations supported by the article" in text
+    assert "no loss pass (--no-loss)" in text
 
 
 def test_zero_adapter_equals_base(tmp_path, tokenizer):

@@ -224,6 +224,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         compare_base=not args.no_base,
+        compute_loss=not args.no_loss,
     )
     render_eval(result, Console())
     print(f"report: {write_report(args.run)}")  # refreshed with the eval table
@@ -506,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="only the first N evaluation records")
     p.add_argument("--base-model", metavar="NAME", help="where the base weights are, if they moved")
     p.add_argument("--no-base", action="store_true", help="skip the base-model comparison")
+    p.add_argument(
+        "--no-loss", action="store_true", help="skip the loss/perplexity pass: generation metrics only"
+    )
     _add_generation_args(p)
     p.set_defaults(func=cmd_eval)
 

