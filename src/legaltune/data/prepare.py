@@ -138,15 +138,20 @@ def _records_to_items(
                 continue
             if schema == "alqac":
                 rec = join_question(rec, corpus, d.corpus_file or "")
+            from_corpus = False
             if filler is not None:
                 if stats.context is None:
                     stats.context = ContextCounts(filler.mode)
-                rec = filler.fill(rec, schema, loc, stats.context)
+                filled = filler.fill(rec, schema, loc, stats.context)
+                from_corpus, rec = filled is not rec, filled
             msgs = to_messages(rec, schema, use_context=d.use_context)
             msgs = _clean_messages(msgs, cfg, loc, report)
             if d.system_prompt and msgs[0]["role"] != "system":
                 msgs = [{"role": "system", "content": d.system_prompt}, *msgs]
-            items.append({"loc": loc, "messages": msgs, "id": rec.get("id")})
+            item = {"loc": loc, "messages": msgs, "id": rec.get("id")}
+            if from_corpus:
+                item["context_from_corpus"] = True  # eval reports these records apart
+            items.append(item)
         except RecordError as exc:
             if d.on_bad_record == "error":
                 raise DataError(

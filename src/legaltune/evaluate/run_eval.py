@@ -206,6 +206,53 @@ def score_answers(
     return summary, per
 
 
+_SUBSET_KEYS = (
+    "citation_f1",
+    "citation_precision_article_level",
+    "citation_recall_article_level",
+    "citation_f1_article_level",
+    "hallucinated_rate",
+    "supported_rate",
+    "token_f1",
+)
+
+
+def _by_context(per: list[dict[str, Any]], refs: list[str], corpus_rows: list[int]) -> dict[str, Any]:
+    """The main scores apart for questions asked with law text from the corpus (data.context_fill)
+    and for those that kept their own context, from the answers already scored."""
+    from legaltune.corpus.verify import CitationCheck, summarize_checks
+
+    out = {}
+    inside = set(corpus_rows)
+    for name, rows in (
+        ("corpus", sorted(inside)),
+        ("own", [i for i in range(len(per)) if i not in inside]),
+    ):
+        pairs = [(per[i]["answer"], refs[i]) for i in rows]
+        exact = aggregate_citation_scores(pairs)
+        article = aggregate_citation_scores(pairs, level="article")
+        checks = [
+            [
+                CitationCheck(**{k: v for k, v in c.items() if k not in ("mark", "line")})
+                for c in per[i]["citation_checks"]
+            ]
+            for i in rows
+        ]
+        check = summarize_checks(checks)
+        summary = {
+            "questions": len(rows),
+            "citation_f1": exact["f1"],
+            "citation_precision_article_level": article["precision"],
+            "citation_recall_article_level": article["recall"],
+            "citation_f1_article_level": article["f1"],
+            "hallucinated_rate": check["hallucinated_rate"],
+            "supported_rate": check["supported_rate"],
+            "token_f1": statistics.fmean(per[i]["token_f1"] for i in rows) if rows else None,
+        }
+        out[name] = {k: summary[k] for k in ("questions", *_SUBSET_KEYS)}
+    return out
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write via a temp file in the same directory + rename: readers never see a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -321,9 +368,15 @@ def evaluate_run(
     loss_tokens = results["tuned"][0].pop("loss_tokens")
     if compare_base:
         results["base"][0].pop("loss_tokens")
+    corpus_rows = [i for i, r in enumerate(records) if r.get("context_from_corpus")]
+    if corpus_rows and len(corpus_rows) < len(records):
+        for side in sides:
+            results[side][0]["by_context"] = _by_context(results[side][1], refs, corpus_rows)
     questions = []
     for i, (rec, (_, question, ref)) in enumerate(zip(records, turns, strict=True)):
         row = {"id": rec.get("id"), "loc": rec["loc"], "question": question, "reference": ref}
+        if rec.get("context_from_corpus"):
+            row["context_from_corpus"] = True
         for side in sides:
             row[side] = results[side][1][i]
         questions.append(row)
@@ -441,5 +494,19 @@ def render_eval(result: dict[str, Any], console: Any = None) -> None:
         style = {1: "green", -1: "red"}.get(sign, "")
         table.add_row(label, b, t, f"[{style}]{delta}[/{style}]" if style else delta)
     console.print(table)
+    by = result["tuned"].get("by_context")
+    if by:
+        base_by = (result.get("base") or {}).get("by_context") or {}
+        for name, label in (("corpus", "law text from the corpus"), ("own", "their own context")):
+            t, b = by[name], base_by.get(name, {})
+            cells = ", ".join(
+                f"{lab} {fmt_value(b.get(k), 'pct')} → {fmt_value(t.get(k), 'pct')}"
+                for k, lab in (
+                    ("citation_f1_article_level", "article F1"),
+                    ("hallucinated_rate", "hallucinated"),
+                    ("supported_rate", "supported"),
+                )
+            )
+            console.print(f"{t['questions']} questions asked with {label} (base → tuned): {cells}")
     if result.get("trainer_eval_loss") is not None:
         console.print(f"trainer's final eval loss (train_summary.json): {result['trainer_eval_loss']:.4f}")

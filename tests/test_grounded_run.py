@@ -1,5 +1,5 @@
-"""The demo's base-vs-tuned grounding table on a tiny run: both sides answer the same held-out
-questions, the table prints citation F1, hallucinated and supported rates."""
+"""A run trained with context_fill: cited, on a tiny model: the demo's base-vs-tuned grounding table,
+and `legaltune eval` scoring corpus-context questions apart."""
 
 import io
 import json
@@ -25,9 +25,7 @@ HELD_OUT = [
 ]
 
 
-def test_demo_compares_base_and_tuned_grounding(tmp_path, tokenizer):
-    from legaltune.demo import compare_grounding
-
+def _grounded_run(tmp_path, tokenizer):
     eval_file = tmp_path / "held_out.jsonl"
     eval_file.write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in HELD_OUT), encoding="utf-8"
@@ -38,7 +36,13 @@ def test_demo_compares_base_and_tuned_grounding(tmp_path, tokenizer):
         data={"eval_file": str(eval_file), "context_fill": "cited", "context_max_chars": 300},
         training={"max_steps": 2},
     )
-    res = train(cfg, tokenizer)
+    return cfg, train(cfg, tokenizer)
+
+
+def test_demo_compares_base_and_tuned_grounding(tmp_path, tokenizer):
+    from legaltune.demo import compare_grounding
+
+    cfg, res = _grounded_run(tmp_path, tokenizer)
     # the held-out question whose article is in the corpus was asked with its real text
     assert res.data.eval_records[0]["messages"][0]["content"].startswith(
         "Căn cứ pháp lý tham khảo:\nĐiều 105 Bộ luật Lao động 2019 (45/2019/QH14)"
@@ -58,3 +62,22 @@ def test_demo_compares_base_and_tuned_grounding(tmp_path, tokenizer):
     # the tuned side leaves the adapter on afterwards (the base side ran inside disable_adapter())
     lora_layers = [m for m in res.trainer_model.modules() if hasattr(m, "lora_A")]
     assert lora_layers and not any(m.disable_adapters for m in lora_layers)
+
+
+def test_eval_scores_corpus_context_questions_apart(tmp_path, tokenizer):
+    from legaltune.evaluate.run_eval import evaluate_run, render_eval
+    from tests.conftest import make_tiny_llama
+
+    base_dir = tmp_path / "base"
+    make_tiny_llama(len(tokenizer)).save_pretrained(base_dir)  # the weights train() starts from (seed 0)
+    tokenizer.save_pretrained(base_dir)
+    _, res = _grounded_run(tmp_path, tokenizer)
+    result = evaluate_run(res.run_dir, base_model=str(base_dir), max_new_tokens=2, show_progress=False)
+    assert [q.get("context_from_corpus", False) for q in result["questions"]] == [True, False]
+    for side in ("base", "tuned"):
+        by = result[side]["by_context"]
+        assert by["corpus"]["questions"] == 1 and by["own"]["questions"] == 1
+        assert set(by["corpus"]) >= {"citation_f1_article_level", "hallucinated_rate", "supported_rate"}
+    buf = io.StringIO()
+    render_eval(result, Console(file=buf, width=200))
+    assert "1 questions asked with law text from the corpus (base → tuned): article F1" in buf.getvalue()
