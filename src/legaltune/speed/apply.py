@@ -8,8 +8,6 @@ memory plan picks (``speed: auto``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
 
 from torch import nn
 
@@ -19,45 +17,9 @@ from legaltune.speed.families import family_notices
 from legaltune.speed.kernels import apply_kernels
 from legaltune.speed.lora_linear import fuse_lora_linears, mark_recompute_skips
 from legaltune.speed.policy import compile_wanted, liger_available
+from legaltune.speed.state import SpeedReport
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SpeedReport:
-    """What the speed engine changed on a model instance (logged, and saved with the run)."""
-
-    mode: str
-    fused_lora: int = 0
-    recompute_skips: int = 0
-    rms_norm: int = 0
-    swiglu: int = 0
-    compiled_layers: int = 0
-    checkpointing: str = ""
-    fused_head: bool = False  # TRL's LM head with the gradient computed in forward (speed/lm_head.py)
-    on_cuda: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        if self.mode == "off":
-            return "speed: off (transformers + PEFT reference path)"
-        parts = [f"{self.fused_lora} fused LoRA linears"]
-        if (self.rms_norm or self.swiglu) and self.on_cuda and liger_available():
-            parts.append(f"Liger RMSNorm×{self.rms_norm} SwiGLU×{self.swiglu}")
-        elif self.rms_norm or self.swiglu:
-            parts.append("RMSNorm/SwiGLU in PyTorch (Liger's kernels need CUDA and liger-kernel)")
-        if self.compiled_layers:
-            parts.append(f"{self.compiled_layers} compiled layers")
-        if self.checkpointing:
-            parts.append(f"checkpointing: {self.checkpointing}")
-        if self.fused_head:
-            parts.append("LM head gradient in forward")
-        if self.recompute_skips and self.checkpointing not in ("", "none"):
-            parts.append(f"recompute skips {self.recompute_skips} down_proj GEMMs")
-        return f"speed: {self.mode} — " + ", ".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def resolve_compile(setting: bool | str, *, on_cuda: bool) -> bool:

@@ -9,12 +9,50 @@ set on the model object and a model that is freed takes its entry with it.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
-if TYPE_CHECKING:
-    from legaltune.speed.apply import SpeedReport
+from legaltune.speed.policy import liger_available
+
+
+@dataclass
+class SpeedReport:
+    """What the speed engine changed on a model instance (logged, and saved with the run)."""
+
+    mode: str
+    fused_lora: int = 0
+    recompute_skips: int = 0
+    rms_norm: int = 0
+    swiglu: int = 0
+    compiled_layers: int = 0
+    checkpointing: str = ""
+    fused_head: bool = False  # TRL's LM head with the gradient computed in forward (speed/lm_head.py)
+    on_cuda: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.mode == "off":
+            return "speed: off (transformers + PEFT reference path)"
+        parts = [f"{self.fused_lora} fused LoRA linears"]
+        if (self.rms_norm or self.swiglu) and self.on_cuda and liger_available():
+            parts.append(f"Liger RMSNorm×{self.rms_norm} SwiGLU×{self.swiglu}")
+        elif self.rms_norm or self.swiglu:
+            parts.append("RMSNorm/SwiGLU in PyTorch (Liger's kernels need CUDA and liger-kernel)")
+        if self.compiled_layers:
+            parts.append(f"{self.compiled_layers} compiled layers")
+        if self.checkpointing:
+            parts.append(f"checkpointing: {self.checkpointing}")
+        if self.fused_head:
+            parts.append("LM head gradient in forward")
+        if self.recompute_skips and self.checkpointing not in ("", "none"):
+            parts.append(f"recompute skips {self.recompute_skips} down_proj GEMMs")
+        return f"speed: {self.mode} — " + ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
 
 _REPORTS: weakref.WeakKeyDictionary[nn.Module, SpeedReport] = weakref.WeakKeyDictionary()
 _CHECKPOINTING: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
@@ -44,4 +82,4 @@ def checkpointing_mode(model: nn.Module) -> str | None:
     return _CHECKPOINTING.get(_owner(model))
 
 
-__all__ = ["checkpointing_mode", "set_checkpointing", "set_speed_report", "speed_report"]
+__all__ = ["SpeedReport", "checkpointing_mode", "set_checkpointing", "set_speed_report", "speed_report"]
