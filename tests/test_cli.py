@@ -54,5 +54,6 @@ def test_config_prints_resolved_yaml(capsys):
 
 
 def test_merge_reports_a_missing_adapter(tmp_path, capsys):
-    assert main(["merge", "--run", str(tmp_path), "--output", str(tmp_path / "out")]) == 1
-    assert "adapter" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text("{}")
+    assert main(["merge", "--run", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert "no final adapter" in capsys.readouterr().err

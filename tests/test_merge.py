@@ -190,14 +190,20 @@ def test_empty_output_dir_is_fine(run, tmp_path):
 def test_missing_adapter_says_what_was_expected(tmp_path):
     from legaltune.export.merge import ExportError, merge_run
 
+    with pytest.raises(ExportError, match="no such run"):
+        merge_run(tmp_path / "run", tmp_path / "out")
     (tmp_path / "run").mkdir()
-    with pytest.raises(ExportError, match=r"adapter_config\.json.*adapter_model\.safetensors"):
+    with pytest.raises(ExportError, match="not a run directory"):
+        merge_run(tmp_path / "run", tmp_path / "out")
+    (tmp_path / "run" / "config.yaml").write_text("{}")
+    with pytest.raises(ExportError, match=r"no final adapter \(.*adapter/adapter_config\.json\)"):
         merge_run(tmp_path / "run", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     # an interrupted run has checkpoints but no final adapter: say which to pass
-    (tmp_path / "run" / "checkpoint-10").mkdir()
-    (tmp_path / "run" / "checkpoint-10" / "adapter_config.json").write_text("{}")
-    with pytest.raises(ExportError, match="checkpoint-10"):
+    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-10"
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter_config.json").write_text("{}")
+    with pytest.raises(ExportError, match="checkpoints/checkpoint-10"):
         merge_run(tmp_path / "run", tmp_path / "out")
 
 

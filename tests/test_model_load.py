@@ -229,5 +229,10 @@ def test_hub_failure_names_model_and_fix(monkeypatch):
     with pytest.raises(ModelNameError) as err:
         load.load_model(model_cfg("vinai/not-a-model"), QuantizationConfig())
     msg = str(err.value)
-    assert "vinai/not-a-model" in msg and "hub not reachable or repo not found" in msg
-    assert "local model directory" in msg and "smollm2-135m-instruct" in msg
+    assert "vinai/not-a-model" in msg and "Hugging Face Hub did not provide it" in msg
+    assert "model directory with config.json" in msg and "'smollm2-135m-instruct'" in msg
+    # the tokenizer alone (data check, the first thing train loads) says the same, not a traceback
+    from legaltune.model.tokenizer import load_tokenizer
+
+    with pytest.raises(ModelNameError, match="llama-9000.*Names that work offline"):
+        load_tokenizer(model_cfg("llama-9000"))

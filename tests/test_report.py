@@ -124,8 +124,14 @@ def test_report_of_a_bare_directory_does_not_touch_the_network(tmp_path):
         "estimate unavailable: the architecture of some-org/not-a-shipped-model is not known offline" in page
     )
     assert "No metrics.jsonl rows yet" in page and "<img" not in page
-    with pytest.raises(FileNotFoundError):
+    from legaltune.run.layout import RunError
+
+    with pytest.raises(RunError, match="no such run"):
         write_report(tmp_path / "missing")
+    (tmp_path / "not-a-run").mkdir()
+    with pytest.raises(RunError, match="not a run directory"):
+        write_report(tmp_path / "not-a-run")
+    assert not (tmp_path / "not-a-run" / "report.html").exists()
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium is not installed")

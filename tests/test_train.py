@@ -148,17 +148,38 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
+class CtrlCAt(TrainerCallback):
+    """Presses Ctrl-C (a real SIGINT to this process) as step ``step`` begins."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kw):
+        if state.global_step + 1 == self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_interrupted_and_resumed_run_ends_where_uninterrupted_one_does(tmp_path, tokenizer):
     over = {
         "training": {"max_steps": 6, "per_device_train_batch_size": 1},
-        "logging": {"save_strategy": "steps", "save_steps": 3},
+        "logging": {"save_strategy": "steps", "save_steps": 2},
     }
     full = train(base_cfg(tmp_path / "full", **over), tokenizer)
     part_cfg = base_cfg(tmp_path / "part", **over)
-    part = train(part_cfg, tokenizer, extra_callbacks=[StopAt(3)])
-    assert (part.run_dir / "checkpoints" / "checkpoint-3").is_dir()
+    part = train(part_cfg, tokenizer, extra_callbacks=[CtrlCAt(3)])
+    run = part.run_dir
+    # Ctrl-C at step 3 saves checkpoint-3 (between the regular saves at 2 and 4) and stops there;
+    # the adapter written is visibly partial, and the summary says so
+    assert part.interrupted and (run / "checkpoints" / "checkpoint-3").is_dir()
+    assert part.adapter_dir == run / "adapter-partial" and not (run / "adapter").exists()
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["status"] == "interrupted" and (summary["step"], summary["max_steps"]) == (3, 6)
     resumed = train(part_cfg, tokenizer, resume=str(part.run_dir))
     assert resumed.run_dir == part.run_dir
+    assert (run / "adapter").is_dir() and not (run / "adapter-partial").exists()
 
     def last_loss(run):
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -168,6 +189,12 @@ def test_interrupted_and_resumed_run_ends_where_uninterrupted_one_does(tmp_path,
     assert last_loss(full.run_dir)["loss"] == pytest.approx(last_loss(resumed.run_dir)["loss"], rel=1e-5)
     for k, v in adapter(full.run_dir).items():
         torch.testing.assert_close(v, adapter(resumed.run_dir)[k], atol=1e-6, rtol=1e-5)
+    # the log and the summary cover the whole run: each step once, the train loss over all 6 steps
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    whole = json.loads((full.run_dir / "train_summary.json").read_text())["train"]["train_loss"]
+    assert resumed.train_metrics["train_loss"] == pytest.approx(whole, rel=1e-6)
+    assert [r["train_loss"] for r in rows if "train_loss" in r] == [pytest.approx(whole, rel=1e-6)]
 
 
 def test_save_total_limit_rotates_checkpoints(tmp_path, tokenizer):

@@ -12,8 +12,14 @@ import sys
 from typing import Any
 
 from legaltune.config.fields import ConfigError
+from legaltune.errors import UserError
 
-EXIT_USAGE = 2
+# Exit codes (documented in README "Exit codes"):
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1  # the command ran and its verdict is negative: a plan lint error, a demo loss not lower
+EXIT_USAGE = 2  # bad input the user can fix: config, data, model name, flags, run directory, full disk, lock
+EXIT_INTERNAL = 3  # an internal failure (a bug): the traceback is printed
+EXIT_INTERRUPTED = 130  # Ctrl-C (a train run saves a checkpoint first)
 # The export types, spelled here so that `legaltune --help` does not import gguf and numpy.
 GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 GGUF_K_QUANTS = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
@@ -141,11 +147,22 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from legaltune.train.trainer import run_training
+    from legaltune.run.lock import check_free
+    from legaltune.run.session import check_before_data, refuse_flags
 
     cfg = _config_from_args(args)
     resume: str | bool | None = args.resume if args.resume != "" else True
-    result = run_training(cfg, resume=resume, allow_plan_errors=args.ignore_plan_errors)
+    refuse_flags(resume, args.weights_only)
+    found = check_before_data(cfg, resume)  # in milliseconds: before torch and transformers load
+    if found is not None:
+        check_free(found[0].lock)
+    from legaltune.train.trainer import run_training
+
+    result = run_training(
+        cfg, resume=resume, weights_only=args.weights_only, allow_plan_errors=args.ignore_plan_errors
+    )
+    if result.nothing_to_do:
+        return EXIT_OK  # the notice said so: the run had finished
     print(f"run directory: {result.run_dir}")
     print(f"adapter: {result.adapter_dir}")
     if result.eval_loss_after is not None:
@@ -154,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             "training was interrupted; continue with: legaltune train CONFIG --resume " + str(result.run_dir)
         )
-        return 130
+        return EXIT_INTERRUPTED
     return 0
 
 
@@ -167,15 +184,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     import warnings
 
-    from legaltune.export.merge import ExportError, QuantizedBaseWarning, merge_run
+    from legaltune.export.merge import QuantizedBaseWarning, merge_run
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", QuantizedBaseWarning)
-        try:
-            out = merge_run(args.run, args.output, args.dtype, overwrite=args.overwrite)
-        except ExportError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        out = merge_run(args.run, args.output, args.dtype, overwrite=args.overwrite)
     for w in caught:
         if issubclass(w.category, QuantizedBaseWarning):
             print(f"warning: {w.message}", file=sys.stderr)
@@ -187,17 +200,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     import warnings
 
     from legaltune.export.gguf_export import export_gguf
-    from legaltune.export.merge import ExportError
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        try:
-            out = export_gguf(
-                args.run, args.output, args.type, overwrite=args.overwrite, modelfile=not args.no_modelfile
-            )
-        except ExportError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        out = export_gguf(
+            args.run, args.output, args.type, overwrite=args.overwrite, modelfile=not args.no_modelfile
+        )
     for w in caught:
         if issubclass(w.category, UserWarning) and "legaltune" in w.filename:
             print(f"warning: {w.message}", file=sys.stderr)
@@ -347,7 +355,11 @@ def _add_corpus_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from legaltune.report.html import write_report
 
-    print(write_report(args.run_dir))
+    if (args.run_dir is None) == (args.run is None):
+        raise UserError(
+            "give the run directory once: legaltune report RUN_DIR, or legaltune report --run RUN_DIR"
+        )
+    print(write_report(args.run_dir or args.run))
     return 0
 
 
@@ -430,7 +442,15 @@ def build_parser() -> argparse.ArgumentParser:
         const="",
         default=None,
         metavar="PATH",
-        help="continue from a checkpoint: PATH (run dir or checkpoint-N), or the newest run of this config",
+        help="continue a run: PATH (a run directory, or one of its checkpoints/checkpoint-N), or without PATH "
+        "this config's run (logging.run_name, else its newest <config name>-<timestamp> run); a finished run "
+        "is 'nothing to do'",
+    )
+    p.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="with --resume: continue from a checkpoint whose optimizer, scheduler or RNG state is missing or "
+        "damaged, from its weights only (fresh optimizer; the result differs from an uninterrupted run)",
     )
     p.add_argument(
         "--ignore-plan-errors",
@@ -568,23 +588,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.description = (
         "Write RUN_DIR/report.html: loss, learning rate, tokens/s and memory plots, eval table, config."
     )
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="the run directory")
+    p.add_argument("--run", metavar="RUN_DIR", help="the run directory (as eval, generate, chat take it)")
     p.set_defaults(func=cmd_report)
     return parser
 
 
+def _user_os_error(exc: OSError) -> bool:
+    """An OS error the user fixes (a permission, a read-only or full disk), not a bug."""
+    import errno
+
+    return isinstance(exc, PermissionError) or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; exit codes: 0 ok, 1 check failed, 2 bad input, 3 internal failure, 130 Ctrl-C."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (UserError, ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
         # Domain errors carry their own "what and how to fix" text; a traceback adds nothing.
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        if not _user_os_error(exc):
+            return _internal(exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # anything not classified as the user's is a bug
+        return _internal(exc)
+
+
+def _internal(exc: BaseException) -> int:
+    import traceback
+
+    traceback.print_exception(exc)
+    print(
+        f"internal error ({type(exc).__name__}): this is a legaltune bug, not a problem with your input; "
+        "please report it with the traceback above",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -81,20 +81,35 @@ def generate_answers(
     return out
 
 
-def load_run(run_dir: str | Path) -> tuple[Any, Any, Any]:
-    """(model with the run's adapter, tokenizer, resolved config) for inference on CPU or GPU."""
+def load_run(run_dir: str | Path, base_model: str | None = None) -> tuple[Any, Any, Any]:
+    """(model with the run's adapter, tokenizer, resolved config) for inference on CPU or GPU.
+
+    ``run_dir`` is a finished run, or an adapter / checkpoint directory inside a run (see
+    legaltune.run.layout.find_adapter). The tokenizer is the one training saved beside the adapter
+    (the base's when there is none); ``base_model`` replaces the base weights' location.
+    """
+    import dataclasses
+
     from peft import PeftModel
 
     from legaltune.config.load import load_config
-    from legaltune.model.load import load_model
+    from legaltune.model.load import load_model, prepare_tokenizer
+    from legaltune.run.layout import RunError, find_adapter
 
-    run_dir = Path(run_dir)
-    adapter = run_dir / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(
-            f"{run_dir}: no adapter/adapter_config.json — is this a finished legaltune run directory?"
+    ref = find_adapter(run_dir)
+    if ref.run is None or not ref.run.config.is_file():
+        raise RunError(
+            f"{ref.adapter_dir} is an adapter outside a run directory (no config.yaml beside it): "
+            "pass the run directory that legaltune train wrote"
         )
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(ref.run.config)
+    if base_model is not None:  # the base moved (another machine, a local copy of a hub model)
+        cfg.model = dataclasses.replace(cfg.model, model_name=base_model)
     base, tokenizer = load_model(cfg.model, cfg.quantization)
-    model = PeftModel.from_pretrained(base, str(adapter))
+    if ref.tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(ref.tokenizer_dir))
+        prepare_tokenizer(tokenizer, cfg.model.max_seq_length)
+    model = PeftModel.from_pretrained(base, str(ref.adapter_dir))
     return model, tokenizer, cfg

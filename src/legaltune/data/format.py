@@ -92,10 +92,21 @@ class ChatFormatter:
             )
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+        from jinja2 import TemplateError as JinjaError
+
         kwargs = {"chat_template": self.template} if self.template else {}
-        return self.tok.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
-        )
+        try:
+            return self.tok.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+            )
+        except JinjaError as exc:  # syntax, sandbox (SecurityError), undefined names, raise_exception()
+            where = "data.chat_template" if self.template else "the tokenizer's chat template"
+            line = f" (template line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+            raise TemplateError(
+                f"{where} failed to render{line}: {type(exc).__name__}: {exc}. Templates run in Jinja's "
+                "sandbox (no attribute access to Python internals such as __class__); fix the template "
+                "or use data.chat_template chatml or llama-3.1"
+            ) from None
 
     def spans(self, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
         """Rendered text and the character spans that carry loss (each assistant turn with its end-of-turn)."""

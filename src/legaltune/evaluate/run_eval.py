@@ -10,36 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from legaltune.evaluate.citations import aggregate_citation_scores, citation_scores
 from legaltune.evaluate.metrics import bleu, exact_match, rouge_l, syllables, token_f1
-
-EVAL_FILE = "eval.json"
-
-
-def _load(run_dir: Path, base_model: str | None) -> tuple[Any, Any, Any]:
-    from legaltune.generate import load_run
-
-    if base_model is None:
-        return load_run(run_dir)
-    # The base moved (another machine, a local copy of a hub model): same run, other weights path.
-    from peft import PeftModel
-
-    from legaltune.config.load import load_config
-    from legaltune.model.load import load_model
-
-    cfg = load_config(run_dir / "config.yaml")
-    cfg.model = dataclasses.replace(cfg.model, model_name=base_model)
-    base, tokenizer = load_model(cfg.model, cfg.quantization)
-    return PeftModel.from_pretrained(base, str(run_dir / "adapter")), tokenizer, cfg
+from legaltune.run.atomic import write_json_atomic
+from legaltune.run.layout import EVAL as EVAL_FILE
 
 
 def _eval_config(cfg: Any, data_file: str | Path | None) -> Any:
@@ -253,20 +233,6 @@ def _by_context(per: list[dict[str, Any]], refs: list[str], corpus_rows: list[in
     return out
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write via a temp file in the same directory + rename: readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, indent=2, allow_nan=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _evaluate_side(
     model: Any,
     tokenizer: Any,
@@ -320,11 +286,20 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate RUN_DIR's adapter (and its base) on held-out data; write RUN_DIR/eval.json and return it."""
     from legaltune.data.prepare import prepare_data
+    from legaltune.generate import load_run
+    from legaltune.run.layout import RunError, find_adapter
 
-    run_dir = Path(run_dir)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be ≥ 1 (got {limit})")
-    model, tokenizer, cfg = _load(run_dir, base_model)
+    ref = find_adapter(run_dir)
+    if ref.run is None or ref.adapter_dir != ref.run.adapter:
+        raise RunError(
+            f"{run_dir}: eval compares a run's final adapter with its base and writes RUN/{EVAL_FILE}; pass "
+            "the run directory (for a checkpoint or partial adapter, merge it or use generate --run)"
+        )
+    run = ref.run
+    run_dir = run.path
+    model, tokenizer, cfg = load_run(run_dir, base_model)
     model.eval()
     cfg = _eval_config(cfg, data_file)
     prep = prepare_data(cfg, tokenizer)
@@ -380,12 +355,11 @@ def evaluate_run(
         for side in sides:
             row[side] = results[side][1][i]
         questions.append(row)
-    summary_file = run_dir / "train_summary.json"
     trainer_loss = None
-    if data_file is None and limit is None and summary_file.is_file():
+    if data_file is None and limit is None:
         # Same rows as the trainer's final evaluation: a consistency check on the loss (the trainer
         # averages per batch, so a small difference is expected when batches differ in tokens).
-        trainer_loss = json.loads(summary_file.read_text(encoding="utf-8")).get("eval_loss_after")
+        trainer_loss = (run.read_summary() or {}).get("eval_loss_after")
     result = {
         "run_dir": str(run_dir),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -415,7 +389,7 @@ def evaluate_run(
         "timing_s": timing,
         "questions": questions,
     }
-    write_json_atomic(run_dir / EVAL_FILE, result)
+    write_json_atomic(run.eval, result, "eval results")
     return result
 
 

@@ -31,6 +31,7 @@ from legaltune.export.gguf_arch import Arch, arch_for, permute_qk, rope_paramete
 from legaltune.export.gguf_quantize import K_QUANTS, find_quantizer
 from legaltune.export.merge import ExportError, inspect_run, load_merged
 from legaltune.export.modelfile import write_modelfile
+from legaltune.run.layout import RunDir
 
 __all__ = ["TYPES", "K_QUANTS", "export_gguf", "permute_qk", "llama3_rope_factors", "rope_parameters"]
 
@@ -212,7 +213,7 @@ def _run_format(run_dir: Path) -> tuple[str | None, str | None, int | None]:
 
 
 def _read_source(source: Path, type: str, merge_dtype: str | None) -> _Source:
-    if (source / "adapter_config.json").is_file() or (source / "adapter").is_dir():
+    if (source / "adapter_config.json").is_file() or RunDir(source).is_run():
         info = inspect_run(source)
         base_config = Path(info.base) / "config.json"
         if base_config.is_file():  # check before spending minutes on a merge

@@ -10,12 +10,13 @@ interrupted merge never leaves a directory that looks complete.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from legaltune.errors import UserError
+from legaltune.run.atomic import staged_dir
 
 if TYPE_CHECKING:
     import torch
@@ -25,7 +26,7 @@ DTYPES = ("bf16", "fp16", "fp32")
 _DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """A merge or export that cannot proceed; the message says what was expected and how to fix it."""
 
 
@@ -57,15 +58,14 @@ def _resolve_base(name: str) -> str:
     """A local directory for the base model, or the hub id as given; fail early on a missing path."""
     from legaltune.model.arch import EMBEDDED_ALIAS
     from legaltune.model.embedded import embedded_model_dir
+    from legaltune.model.load import looks_like_hub_id
 
     if name == EMBEDDED_ALIAS:
         name = str(embedded_model_dir())
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
-    # A hub id is exactly "owner/name"; anything else (absolute, ./, ~, deeper paths) meant a directory.
-    looks_like_path = path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1
-    if looks_like_path:
+    if not looks_like_hub_id(name):
         raise ExportError(
             f"base model not found: {name} (from adapter_config.json's base_model_name_or_path). "
             "The base must be available locally at that path or on the Hugging Face Hub; copy it "
@@ -92,43 +92,28 @@ def _training_quantization(config_yaml: Path) -> str | None:
 
 def inspect_run(run_dir: str | Path) -> RunInfo:
     """Locate the adapter, tokenizer and base of a run directory (or of an adapter/checkpoint directory)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ExportError(f"run directory not found: {run_dir}")
-    # Accept RUN_DIR (adapter in RUN_DIR/adapter) as well as an adapter or checkpoint directory itself.
-    adapter_dir = run_dir if (run_dir / "adapter_config.json").is_file() else run_dir / "adapter"
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():
-        checkpoints = sorted(
-            p.name for p in run_dir.glob("checkpoint-*") if (p / "adapter_config.json").is_file()
-        )
-        hint = (
-            f" It has checkpoints ({', '.join(checkpoints)}); pass one of those instead."
-            if checkpoints
-            else ""
-        )
-        raise ExportError(
-            f"{run_dir} has no adapter: expected {adapter_dir}/adapter_config.json and "
-            "adapter_model.safetensors (PEFT save_pretrained output, written by `legaltune train` into "
-            "RUN_DIR/adapter/). Pass the run directory, or an adapter/checkpoint directory itself." + hint
-        )
-    if not any((adapter_dir / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
-        raise ExportError(f"{adapter_dir} has adapter_config.json but no adapter_model.safetensors")
-    adapter_config = json.loads(config_file.read_text(encoding="utf-8"))
+    from legaltune.run.layout import ADAPTER_CONFIG, RunError, find_adapter
+
+    try:
+        ref = find_adapter(run_dir)
+    except RunError as exc:
+        raise ExportError(str(exc)) from None
+    config_file = ref.adapter_dir / ADAPTER_CONFIG
+    try:
+        adapter_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ExportError(f"{config_file} is not valid JSON ({exc}); the adapter is damaged") from None
     base_name = adapter_config.get("base_model_name_or_path")
     if not base_name:
         raise ExportError(
             f"{config_file} names no base_model_name_or_path; cannot tell which base to merge into"
         )
     base = _resolve_base(base_name)
-    # Training saves the tokenizer next to the adapter (it may carry a chat template or added tokens
-    # that the base lacks); fall back to the base's own tokenizer.
-    has_tokenizer = any((adapter_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     return RunInfo(
-        adapter_dir=adapter_dir,
+        adapter_dir=ref.adapter_dir,
         base=base,
-        tokenizer_dir=adapter_dir if has_tokenizer else base,
-        quantized=_training_quantization(adapter_dir.parent / "config.yaml"),
+        tokenizer_dir=ref.tokenizer_dir or base,
+        quantized=_training_quantization(ref.run.config) if ref.run is not None else None,
     )
 
 
@@ -177,18 +162,6 @@ def _check_output(output_dir: Path, overwrite: bool) -> None:
         raise ExportError(f"{output_dir} is not empty; choose another directory or pass overwrite=True")
 
 
-def replace_dir(tmp: Path, output_dir: Path) -> None:
-    """Move a finished temporary directory to `output_dir`, replacing what is there."""
-    old: Path | None = None
-    if output_dir.exists():
-        # Move the old one aside first so that a failed rename never loses both versions.
-        old = output_dir.with_name(f".{output_dir.name}.old-{tmp.name}")
-        output_dir.rename(old)
-    tmp.rename(output_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def merge_run(
     run_dir: str | Path, output_dir: str | Path, dtype: str = "bf16", *, overwrite: bool = False
 ) -> Path:
@@ -201,18 +174,12 @@ def merge_run(
     _check_output(output_dir, overwrite)
     torch_dtype(dtype)  # reject a bad dtype before loading gigabytes
     model, tokenizer, info = load_merged(run_dir, dtype)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=output_dir.parent))
-    try:
+    with staged_dir(output_dir, "merged model") as tmp:
         model.save_pretrained(tmp)  # safetensors, config.json, generation_config.json
         tokenizer.save_pretrained(tmp)
         (tmp / "legaltune_merge.json").write_text(
             json.dumps(_provenance(run_dir, info, dtype), indent=2) + "\n", encoding="utf-8"
         )
-        replace_dir(tmp, output_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return output_dir
 
 

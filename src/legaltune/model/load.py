@@ -72,10 +72,15 @@ def resolve_model_path(model_name: str, trust_remote_code: bool = False) -> str:
             print(f"converting {path} to a transformers model in {target} (once) …", file=sys.stderr)
             convert_gguf(path, target)
         return str(target)
-    # A hub id is "name" or "org/name"; anything shaped like a filesystem path that does not exist is a typo.
-    if model_name.startswith(("/", "./", "../", "~")) or model_name.count("/") > 1:
+    if not looks_like_hub_id(model_name):
         raise ModelNameError(f"{model_name}: no such model directory")
     return model_name
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """A hub id is "name" or "org/name"; anything shaped like a filesystem path (absolute, ./, ../, ~, or
+    deeper than org/name) is not, so a missing directory is reported as such rather than looked up."""
+    return not (name.startswith(("/", "./", "../", "~")) or name.count("/") > 1)
 
 
 def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
@@ -151,12 +156,30 @@ def _compute_device(device_map: str | dict[str, Any] | None) -> str:
     return "cuda"
 
 
-def _hub_error(name: str, exc: Exception) -> ModelNameError:
+def _cached_hub_ids(limit: int = 8) -> list[str]:
+    """Hub ids already in the local Hugging Face cache (they load offline by that id)."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    try:
+        names = sorted(
+            p.name[len("models--") :].replace("--", "/") for p in Path(HF_HUB_CACHE).glob("models--*")
+        )
+    except OSError:
+        return []
+    return names[:limit]
+
+
+def hub_error(name: str, exc: Exception) -> ModelNameError:
+    """A model name that is neither local nor loadable from the hub: what was tried and what would work."""
+    cached = _cached_hub_ids()
+    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
     return ModelNameError(
-        f"cannot load model '{name}': hub not reachable or repo not found ({type(exc).__name__}: "
-        f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}). "
-        f"Fix: point model_name at a local model directory (or a .gguf file), use the embedded alias "
-        f"'{EMBEDDED_ALIAS}', or check the hub id, your network, and HF_TOKEN for gated repos"
+        f"cannot load model '{name}': it is not the embedded alias, a local directory or a .gguf file, and the "
+        f"Hugging Face Hub did not provide it ({type(exc).__name__}: {detail}). Names that work offline: "
+        f"'{EMBEDDED_ALIAS}' (the embedded model), a model directory with config.json and safetensors "
+        "(e.g. model_name: /models/Meta-Llama-3.1-8B-Instruct), a .gguf file"
+        + (f", or a hub id already in the local cache: {', '.join(cached)}" if cached else "")
+        + ". Online: check the hub id, your network, and HF_TOKEN for gated repos"
     )
 
 
@@ -224,7 +247,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         if is_hub:
-            raise _hub_error(model_cfg.model_name, exc) from exc
+            raise hub_error(model_cfg.model_name, exc) from exc
         raise
 
     prepare_tokenizer(tokenizer, model_cfg.max_seq_length)

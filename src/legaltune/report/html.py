@@ -15,12 +15,12 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-REPORT_FILE = "report.html"
+from legaltune.run.layout import RunDir
+from legaltune.run.layout import read_json as _read_json
+
 GIB = 2**30
 
 CSS = """
@@ -62,13 +62,6 @@ pre { background:#f1f3f6; border-radius:8px; padding:12px 14px; overflow:auto; f
 """
 
 e = html.escape
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, ValueError):
-        return None  # a half-written or foreign file: report it as absent rather than fail the page
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -397,7 +390,8 @@ def _cards(
             f1 = f"{100 * b['token_f1']:.1f} → {f1}"
         cards.append(("token F1 base → tuned" if b else "token F1 (tuned)", f1))
     if (summary or {}).get("interrupted"):
-        cards.append(("status", "interrupted"))
+        at = f" at step {summary['step']}/{summary['max_steps']}" if summary.get("max_steps") else ""
+        cards.append(("status", f"interrupted{at}"))
     return (
         '<div class="cards">'
         + "".join(
@@ -421,12 +415,13 @@ def _load_cfg(path: Path) -> tuple[Any, str | None]:
 
 def render_report(run_dir: str | Path) -> str:
     """The report page for ``run_dir`` as an HTML string."""
-    run = Path(run_dir)
-    cfg, cfg_error = _load_cfg(run / "config.yaml")
-    rows = read_metrics(run / "metrics.jsonl")
-    stats = _read_json(run / "data_stats.json")
-    summary = _read_json(run / "train_summary.json")
-    ev = _read_json(run / "eval.json")
+    rd = RunDir(Path(run_dir))
+    run = rd.path
+    cfg, cfg_error = _load_cfg(rd.config)
+    rows = read_metrics(rd.metrics)
+    stats = _read_json(rd.data_stats)
+    summary = _read_json(rd.summary)
+    ev = _read_json(rd.eval)
     plots = training_plots(rows)
     if plots:
         imgs = "".join(
@@ -441,7 +436,7 @@ def render_report(run_dir: str | Path) -> str:
             "<p class='note'>No eval loss was logged during training "
             "(logging.eval_strategy is no, or the run has no eval data).</p>"
         )
-    config_text = (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").is_file() else ""
+    config_text = rd.config.read_text(encoding="utf-8") if rd.config.is_file() else ""
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     body = [
         f"<h1>legaltune run report: {e(run.resolve().name)}</h1>",
@@ -463,17 +458,8 @@ def render_report(run_dir: str | Path) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html (atomically: a browser never sees half a page) and return its path."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise FileNotFoundError(f"{run}: no such run directory")
-    page = render_report(run)
-    path = run / REPORT_FILE
-    fd, tmp = tempfile.mkstemp(dir=run, prefix=f".{REPORT_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from legaltune.run.atomic import write_text_atomic
+    from legaltune.run.layout import open_run
+
+    run = open_run(run_dir)  # "no such run" / "not a run directory" rather than a page about nothing
+    return write_text_atomic(run.report, render_report(run.path), "report")

@@ -7,12 +7,15 @@ import resource
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
+
+from legaltune.run.atomic import disk_errors
 
 
 def peak_memory_gib() -> float:
@@ -30,13 +33,28 @@ class MetricsCallback(TrainerCallback):
     with a label) comes from the trainer's counter, ``tokens`` from transformers' input-token count.
     """
 
-    def __init__(self, path: Path, trainer_ref: Any = None, show_progress: bool = True):
+    def __init__(
+        self,
+        path: Path,
+        trainer_ref: Any = None,
+        show_progress: bool = True,
+        elapsed_offset: float = 0.0,
+        disk_hint: str = "",
+    ):
         self.path = path
         self.trainer_ref = trainer_ref
         self.show_progress = show_progress
+        self.elapsed_offset = elapsed_offset  # training time of the sessions before a resume
+        self.disk_hint = disk_hint
         self.bar: tqdm | None = None
         self._t0 = self._last_time = time.perf_counter()
         self._last_tokens = 0
+
+    def elapsed_s(self) -> float:
+        return round(self.elapsed_offset + time.perf_counter() - self._t0, 2)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"elapsed_s": self.elapsed_s()}  # saved in each checkpoint, restored on resume
 
     def on_train_begin(self, args, state, control, **kw):
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,9 +91,12 @@ class MetricsCallback(TrainerCallback):
         if trainer is not None and hasattr(trainer, "trained_tokens_seen"):
             row["trained_tokens"] = trainer.trained_tokens_seen()
         row["peak_memory_gib"] = round(peak_memory_gib(), 3)
-        row["elapsed_s"] = round(now - self._t0, 2)
+        row["elapsed_s"] = round(self.elapsed_offset + now - self._t0, 2)
         row["time"] = round(time.time(), 3)  # wall clock, to line runs up with other logs
-        with self.path.open("a", encoding="utf-8") as fh:
+        with (
+            disk_errors(self.path, "metrics log", self.disk_hint),
+            self.path.open("a", encoding="utf-8") as fh,
+        ):
             fh.write(json.dumps(row) + "\n")
         if self.bar is not None:
             post = {}
@@ -91,6 +112,10 @@ class MetricsCallback(TrainerCallback):
                 self.bar.set_postfix(post)
 
     def on_train_end(self, args, state, control, **kw):
+        self.close()
+
+    def close(self) -> None:
+        """Close the progress bar (also when training stops on an error, before the error is printed)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -117,6 +142,9 @@ class InterruptCallback(TrainerCallback):
         except ValueError:  # not in the main thread: leave Ctrl-C alone
             self._previous = None
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"interrupted": self.requested}  # a stop asked by Ctrl-C is not the end of the schedule
+
     def on_step_end(self, args, state, control, **kw):
         if self.requested:
             control.should_save = True
@@ -125,3 +153,15 @@ class InterruptCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kw):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+class FastForwardScheduler(TrainerCallback):
+    """--weights-only: the fresh learning-rate schedule is stepped to where the checkpoint left it."""
+
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kw):
+        if lr_scheduler is None:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": intended here
+            for _ in range(state.global_step):
+                lr_scheduler.step()

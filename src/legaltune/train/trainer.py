@@ -10,8 +10,9 @@ summed token losses by that count; tests/test_train.py checks bs 4 × GA 1 == bs
 from __future__ import annotations
 
 import dataclasses
-import json
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,18 +21,20 @@ import torch
 from transformers import Trainer
 from trl import SFTConfig, SFTTrainer
 
-from legaltune.config.load import save_config
 from legaltune.config.schema import Config
 from legaltune.data.pack import BatchCollator
 from legaltune.data.prepare import PreparedData, prepare_data
 from legaltune.evaluate.gen_metrics import greater_is_better
+from legaltune.model.tokenizer import load_tokenizer
 from legaltune.plan.speed import RunSpeedPlan, optimizer_name, plan_run
+from legaltune.run.atomic import write_json_atomic
+from legaltune.run.checkpoint import AtomicCheckpoints
+from legaltune.run.session import Session
 from legaltune.speed.state import speed_report as speed_report_of
 from legaltune.speed.varlen import disable_varlen_attention, enable_varlen_attention
-from legaltune.train.callbacks import InterruptCallback, MetricsCallback
+from legaltune.train.callbacks import FastForwardScheduler, InterruptCallback, MetricsCallback
 from legaltune.train.compile_cache import use_compile_cache
 from legaltune.train.generation_eval import generation_eval_callback
-from legaltune.train.rundir import make_run_dir, resolve_resume
 
 
 class _CountsTrainedTokens:
@@ -51,12 +54,16 @@ class _CountsTrainedTokens:
     def trained_tokens_seen(self) -> int:
         return int(self._trained_tokens.item())
 
+    def set_trained_tokens(self, n: int) -> None:
+        """Resume: the count of the steps before the checkpoint."""
+        self._trained_tokens = torch.tensor(n, dtype=torch.long)
 
-class LegalSFTTrainer(_CountsTrainedTokens, SFTTrainer):
+
+class LegalSFTTrainer(AtomicCheckpoints, _CountsTrainedTokens, SFTTrainer):
     """TRL's SFTTrainer (its fused LM head computes the loss without full logits)."""
 
 
-class LegalLMHeadTrainer(_CountsTrainedTokens, Trainer):
+class LegalLMHeadTrainer(AtomicCheckpoints, _CountsTrainedTokens, Trainer):
     """For runs that put LoRA on lm_head: TRL's fused head reads lm_head.weight directly and so refuses
     an adapter there; transformers' Trainer computes the loss from the adapted head's logits, with the
     same token-count normalisation across accumulated micro-batches."""
@@ -188,13 +195,14 @@ def _plan_speed(cfg: Config, data: PreparedData, model: Any | None) -> RunSpeedP
 class TrainResult:
     run_dir: Path
     adapter_dir: Path
-    data: PreparedData
+    data: PreparedData | None
     train_metrics: dict[str, Any]
     eval_loss_before: float | None
     eval_loss_after: float | None
     interrupted: bool
     trainer_model: Any = None  # the trained PEFT model, still in memory
     tokenizer: Any = None
+    nothing_to_do: bool = False  # --resume of a finished run
 
 
 def _to_dataset(rows: list[dict[str, Any]]):
@@ -209,38 +217,86 @@ def run_training(
     cfg: Config,
     *,
     resume: str | bool | None = None,
+    weights_only: bool = False,
     eval_before: bool = False,
     show_progress: bool = True,
     model_and_tokenizer: tuple[Any, Any] | None = None,
     extra_callbacks: list[Any] | None = None,
     allow_plan_errors: bool = False,
+    notice: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train per ``cfg`` and write the run directory. ``model_and_tokenizer`` skips loading (tests).
 
+    ``resume``: True (this config's run) or a run / checkpoint path; see legaltune.run.resume.
     The run's plan (:func:`legaltune.plan.speed.plan_run`) is made before any weight loads; an
     error lint or host memory that would not fit raises :class:`PlanError` then, unless
-    ``allow_plan_errors`` (the CLI's ``--ignore-plan-errors``)."""
+    ``allow_plan_errors`` (the CLI's ``--ignore-plan-errors``). ``notice`` receives what resume and
+    the lock did (default: printed to stderr)."""
+    from legaltune.run import session as sessions
+    from legaltune.train.preflight import check_environment
+
+    say = notice or (lambda m: print(f"note: {m}", file=sys.stderr))
+    sessions.refuse_flags(resume, weights_only)
+    check_environment(cfg)
+    found = sessions.check_before_data(cfg, resume)
+    session = sessions.resume_session(cfg, found, weights_only=weights_only, notice=say) if found else None
+    if session is not None and session.finished:
+        run = session.run
+        return TrainResult(run.path, run.adapter, None, {}, None, None, False, nothing_to_do=True)
+    try:
+        # Tokenize and check the data before spending time on the weights: bad data fails in seconds.
+        tokenizer = model_and_tokenizer[1] if model_and_tokenizer else load_tokenizer(cfg.model)
+        data = prepare_data(cfg, tokenizer)
+        given = model_and_tokenizer[0] if model_and_tokenizer else None
+        speed_plan = _plan_speed(cfg, data, given)
+        if show_progress:
+            print(speed_plan.summary(), *speed_plan.notes, sep="\n  ")
+        if speed_plan.problems and not allow_plan_errors:
+            raise PlanError(speed_plan.problems)
+        if session is None:
+            session = sessions.new_session(cfg, data.stats.to_dict(), say)
+        else:
+            write_json_atomic(session.run.data_stats, data.stats.to_dict(), "data stats", allow_nan=True)
+        return _train(
+            cfg,
+            session,
+            tokenizer,
+            data,
+            given,
+            speed_plan,
+            weights_only=weights_only,
+            eval_before=eval_before,
+            show_progress=show_progress,
+            extra_callbacks=extra_callbacks,
+        )
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _train(
+    cfg: Config,
+    session: Session,
+    tokenizer: Any,
+    data: PreparedData,
+    given: Any,
+    speed_plan: RunSpeedPlan,
+    *,
+    weights_only: bool,
+    eval_before: bool,
+    show_progress: bool,
+    extra_callbacks: list[Any] | None,
+) -> TrainResult:
     from transformers import EarlyStoppingCallback, PrinterCallback
     from transformers.integrations import TensorBoardCallback
 
     from legaltune.model.load import load_model
     from legaltune.model.lora import apply_lora
-    from legaltune.model.tokenizer import load_tokenizer
+    from legaltune.run import session as sessions
 
-    run_dir, checkpoint = resolve_resume(cfg, resume) if resume else (make_run_dir(cfg), None)
-    # Tokenize and check the data before spending time on the weights: bad data fails in seconds.
-    tokenizer = model_and_tokenizer[1] if model_and_tokenizer else load_tokenizer(cfg.model)
-    data = prepare_data(cfg, tokenizer)
-    save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "data_stats.json").write_text(
-        json.dumps(data.stats.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8"
-    )
-    given = model_and_tokenizer[0] if model_and_tokenizer else None
-    speed_plan = _plan_speed(cfg, data, given)
-    if show_progress:
-        print(speed_plan.summary(), *speed_plan.notes, sep="\n  ")
-    if speed_plan.problems and not allow_plan_errors:
-        raise PlanError(speed_plan.problems)
+    run, checkpoint = session.run, session.checkpoint
+    run_dir = run.path
+    hint = session.resume_hint(cfg)
     if speed_plan.on_cuda:
         use_compile_cache()
 
@@ -297,18 +353,25 @@ def run_training(
         # over the fused head SFTTrainer just put on the model: two vocabulary GEMMs a step, not three
         fuse_speed_lm_head(model)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
-    metrics_cb = MetricsCallback(run_dir / "metrics.jsonl", trainer, show_progress)
+    carried = checkpoint.state if checkpoint is not None else {}
+    trainer.checkpoint_hint = hint
+    trainer.resume_weights_only = weights_only
+    trainer.carried_loss_sum = float(carried.get("loss_sum", 0.0))
+    trainer.set_trained_tokens(int(carried.get("trained_tokens", 0)))
+    metrics_cb = MetricsCallback(
+        run.metrics, trainer, show_progress, float(carried.get("elapsed_s", 0.0)), disk_hint=hint
+    )
     interrupt = InterruptCallback()
     # before early stopping: it reads the generation scores this adds to each evaluation's metrics
     gen_eval = generation_eval_callback(cfg, data, trainer.log)
     for cb in (metrics_cb, interrupt, *([gen_eval] if gen_eval else []), *(extra_callbacks or [])):
         trainer.add_callback(cb)
+    if weights_only:
+        trainer.add_callback(FastForwardScheduler())
     if "tensorboard" in cfg.logging.report_to:
         from torch.utils.tensorboard import SummaryWriter
 
-        trainer.add_callback(
-            TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "tensorboard")))
-        )
+        trainer.add_callback(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard))))
     if cfg.training.early_stopping_patience:
         trainer.add_callback(
             EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience)
@@ -317,25 +380,38 @@ def run_training(
     try:
         before = trainer.evaluate()["eval_loss"] if (eval_before and eval_ds is not None) else None
         t0 = time.perf_counter()
-        out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        train_metrics = dict(out.metrics, wall_s=round(time.perf_counter() - t0, 2))
+        if checkpoint is not None and checkpoint.training_done:
+            # Killed after the last checkpoint but before the adapter: the weights are that checkpoint's;
+            # training again would run past the schedule.
+            train_metrics = _finish_from_checkpoint(trainer, checkpoint)
+        else:
+            try:
+                out = trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
+            finally:
+                metrics_cb.close()
+            train_metrics = dict(out.metrics, train_loss=trainer.whole_run_train_loss())
+        train_metrics["wall_s"] = round(time.perf_counter() - t0, 2)
         after = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
     finally:
         if varlen:  # generation afterwards (demo, chat on the returned model) runs the model's own attention
             disable_varlen_attention(model)
 
-    adapter_dir = run_dir / "adapter"
-    trainer.save_model(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
+    interrupted = interrupt.requested
+    adapter_dir = sessions.write_adapter(trainer, tokenizer, run, interrupted=interrupted, hint=hint)
     summary = {
+        "status": "interrupted" if interrupted else "finished",
+        "step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "resumed_from_step": checkpoint.step if checkpoint is not None else None,
+        "adapter": adapter_dir.name,
         "train": train_metrics,
         "eval_loss_before": before,
         "eval_loss_after": after,
-        "interrupted": interrupt.requested,
+        "interrupted": interrupted,
         "speed": speed_report.to_dict() if speed_report is not None else None,
         "plan": speed_plan.to_dict(),
     }
-    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    sessions.write_summary(run, summary, hint)
     from legaltune.report.html import write_report
 
     write_report(run_dir)  # loss curves, lr, tokens/s, memory; `legaltune eval` refreshes it
@@ -346,7 +422,22 @@ def run_training(
         train_metrics,
         before,
         after,
-        interrupt.requested,
+        interrupted,
         trainer.model,
         tokenizer,
     )
+
+
+def _finish_from_checkpoint(trainer: Any, checkpoint: Any) -> dict[str, Any]:
+    """Load the final checkpoint's weights (or the best one's) and state; the whole-run metrics."""
+    from transformers import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(checkpoint.path / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint
+    source = (
+        best if (trainer.args.load_best_model_at_end and best and Path(best).is_dir()) else checkpoint.path
+    )
+    trainer._load_from_checkpoint(str(source))  # the Trainer's own loader, as in a resumed train()
+    steps = trainer.state.global_step
+    loss_sum = checkpoint.state.get("loss_sum")
+    return {"train_loss": loss_sum / steps if loss_sum is not None and steps else None, "global_step": steps}
