@@ -334,3 +334,57 @@ def test_speed_engine_runs_adamw_fused_on_cuda_only(tmp_path):
     assert optimizer_name(base_cfg(tmp_path / "off", speed={"mode": "off"}), use_cuda=True) == "adamw_torch"
     eight_bit = base_cfg(tmp_path / "8bit", optimization={"optim": "adamw_8bit"})
     assert optimizer_name(eight_bit, use_cuda=True) == "adamw_8bit"
+
+
+def _rows(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_kill_after_the_last_checkpoint_finishes_without_training_past_the_schedule(tmp_path, tokenizer):
+    over = {
+        "training": {"max_steps": 4, "per_device_train_batch_size": 1, "lr_scheduler_type": "cosine"},
+        "logging": {"save_strategy": "steps", "save_steps": 1},
+    }
+    cfg = base_cfg(tmp_path, **over)
+    full = train(cfg, tokenizer)
+    run = full.run_dir
+    want = adapter(run)
+    # as a kill after checkpoint-4 but before the adapter and summary were written leaves it
+    import shutil
+
+    shutil.rmtree(run / "adapter")
+    (run / "train_summary.json").unlink()
+    resumed = train(cfg, tokenizer, resume=True)
+    assert resumed.run_dir == run and not resumed.nothing_to_do
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert (summary["status"], summary["step"], summary["max_steps"]) == ("finished", 4, 4)
+    assert [r["step"] for r in _rows(run) if "loss" in r] == [1, 2, 3, 4]  # no step 5, nothing twice
+    assert summary["train"]["train_loss"] == pytest.approx(full.train_metrics["train_loss"], rel=1e-9)
+    got = adapter(run)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    # and now the run is finished: resuming it is nothing to do
+    assert train(cfg, tokenizer, resume=True).nothing_to_do
+
+
+def test_missing_optimizer_is_an_error_and_weights_only_continues_on_schedule(tmp_path, tokenizer):
+    from legaltune.errors import UserError
+
+    over = {
+        "training": {"max_steps": 6, "per_device_train_batch_size": 1, "lr_scheduler_type": "cosine"},
+        "logging": {"save_strategy": "steps", "save_steps": 3},
+    }
+    full = train(base_cfg(tmp_path / "full", **over), tokenizer)
+    cfg = base_cfg(tmp_path / "part", **over)
+    part = train(cfg, tokenizer, extra_callbacks=[CtrlCAt(3)])
+    (part.run_dir / "checkpoints" / "checkpoint-3" / "optimizer.pt").unlink()
+    with pytest.raises(UserError, match=r"checkpoint-3 is damaged: optimizer\.pt missing.*--weights-only"):
+        train(cfg, tokenizer, resume=True)
+    resumed = train(cfg, tokenizer, resume=True, weights_only=True)
+    assert json.loads((resumed.run_dir / "train_summary.json").read_text())["step"] == 6
+    # the fresh schedule was moved to step 3: the learning rates of steps 4-6 are the uninterrupted run's
+    lrs = {r["step"]: r["lr"] for r in _rows(resumed.run_dir) if "lr" in r}
+    full_lrs = {r["step"]: r["lr"] for r in _rows(full.run_dir) if "lr" in r}
+    assert [lrs[s] for s in (4, 5, 6)] == pytest.approx([full_lrs[s] for s in (4, 5, 6)])
+    # a fresh optimizer: not the uninterrupted run's weights
+    a, b = adapter(full.run_dir), adapter(resumed.run_dir)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
