@@ -203,11 +203,11 @@ def setup_speed(
     if bnb_dequant:  # session 4's dequantization: bitsandbytes', and none kept from the recompute
         import bitsandbytes.functional as bnbf
 
-        from legaltune.speed import lora_group, lora_linear
+        from legaltune.speed import lora_group, lora_math
 
-        lora_linear.dequantize_nf4 = lambda w, state, dtype: bnbf.dequantize_4bit(w, state).to(dtype)
+        lora_math.dequantize_nf4 = lambda w, state, dtype: bnbf.dequantize_4bit(w, state).to(dtype)
         # forwards dequantize without keeping anything (the grouped op imported the name too)
-        lora_linear._forward_weight = lora_group._forward_weight = lora_linear._dense_weight
+        lora_math.forward_weight = lora_group.forward_weight = lora_math.dense_weight
     if module_calls:  # session 4's halves: the attention and MLP modules' own forward
         from legaltune.speed import split_layer
 

@@ -51,7 +51,7 @@ def test_log_prob_head_matches_full_logits(with_entropy_grad):
 def test_log_prob_head_without_grad_skips_the_gradient(monkeypatch):
     """Evaluation: the same outputs, and no gradient GEMM for a backward that will not come."""
     calls = []
-    monkeypatch.setattr(lm_head, "_mm_fp32", lambda a, b: calls.append(1) or a.float() @ b.float())
+    monkeypatch.setattr(lm_head, "mm_fp32", lambda a, b: calls.append(1) or a.float() @ b.float())
     torch.manual_seed(0)
     h, weight, targets = torch.randn(9, 8), torch.randn(20, 8), torch.randint(0, 20, (9,))
     LogProbHead.apply(h.requires_grad_(), weight, targets, 4, True)

@@ -190,7 +190,7 @@ def test_recompute_keeps_dequantized_4bit_weights_for_the_backward_that_follows(
     # A 4-bit weight dequantized during a checkpoint recompute is reused by that layer's backward
     # (which follows at once) instead of being dequantized again; at most two are kept.
     from legaltune.model import offload
-    from legaltune.speed import lora_linear as ll
+    from legaltune.speed import lora_math as ll
 
     dense = {}
     calls = []

@@ -65,14 +65,14 @@ def in_recompute() -> bool:
 
 
 @contextlib.contextmanager
-def _recomputing(num_threads: int) -> Any:
+def _recomputing(num_threads: int | None = None) -> Any:
     before = in_recompute()
     _RECOMPUTE.active = True
     # Backward (and so the recompute) runs on autograd's device thread, which takes its intra-op
     # thread count from the last torch.set_num_threads of any thread: the DataLoader's pin-memory
     # thread sets 1. A compiled layer guards on that count, so the recompute would compile a second
     # graph for it; the forward's count is restored here.
-    if torch.get_num_threads() != num_threads:
+    if num_threads is not None and torch.get_num_threads() != num_threads:
         torch.set_num_threads(num_threads)
     try:
         yield

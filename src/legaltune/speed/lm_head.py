@@ -30,7 +30,7 @@ from torch import nn
 
 from legaltune.speed.compile import compile_supported
 from legaltune.speed.families import FUSED_HEAD, model_types
-from legaltune.speed.lora_linear import _mm_fp32
+from legaltune.speed.lora_math import mm_fp32
 from legaltune.speed.state import speed_report
 
 # Tokens projected onto the whole vocabulary at once: 1024 x 128,256 bf16 = 262 MB, the size of
@@ -138,7 +138,7 @@ class LogProbHead(torch.autograd.Function):
             torch.mm(h, w.t(), out=tile)
             logprob[start:end], entropy[start:end], top1[start:end] = _rows(tile, targets[start:end])
             if grad_store is not None:
-                grad_store[start:end] = _mm_fp32(tile, w)  # d(-logprob)/d hidden, fp32 accumulated
+                grad_store[start:end] = mm_fp32(tile, w)  # d(-logprob)/d hidden, fp32 accumulated
         del tile_buf
         ctx.save_for_backward(grad_store, hidden, weight, entropy)
         ctx.block, ctx.dtype = block, dtype

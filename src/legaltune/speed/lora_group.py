@@ -23,15 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from legaltune.speed.lora_linear import (
-    _compute_dtype,
-    _dense_weight,
-    _forward_weight,
-    _fusable,
-    _mm_fp32,
-    is_fused,
-)
-from legaltune.speed.lora_op import _quant_state
+from legaltune.speed.lora_math import compute_dtype, dense_weight, forward_weight, mm_fp32, quant_state_of
+from legaltune.speed.lora_peft import fusable, is_fused
 
 
 def _block_diagonal(
@@ -66,7 +59,7 @@ def group_forward(
     col = 0
     for weight, lora_b in zip(weights, lora_bs, strict=True):
         width = lora_b.shape[0]
-        w = _forward_weight(weight, _quant_state(weight), dtype)
+        w = forward_weight(weight, quant_state_of(weight), dtype)
         out[:, col : col + width].addmm_(x2, w.t())  # onto the adapters' product (beta = 1)
         del w
         col += width
@@ -87,9 +80,9 @@ def group_backward(
     """(grad x, grads A, grads B); adapter grads in fp32."""
     block = _block_diagonal(lora_bs, scales, dtype)
     gb = g @ block  # [T × R]: every member's s · g_i B_i
-    full_b = _mm_fp32(g.t(), xa)  # [N_total × R]: the diagonal blocks are the B gradients / s
+    full_b = mm_fp32(g.t(), xa)  # [N_total × R]: the diagonal blocks are the B gradients / s
     a_cat = torch.cat([a.to(dtype) for a in lora_as])
-    grad_a_cat = _mm_fp32(gb.t(), x2)
+    grad_a_cat = mm_fp32(gb.t(), x2)
     grads_a, grads_b = [], []
     row = col = 0
     for lora_a, lora_b, scale in zip(lora_as, lora_bs, scales, strict=True):
@@ -103,7 +96,7 @@ def group_backward(
         col = 0
         for weight, lora_b in zip(weights, lora_bs, strict=True):
             width = lora_b.shape[0]
-            w = _dense_weight(weight, _quant_state(weight), dtype)
+            w = dense_weight(weight, quant_state_of(weight), dtype)
             grad_x.addmm_(g[:, col : col + width], w)
             del w
             col += width
@@ -196,13 +189,13 @@ def grouped_projections(modules: Sequence[nn.Module], x: torch.Tensor) -> list[t
     """``[m(x) for m in modules]``, as one grouped op when compiling and every member qualifies."""
     members = []
     for module in modules:
-        plan = _fusable(module) if is_fused(module) else None
+        plan = fusable(module) if is_fused(module) else None
         if plan is None or not isinstance(module.lora_dropout[plan[0]], nn.Identity):
             break
         members.append((module, *plan))
     if not torch.compiler.is_compiling() or len(members) != len(modules) or len(modules) < 2:
         return [m(x) for m in modules]
-    dtypes = {_compute_dtype(x, w, state) for _m, _a, (w, state) in members}
+    dtypes = {compute_dtype(x, w, state) for _m, _a, (w, state) in members}
     quantized = {state is not None for _m, _a, (_w, state) in members}
     if len(dtypes) != 1 or len(quantized) != 1:
         return [m(x) for m in modules]

@@ -19,128 +19,24 @@ adapter batches, an 8-bit base, LoRA biases) falls back to PEFT's own forward at
 from __future__ import annotations
 
 import types
-import weakref
 from typing import Any
 
 import torch
 from torch import nn
 
-from legaltune.model.offload import find_decoder_layers, in_recompute
+from legaltune.model.offload import find_decoder_layers
 from legaltune.speed.families import RECOMPUTE_SKIP, class_names
-from legaltune.speed.nf4 import dequantize_nf4
+from legaltune.speed.lora_group import lora_group_op
+from legaltune.speed.lora_math import (
+    RECOMPUTE_SKIPS,
+    compute_dtype,
+    lora_backward,
+    lora_forward,
+)
+from legaltune.speed.lora_op import lora_linear_op
+from legaltune.speed.lora_peft import FUSED, base_weight, fusable, is_fused
 
-_FUSED = "_legaltune_fused_lora"
 _SKIP_IN_RECOMPUTE = "_legaltune_skip_in_recompute"
-# GEMMs skipped during recomputes, a process-wide count (tests and profiling read it)
-RECOMPUTE_SKIPS = [0]
-
-
-def _dense_weight(weight: torch.Tensor, quant_state: Any, dtype: torch.dtype) -> torch.Tensor:
-    if quant_state is None:
-        return weight if weight.dtype == dtype else weight.to(dtype)
-    kept = _RECOMPUTE_WEIGHTS.pop(id(weight), None)
-    if kept is not None and kept[0]() is weight and kept[1].dtype == dtype:
-        return kept[1]
-    return dequantize_nf4(weight, quant_state, dtype)
-
-
-# 4-bit weights dequantized while a checkpointed layer is recomputed, kept for that layer's backward,
-# which follows at once: the MLP's gate/up weights are then dequantized twice per step instead of
-# three times (-2 of ~16 dequantizations per layer, +235 MB while one Llama-3.1-8B MLP runs
-# backward). Bounded: the oldest entry goes when a third arrives (a whole recomputed layer keeps
-# only its last two, gate and up, the first its backward reaches).
-_RECOMPUTE_WEIGHTS: dict[int, tuple[weakref.ref[torch.Tensor], torch.Tensor]] = {}
-_RECOMPUTE_WEIGHTS_KEPT = 2
-
-
-def _forward_weight(weight: torch.Tensor, quant_state: Any, dtype: torch.dtype) -> torch.Tensor:
-    """:func:`_dense_weight` for a forward: a 4-bit weight dequantized during a recompute is also
-    kept for the backward that follows."""
-    dense = _dense_weight(weight, quant_state, dtype)
-    if quant_state is not None and in_recompute():
-        _RECOMPUTE_WEIGHTS.pop(id(weight), None)
-        while len(_RECOMPUTE_WEIGHTS) >= _RECOMPUTE_WEIGHTS_KEPT:
-            del _RECOMPUTE_WEIGHTS[next(iter(_RECOMPUTE_WEIGHTS))]
-        _RECOMPUTE_WEIGHTS[id(weight)] = (weakref.ref(weight), dense)
-    return dense
-
-
-def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` accumulated and returned in fp32 (adapter gradients must not be rounded to bf16)."""
-    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
-        try:
-            return torch.mm(a, b, out_dtype=torch.float32)
-        except (TypeError, RuntimeError):  # torch without out_dtype for this device/dtype
-            pass
-    return torch.mm(a.float(), b.float())
-
-
-def lora_forward(
-    x2: torch.Tensor,
-    xl2: torch.Tensor,
-    weight: torch.Tensor,
-    quant_state: Any,
-    bias: torch.Tensor | None,
-    lora_a: torch.Tensor,
-    lora_b: torch.Tensor,
-    scale: float,
-    dtype: torch.dtype,
-    *,
-    out_features: int,
-    skip_in_recompute: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """2-D ``(x2 W^T + b + s · (xl2 A^T) B^T, xl2 A^T)`` in ``dtype``; ``xl2`` is the LoRA input.
-
-    ``skip_in_recompute``: this projection's output is used by nothing backward needs (a decoder
-    layer's down_proj: it only feeds the residual sum that leaves the layer). While a checkpointed
-    layer is recomputed, only what backward saves is computed (``xl2 A^T``); the output is left
-    unwritten. That is a third of the MLP's forward GEMMs, ~7 % of a fully checkpointed step."""
-    xa = xl2 @ lora_a.to(dtype).t()
-    if skip_in_recompute and in_recompute():
-        RECOMPUTE_SKIPS[0] += 1
-        return x2.new_empty((x2.shape[0], out_features), dtype=dtype), xa
-    # The r-wide product first, then the frozen GEMM accumulates onto it (beta=1): a compute-bound
-    # GEMM reads its C operand in the epilogue almost for free, where adding the LoRA term to the
-    # finished output is a separate memory-bound pass reading and writing all of it (the H100
-    # profile: 72 ms of an 8192-token Llama-3.1-8B step).
-    b = lora_b.to(dtype).t()
-    out = torch.mm(xa, b * scale) if bias is None else torch.addmm(bias.to(dtype), xa, b, alpha=scale)
-    w = _forward_weight(weight, quant_state, dtype)
-    out.addmm_(x2, w.t())
-    del w
-    return out, xa
-
-
-def lora_backward(
-    g: torch.Tensor,
-    xl2: torch.Tensor,
-    xa: torch.Tensor,
-    weight: torch.Tensor,
-    quant_state: Any,
-    lora_a: torch.Tensor,
-    lora_b: torch.Tensor,
-    scale: float,
-    dtype: torch.dtype,
-    *,
-    need_x: bool,
-    separate_lora_input: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """2-D (grad x, grad of the LoRA input if separate, grad A, grad B); adapter grads in fp32
-    (their parameters' dtype is the caller's cast)."""
-    a, b = lora_a.to(dtype), lora_b.to(dtype)
-    # d(out)/d(xa) = s · g B: the only tokens × r intermediate of the backward
-    gb = (g @ b).mul_(scale)
-    grad_b = _mm_fp32(g.t(), xa).mul_(scale)
-    grad_a = _mm_fp32(gb.t(), xl2)
-    grad_x = grad_xl = None
-    if need_x:
-        w = _dense_weight(weight, quant_state, dtype)
-        if separate_lora_input:
-            grad_x, grad_xl = g @ w, gb @ a
-        else:  # as in forward: the frozen GEMM accumulates onto the r-wide product
-            grad_x = (gb @ a).addmm_(g, w)
-        del w
-    return grad_x, grad_xl, grad_a, grad_b
 
 
 class LoraLinearFunction(torch.autograd.Function):
@@ -213,38 +109,8 @@ class LoraLinearFunction(torch.autograd.Function):
         return grad_x, grad_xl, None, None, None, grad_a, grad_b, None, None, None, None
 
 
-def _base_weight(base: nn.Module) -> tuple[torch.Tensor, Any] | None:
-    """(weight, quant_state) of a plain ``nn.Linear`` or a bitsandbytes 4-bit base; None otherwise.
-
-    Anything else keeps PEFT's forward: subclasses with their own forward (FP8 and other quantized
-    linears whose weight needs its scales), 8-bit bases, a base with an accelerate hook (offloaded
-    weights live on ``meta`` until the hook runs), and bases whose weight or bias is trained (the
-    fused node computes no gradient for them: ``lora.bias: all`` / ``lora_only``).
-    """
-    weight = getattr(base, "weight", None)
-    if weight is None or hasattr(base, "_hf_hook") or "forward" in base.__dict__:
-        return None
-    bias = getattr(base, "bias", None)
-    if weight.requires_grad or (bias is not None and bias.requires_grad):
-        return None
-    quant_state = getattr(weight, "quant_state", None)
-    if quant_state is not None and type(base).__name__ == "Linear4bit":
-        return weight, quant_state
-    if type(base) is nn.Linear:
-        return weight, None
-    return None
-
-
-def _compute_dtype(x: torch.Tensor, weight: torch.Tensor, quant_state: Any) -> torch.dtype:
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    if quant_state is not None:
-        return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else quant_state.dtype
-    return weight.dtype
-
-
 def _fused_forward(module: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    plan = _fusable(module) if not (args or kwargs) else None
+    plan = fusable(module) if not (args or kwargs) else None
     if plan is None:
         return type(module).forward(module, x, *args, **kwargs)
     adapter, (weight, quant_state) = plan
@@ -254,7 +120,7 @@ def _fused_forward(module: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any
     x_lora = None if isinstance(dropout, nn.Identity) else dropout(x)
     base = module.base_layer
     scale = float(module.scaling[adapter])
-    dtype = _compute_dtype(x, weight, quant_state)
+    dtype = compute_dtype(x, weight, quant_state)
     skip = bool(module.__dict__.get(_SKIP_IN_RECOMPUTE, False))
     bias = getattr(base, "bias", None)
     if x_lora is None and torch.compiler.is_compiling():
@@ -276,26 +142,6 @@ def _fused_forward(module: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any
     )
 
 
-def _fusable(module: nn.Module) -> tuple[str, tuple[torch.Tensor, Any]] | None:
-    """(adapter, base weight) when the fused path computes exactly what PEFT's forward would."""
-    if module.disable_adapters or module.merged:
-        return None
-    active = [a for a in module.active_adapters if a in module.lora_A]
-    if len(active) != 1:
-        return None
-    adapter = active[0]
-    if adapter in getattr(module, "lora_variant", {}) or getattr(module, "use_dora", {}).get(adapter):
-        return None
-    if getattr(module, "lora_bias", {}).get(adapter):
-        return None
-    if not isinstance(module.lora_A[adapter], nn.Linear) or not isinstance(module.lora_B[adapter], nn.Linear):
-        return None
-    base = _base_weight(module.base_layer)
-    if base is None:
-        return None
-    return adapter, base
-
-
 def fuse_lora_linears(model: nn.Module) -> int:
     """Route every PEFT LoRA linear layer (dense or 4-bit base) of this model instance through :class:`LoraLinearFunction`.
 
@@ -304,9 +150,6 @@ def fuse_lora_linears(model: nn.Module) -> int:
     """
     from peft.tuners.lora.layer import LoraLayer
 
-    from legaltune.speed.lora_group import lora_group_op
-    from legaltune.speed.lora_op import lora_linear_op
-
     lora_linear_op()  # the ops compiled layers call
     lora_group_op()
     count = 0
@@ -314,10 +157,10 @@ def fuse_lora_linears(model: nn.Module) -> int:
         # PEFT has one LoRA class per base type (layer.Linear, bnb.Linear4bit, ...): any LoRA layer
         # over a dense or 4-bit linear qualifies; embeddings, convolutions and 8-bit bases do not.
         base = getattr(module, "base_layer", None)
-        if isinstance(module, LoraLayer) and isinstance(base, nn.Linear) and _base_weight(base) is not None:
+        if isinstance(module, LoraLayer) and isinstance(base, nn.Linear) and base_weight(base) is not None:
             if "forward" not in module.__dict__:
                 module.forward = types.MethodType(_fused_forward, module)
-                setattr(module, _FUSED, True)
+                setattr(module, FUSED, True)
                 count += 1
     return count
 
@@ -343,15 +186,11 @@ def unfuse_lora_linears(model: nn.Module) -> int:
     """Give every fused LoRA layer of ``model`` PEFT's own forward back; returns how many."""
     count = 0
     for module in model.modules():
-        if module.__dict__.pop(_FUSED, False):
+        if module.__dict__.pop(FUSED, False):
             module.__dict__.pop("forward", None)
             module.__dict__.pop(_SKIP_IN_RECOMPUTE, None)
             count += 1
     return count
-
-
-def is_fused(module: nn.Module) -> bool:
-    return bool(module.__dict__.get(_FUSED, False))
 
 
 __all__ = [

@@ -25,20 +25,7 @@ from typing import Any
 
 import torch
 
-from legaltune.speed.lora_linear import lora_backward, lora_forward
-
-
-def _quant_state(weight: torch.Tensor) -> Any:
-    """The 4-bit state of a bitsandbytes parameter (None for a dense weight). The op receives the
-    parameter object itself (PyTorch hands a tensor's Python object back unchanged), so the state
-    set on it by bitsandbytes is there; a packed weight without it would be silently misread."""
-    state = getattr(weight, "quant_state", None)
-    if state is None and weight.dtype == torch.uint8:
-        raise RuntimeError(
-            "legaltune::lora_linear got a packed 4-bit weight without its quant_state; set "
-            "speed.compile: false for this model and report the bitsandbytes/torch versions"
-        )
-    return state
+from legaltune.speed.lora_math import lora_backward, lora_forward, quant_state_of
 
 
 @functools.cache
@@ -60,7 +47,7 @@ def lora_linear_op() -> Any:
         skip_in_recompute: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-        state = _quant_state(weight)
+        state = quant_state_of(weight)
         out, xa = lora_forward(
             x2,
             x2,
@@ -102,7 +89,7 @@ def lora_linear_op() -> Any:
             x2,
             xa,
             weight,
-            _quant_state(weight),
+            quant_state_of(weight),
             lora_a,
             lora_b,
             scale,
