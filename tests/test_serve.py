@@ -101,27 +101,42 @@ def test_answer_is_legaltunes_own_greedy_answer(client, run):
     assert "Paris" in expected.text
 
 
-def test_stream_matches_whole_answer_with_usage_and_citations(client, run):
-    messages = [
-        {
-            "role": "user",
-            "content": "Theo khoản 1 Điều 35 Bộ luật Lao động 45/2019/QH14, người lao động có quyền gì?",
-        }
-    ]
-    whole = client.chat.completions.create(model=run.name, messages=messages, max_tokens=20)
+# The 135M model copies an English instruction's quote reliably; the answer then cites an article.
+CITING = 'Repeat this text exactly: "Điều 35 Bộ luật Lao động 2019"'
+
+
+@pytest.fixture(scope="module")
+def verifier(run):
+    from legaltune.evaluate.batch import load_generator
+
+    return load_generator(run_dir=run).verifier()
+
+
+def test_stream_matches_whole_answer_with_usage_and_citations(client, run, verifier):
+    messages = [{"role": "user", "content": CITING}]
+    whole = client.chat.completions.create(model=run.name, messages=messages, max_tokens=40)
     stream = client.chat.completions.create(
-        model=run.name, messages=messages, max_tokens=20, stream=True, stream_options={"include_usage": True}
+        model=run.name, messages=messages, max_tokens=40, stream=True, stream_options={"include_usage": True}
     )
     chunks = list(stream)
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(pieces) > 3  # streamed token by token, not in one piece
-    assert "".join(pieces) == whole.choices[0].message.content
+    answer = whole.choices[0].message.content
+    assert "".join(pieces) == answer
     finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert [c.choices[0].finish_reason for c in finals] == [whole.choices[0].finish_reason]
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
-    # --citations: the references of the answer, as an extra field (unverified without a corpus)
-    assert isinstance(whole.model_extra["citations"], list)
-    assert finals[0].model_extra["citations"] == whole.model_extra["citations"]
+    # --citations: each citation of the answer resolved against the law corpus, the law taken from the question
+    expected = [{**c.to_dict(), "line": c.describe()} for c in verifier.check(answer, CITING)]
+    assert (
+        whole.model_extra["citations"]
+        == finals[0].model_extra["citations"]
+        == json.loads(json.dumps(expected))
+    )
+    print(f"\nanswer: {answer!r}\ncitations: {[c['line'] for c in expected]}")
+    assert (
+        expected and expected[0]["article"] == 35 and expected[0]["title"]
+    )  # the model copied it; it exists
 
 
 def test_limits_and_stop_strings(client, run):

@@ -146,7 +146,7 @@ def create_app(served: Served) -> FastAPI:
         if body.model not in engine.variants:
             return _unknown_model(body.model)
         try:
-            ids = prompt_ids(gen, body.messages)
+            ids, context = prompt_ids(gen, body.messages)
         except (PromptError, ValueError) as exc:
             return _error(400, str(exc), param="messages")
         room = engine.context_length - len(ids)
@@ -174,19 +174,19 @@ def create_app(served: Served) -> FastAPI:
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _stream(served, request, ticket, rid, body.model, len(ids), include_usage)
+            events = _stream(served, request, ticket, rid, body.model, len(ids), include_usage, context)
             return _SSEResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await _whole(served, request, ticket, rid, body.model, len(ids))
+        return await _whole(served, request, ticket, rid, body.model, len(ids), context)
 
     return app
 
 
-def _extra(served: Served, text: str) -> dict[str, Any]:
-    return {"citations": served.citations(text)} if served.citations else {}
+def _extra(served: Served, text: str, context: str) -> dict[str, Any]:
+    return {"citations": served.citations(text, context)} if served.citations else {}
 
 
 async def _whole(
-    served: Served, request: Request, ticket: Ticket, rid: str, model: str, n_prompt: int
+    served: Served, request: Request, ticket: Ticket, rid: str, model: str, n_prompt: int, context: str
 ) -> Any:
     watcher = asyncio.create_task(_watch_disconnect(request, ticket))
     try:
@@ -194,7 +194,9 @@ async def _whole(
             event = await ticket.events.get()
             if event[0] == "end":
                 _, reason, text, n_new = event
-                return completion_body(rid, model, text, reason, n_prompt, n_new, _extra(served, text))
+                return completion_body(
+                    rid, model, text, reason, n_prompt, n_new, _extra(served, text, context)
+                )
             if event[0] == "error":
                 return _error(500, event[1], "server_error")
             if event[0] == "gone":
@@ -205,7 +207,14 @@ async def _whole(
 
 
 async def _stream(
-    served: Served, request: Request, ticket: Ticket, rid: str, model: str, n_prompt: int, include_usage: bool
+    served: Served,
+    request: Request,
+    ticket: Ticket,
+    rid: str,
+    model: str,
+    n_prompt: int,
+    include_usage: bool,
+    context: str,
 ) -> AsyncIterator[str]:
     watcher = asyncio.create_task(_watch_disconnect(request, ticket))
     try:
@@ -216,7 +225,7 @@ async def _stream(
                 yield _sse(chunk_body(rid, model, {"content": event[1]}))
             elif event[0] == "end":
                 _, reason, text, n_new = event
-                yield _sse(chunk_body(rid, model, {}, reason, **_extra(served, text)))
+                yield _sse(chunk_body(rid, model, {}, reason, **_extra(served, text, context)))
                 if include_usage:
                     yield _sse(chunk_body(rid, model, None, usage=usage(n_prompt, n_new)))
                 yield _sse("[DONE]")

@@ -1,25 +1,27 @@
-"""The citation field of a served answer: each legal reference in it, checked against a corpus when one is given.
+"""The citation field of a served answer: each legal reference in it, checked against the law corpus.
 
-A checker is any callable ``answer text -> list of citation dicts``; the server adds its result to a
-response as ``citations`` (the last chunk of a stream carries it). Without a corpus the references
-are extracted only (``verified: null``); a corpus-backed checker (issue 19's ``legaltune.corpus``)
-fills ``verified`` (the article exists), ``title`` and ``supported`` through the same interface.
+A checker is any callable ``(answer, context) -> list of citation dicts``; with ``--citations`` the
+server adds its result to each response as ``citations`` (the last chunk of a stream carries it).
+``corpus_checker`` resolves every citation against legaltune's Vietnamese law corpus (exists or
+hallucinated, the article's title, support of the answer's claim; ``legaltune.corpus.verify``), taking
+the law from the question when the answer names none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
-CitationChecker = Callable[[str], list[dict[str, Any]]]
+from legaltune.evaluate.batch import Generator
+
+CitationChecker = Callable[[str, str], list[dict[str, Any]]]
 
 
-def extract_only(answer: str) -> list[dict[str, Any]]:
-    """The references of an answer (articles with clause/point, document numbers), unverified."""
-    from legaltune.evaluate.citations import extract_citations
+def corpus_checker(gen: Generator) -> CitationChecker:
+    """Citation checks against the corpus the run names (built now, not on the first request)."""
+    verifier = gen.verifier()
 
-    found = sorted(
-        extract_citations(answer), key=lambda c: (c.kind, c.document or "", c.article or 0, c.clause or 0)
-    )
-    return [{**asdict(c), "verified": None} for c in found]
+    def check(answer: str, context: str) -> list[dict[str, Any]]:
+        return [{**c.to_dict(), "line": c.describe()} for c in verifier.check(answer, context)]
+
+    return check

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from legaltune.evaluate.batch import Generator, load_generator
-from legaltune.serve.citations import CitationChecker, extract_only
+from legaltune.serve.citations import CitationChecker, corpus_checker
 from legaltune.serve.engine import Engine, Variant
 
 
@@ -63,7 +63,9 @@ def run_server(
     gen = load_generator(run_dir, model_name)
     variants = served_ids(run_dir, model_name)
     engine = build_engine(gen, variants, max_batch_size=max_batch_size, max_pending=max_pending)
-    checker: CitationChecker | None = extract_only if citations else None
+    checker: CitationChecker | None = corpus_checker(gen) if citations else None
+    if gen.context_fill != "none" and gen.use_context:
+        gen.corpus_context({"question": "warm-up"})  # build the corpus index now, not in a request
     app = create_app(Served(engine, gen, checker))
     engine.start()
     names = " and ".join(repr(v.id) for v in variants)
