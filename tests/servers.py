@@ -24,6 +24,16 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# How tests run Debian's chromium: headless, sandbox off (root), nothing fetched from the network.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def http(method: str, url: str, body: bytes | dict | None = None, timeout: float = 60) -> tuple[int, Any]:

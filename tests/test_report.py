@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import CHROMIUM_FLAGS
 from tests.test_eval import make_tiny_run
 
 IMG = re.compile(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')
@@ -141,13 +142,7 @@ def test_report_renders_in_headless_chromium(evaluated_run, tmp_path):
     shot = tmp_path / "report.png"
     cmd = [
         "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
+        *CHROMIUM_FLAGS,
         f"--screenshot={shot}",
         "--window-size=1200,2400",
         write_report(evaluated_run).as_uri(),

@@ -352,6 +352,21 @@ def _add_corpus_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_corpus)
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from legaltune.ui.server import run_ui
+
+    return run_ui(
+        args.runs,
+        args.run,
+        args.model,
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        max_batch_size=args.max_batch_size,
+        max_pending=args.max_pending,
+    )
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from legaltune.report.html import write_report
 
@@ -392,6 +407,20 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--run", metavar="RUN_DIR", help="a tuned run directory (base model + adapter)")
     g.add_argument("--model", metavar="NAME", help="a base model alone (hub id, directory, .gguf, alias)")
+
+
+def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=port, help=f"TCP port (default {port})")
+    p.add_argument("--max-batch-size", type=int, default=8, help="requests generated together (default 8)")
+    p.add_argument(
+        "--max-pending", type=int, default=32, help="requests queued or generating before 429 (default 32)"
+    )
+    p.add_argument(
+        "--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -564,25 +593,28 @@ def build_parser() -> argparse.ArgumentParser:
         "generating requests, the server answers 429 at once."
     )
     _add_model_source(p)
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
-    )
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--max-batch-size", type=int, default=8, help="requests generated together (default 8)")
-    p.add_argument(
-        "--max-pending", type=int, default=32, help="requests queued or generating before 429 (default 32)"
-    )
+    _add_server_args(p, port=8000)
     p.add_argument(
         "--citations",
         action="store_true",
-        help="add each answer's legal references as a `citations` field of the response",
-    )
-    p.add_argument(
-        "--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core)"
+        help="add each answer's citations, checked against the law corpus, as a `citations` response field",
     )
     p.set_defaults(func=cmd_serve)
 
-    _add_corpus_parser(sub)
+    p = sub.add_parser("ui", help="web UI: runs with plots and eval tables, base vs tuned chat, plan preview")
+    p.description = (
+        "Serve web pages (and, with --run or --model, the same API as `legaltune serve`): the runs under --runs "
+        "with their metrics plots and eval tables, a chat with the tuned and the base model side by side "
+        "(citations linked to the article text of the law corpus), and a plan preview for a config."
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--run", metavar="RUN_DIR", help="a tuned run to chat with (base + adapter, and its base)")
+    g.add_argument("--model", metavar="NAME", help="a base model alone to chat with")
+    p.add_argument(
+        "--runs", default="runs", metavar="DIR", help="folder of run directories to list (default runs)"
+    )
+    _add_server_args(p, port=7860)
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("report", help="regenerate a run's HTML report with plots")
     p.description = (

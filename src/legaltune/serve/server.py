@@ -6,6 +6,8 @@ import socket
 import sys
 from pathlib import Path
 
+from fastapi import FastAPI
+
 from legaltune.evaluate.batch import Generator, load_generator
 from legaltune.serve.citations import CitationChecker, corpus_checker
 from legaltune.serve.engine import Engine, Variant
@@ -24,7 +26,7 @@ def build_engine(gen: Generator, variants: list[Variant], **limits: int) -> Engi
     return Engine(gen.model, gen.tokenizer, variants, end_of_turn=gen.end_of_turn, **limits)
 
 
-def _check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int) -> None:
     """Fail in a second, before minutes of model loading, when the address cannot be served."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -35,6 +37,51 @@ def _check_port(host: str, port: int) -> None:
             raise ValueError(
                 f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port or --host"
             ) from None
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            raise ValueError(f"--threads must be at least 1 (got {threads})")
+        torch.set_num_threads(threads)  # on a shared CPU, fewer threads than cores avoids spin-waiting
+
+
+def build_app(
+    run_dir: str | Path | None,
+    model_name: str | None,
+    *,
+    max_batch_size: int = 8,
+    max_pending: int = 32,
+    citations: bool = False,
+) -> tuple[FastAPI, Engine]:
+    """The API app over a loaded run or base model, and its (not yet started) engine."""
+    from legaltune.serve.app import Served, create_app
+
+    gen = load_generator(run_dir, model_name)
+    engine = build_engine(
+        gen, served_ids(run_dir, model_name), max_batch_size=max_batch_size, max_pending=max_pending
+    )
+    checker: CitationChecker | None = corpus_checker(gen) if citations else None
+    if gen.context_fill != "none" and gen.use_context:
+        gen.corpus_context({"question": "warm-up"})  # build the corpus index now, not in a request
+    return create_app(Served(engine, gen, checker)), engine
+
+
+def serve_app(app: FastAPI, engine: Engine | None, host: str, port: int, what: str) -> int:
+    """Run uvicorn until Ctrl-C, with the engine's worker running beside it."""
+    import uvicorn
+
+    if engine is not None:
+        engine.start()
+    print(f"{what} on http://{host}:{port}", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        if engine is not None:
+            engine.close()
+    return 0
 
 
 def run_server(
@@ -49,32 +96,11 @@ def run_server(
     threads: int | None = None,
 ) -> int:
     """Serve until interrupted (Ctrl-C): requests in flight finish, queued ones get a 503."""
-    import uvicorn
-
-    from legaltune.serve.app import Served, create_app
-
-    _check_port(host, port)
-    if threads is not None:
-        import torch
-
-        if threads < 1:
-            raise ValueError(f"--threads must be at least 1 (got {threads})")
-        torch.set_num_threads(threads)  # on a shared CPU, fewer threads than cores avoids spin-waiting
-    gen = load_generator(run_dir, model_name)
-    variants = served_ids(run_dir, model_name)
-    engine = build_engine(gen, variants, max_batch_size=max_batch_size, max_pending=max_pending)
-    checker: CitationChecker | None = corpus_checker(gen) if citations else None
-    if gen.context_fill != "none" and gen.use_context:
-        gen.corpus_context({"question": "warm-up"})  # build the corpus index now, not in a request
-    app = create_app(Served(engine, gen, checker))
-    engine.start()
-    names = " and ".join(repr(v.id) for v in variants)
-    print(
-        f"serving {names} on http://{host}:{port}/v1 (batch ≤ {max_batch_size}, queue ≤ {max_pending})",
-        file=sys.stderr,
+    check_port(host, port)
+    set_threads(threads)
+    app, engine = build_app(
+        run_dir, model_name, max_batch_size=max_batch_size, max_pending=max_pending, citations=citations
     )
-    try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
-    finally:
-        engine.close()
-    return 0
+    names = " and ".join(repr(v) for v in engine.variants)
+    what = f"serving {names} (batch ≤ {max_batch_size}, queue ≤ {max_pending}); API"
+    return serve_app(app, engine, host, port, what + " at /v1")
