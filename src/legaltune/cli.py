@@ -616,6 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_args(p, port=7860)
     p.set_defaults(func=cmd_ui)
 
+    _add_corpus_parser(sub)
+
     p = sub.add_parser("report", help="regenerate a run's HTML report with plots")
     p.description = (
         "Write RUN_DIR/report.html: loss, learning rate, tokens/s and memory plots, eval table, config."
