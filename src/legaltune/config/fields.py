@@ -161,6 +161,48 @@ def _coerce(value: Any, tp: Any) -> Any:
     raise _Invalid
 
 
+def _takes_word(tp: Any, word: str, value: Any) -> bool:
+    """Whether a field of type ``tp`` should get the plain YAML word the user wrote instead of the
+    YAML 1.1 value PyYAML made of it (``no`` → False, ``off`` → False, ``1:30`` → 90)."""
+    origin = typing.get_origin(tp)
+    if tp is str:
+        return True
+    if origin is Literal:
+        return word in typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if any(_takes_word(a, word, value) for a in args if typing.get_origin(a) is Literal):
+            return True  # a choice spelled as written: speed.mode off
+        if isinstance(value, bool) and bool in args:
+            return False  # a bool where a bool is allowed: use_gradient_checkpointing true
+        if isinstance(value, int | float) and not isinstance(value, bool) and (int in args or float in args):
+            return False
+        return str in args
+    return False
+
+
+def read_as_written(value: Any, word: Any, tp: Any) -> Any:
+    """``value`` as the field of type ``tp`` means it, given ``word``: the plain scalar's source text
+    (a list of them for a flow or block sequence; None where an item was quoted or nested).
+
+    String and choice fields keep the word (``eval_strategy: no`` is ``"no"``, as YAML 1.2 reads
+    it); bool and number fields keep PyYAML's value (``load_in_4bit: yes`` stays True); nulls stay
+    null. Quoted scalars are strings already and come through unchanged.
+    """
+    if value is None or isinstance(value, str) or word is None:
+        return value
+    if isinstance(value, list) and isinstance(word, list) and len(word) == len(value):
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next((a for a in typing.get_args(tp) if typing.get_origin(a) is list), None)
+        if typing.get_origin(tp) is not list:
+            return value
+        (inner,) = typing.get_args(tp)
+        return [read_as_written(v, w, inner) for v, w in zip(value, word, strict=True)]
+    if isinstance(word, str) and not isinstance(value, list | dict) and _takes_word(tp, word, value):
+        return word
+    return value
+
+
 def _check_range(value: Any, meta: dict[str, Any]) -> str | None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         return None
@@ -189,12 +231,15 @@ def validate_section(
     problems: list[Problem],
     lines: dict[str, str],
     all_keys: dict[str, str],
+    words: dict[str, Any] | None = None,
 ) -> Any:
     """Build dataclass ``cls`` from mapping ``data``, appending problems instead of raising.
 
     ``all_keys`` maps every field name of every section to its full path so that a key put in
-    the wrong section gets "did you mean 'training.learning_rate'?".
+    the wrong section gets "did you mean 'training.learning_rate'?". ``words`` maps a key path to
+    the plain YAML text its value was written as (see :func:`read_as_written`).
     """
+    words = words or {}
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -243,6 +288,7 @@ def validate_section(
             continue
         f = fields[name]
         meta = f.metadata
+        value = read_as_written(value, words.get(path), hints[name])
         if isinstance(value, str) and meta.get("normalize"):
             value = meta["normalize"].get(value.lower(), value)
         try:

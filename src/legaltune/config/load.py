@@ -17,12 +17,23 @@ from legaltune.config.schema import SECTIONS, Config
 from legaltune.evaluate.gen_metrics import GEN_METRICS
 
 
-def _yaml_lines(text: str, filename: str, problems: list[Problem]) -> dict[str, str]:
-    """Map each `section.key` path to `file:line`, and report duplicated keys (YAML keeps the last silently)."""
+def _plain_words(node: yaml.Node) -> Any:
+    """The source text of a plain (unquoted) scalar, a list of those for a sequence, else None."""
+    if isinstance(node, yaml.ScalarNode):
+        return node.value if node.style is None else None
+    if isinstance(node, yaml.SequenceNode):
+        return [_plain_words(item) if isinstance(item, yaml.ScalarNode) else None for item in node.value]
+    return None
+
+
+def _yaml_index(text: str, filename: str, problems: list[Problem]) -> tuple[dict[str, str], dict[str, Any]]:
+    """Map each `section.key` path to `file:line` and to the words its value was written as, and
+    report duplicated keys (YAML keeps the last silently)."""
     lines: dict[str, str] = {}
+    words: dict[str, Any] = {}
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     if not isinstance(root, yaml.MappingNode):
-        return lines
+        return lines, words
 
     def walk(node: yaml.MappingNode, prefix: str) -> None:
         seen: set[str] = set()
@@ -34,28 +45,34 @@ def _yaml_lines(text: str, filename: str, problems: list[Problem]) -> dict[str, 
                 problems.append(Problem(path, "key appears twice", "remove one of the two", where))
             seen.add(key)
             lines[path] = where
+            words[path] = _plain_words(value_node)
             if isinstance(value_node, yaml.MappingNode) and not prefix:
                 walk(value_node, path)
 
     walk(root, "")
-    return lines
+    return lines, words
 
 
-def parse_override(item: str) -> tuple[str, Any]:
-    """`lora.r=16` → ("lora.r", 16). Values are parsed as YAML, so `true`, `[a, b]`, `null` work."""
+def parse_override(item: str) -> tuple[str, Any, Any]:
+    """`lora.r=16` → ("lora.r", 16, "16"): the key, the value parsed as YAML (so `true`, `[a, b]`,
+    `null` work) and the words it was written as, which string and choice fields keep
+    (`logging.eval_strategy=no` is "no", not False; see fields.read_as_written)."""
     if "=" not in item:
         raise ConfigError(
             [Problem(item, "override must look like section.key=value", "e.g. --set lora.r=16")]
         )
     key, raw = item.split("=", 1)
     key = key.strip()
+    if not raw.strip():
+        return key, "", None
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw)
+        words = _plain_words(yaml.compose(raw, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
         raise ConfigError(
             [Problem(key, f"cannot parse value {raw!r}: {exc}", "quote it or fix its YAML")]
         ) from None
-    return key, value
+    return key, value, words
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -63,6 +80,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     problems: list[Problem] = []
     raw: dict[str, Any] = {}
     lines: dict[str, str] = {}
+    words: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -71,7 +89,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             )
         text = path.read_text(encoding="utf-8")
         try:
-            lines = _yaml_lines(text, str(path), problems)
+            lines, words = _yaml_index(text, str(path), problems)
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError([Problem(str(path), f"not valid YAML: {exc}", "fix the YAML syntax")]) from None
@@ -83,7 +101,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             )
         raw = loaded
     for item in overrides or []:
-        key, value = parse_override(item)
+        key, value, written = parse_override(item)
         parts = key.split(".")
         if len(parts) != 2:
             problems.append(
@@ -94,7 +112,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if isinstance(section, dict):
             section[parts[1]] = value
             lines[key] = "--set"
-    return build_config(raw, problems, lines, source=str(path) if path else None)
+            words[key] = written
+    return build_config(raw, problems, lines, source=str(path) if path else None, words=words)
 
 
 def build_config(
@@ -102,8 +121,12 @@ def build_config(
     problems: list[Problem] | None = None,
     lines: dict[str, str] | None = None,
     source: str | None = None,
+    words: dict[str, Any] | None = None,
 ) -> Config:
-    """Validate a nested dict into a Config, raising ConfigError with every problem found."""
+    """Validate a nested dict into a Config, raising ConfigError with every problem found.
+
+    ``words`` maps key paths to the plain YAML text of their values, so that string and choice
+    fields keep what the user wrote (``no``, ``off``) where YAML 1.1 would read a boolean."""
     problems = problems if problems is not None else []
     lines = lines or {}
     all_keys = {
@@ -124,7 +147,7 @@ def build_config(
                 )
             )
     for name, cls in SECTIONS.items():
-        sections[name] = validate_section(cls, raw.get(name), name, problems, lines, all_keys)
+        sections[name] = validate_section(cls, raw.get(name), name, problems, lines, all_keys, words)
     cfg = Config(**sections, source=source)
     provided = {f"{sec}.{k}" for sec, d in raw.items() if isinstance(d, dict) for k in d}
     problems.extend(cross_checks(cfg, provided, lines))
@@ -151,7 +174,11 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
             "use auto, true, false or a layer count >= 0",
         )
     if cfg.quantization.load_in_4bit and cfg.quantization.load_in_8bit:
-        bad("quantization.load_in_4bit", "load_in_4bit and load_in_8bit are both true", "choose one of them")
+        bad(
+            "quantization.load_in_4bit",
+            "load_in_4bit and load_in_8bit are both true",
+            "choose one: quantization.load_in_8bit: false (4-bit QLoRA) or quantization.load_in_4bit: false",
+        )
     # warmup_steps has the seed's default (100); a user who writes only warmup_ratio means the ratio.
     if t.warmup_ratio is not None:
         if "training.warmup_steps" in provided and t.warmup_steps:
@@ -166,13 +193,13 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
         bad(
             "training.max_steps",
             "0 steps would train nothing",
-            "use -1 (train num_train_epochs) or a positive count",
+            "set training.max_steps: -1 (train num_train_epochs) or a positive count",
         )
     if t.min_lr_rate is not None and t.lr_scheduler_type != "cosine_with_min_lr":
         bad(
             "training.min_lr_rate",
             "only used by lr_scheduler_type cosine_with_min_lr",
-            "remove it or change the scheduler",
+            "remove it, or set training.lr_scheduler_type: cosine_with_min_lr",
         )
     if t.early_stopping_patience is not None and not t.load_best_model_at_end:
         bad(
@@ -204,13 +231,13 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
             bad(
                 "training.load_best_model_at_end",
                 "needs evaluations, but eval_strategy is 'no'",
-                "set logging.eval_strategy",
+                "set logging.eval_strategy: epoch (with data.eval_file or data.val_split)",
             )
         elif lg.save_strategy != lg.eval_strategy:
             bad(
                 "logging.save_strategy",
                 f"load_best_model_at_end needs save_strategy == eval_strategy ({lg.save_strategy} vs {lg.eval_strategy})",
-                "use the same strategy for both",
+                f"set logging.save_strategy: {lg.eval_strategy}",
             )
         elif (
             lg.save_strategy == "steps" and lg.save_steps and lg.eval_steps and lg.save_steps % lg.eval_steps
@@ -218,26 +245,26 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
             bad(
                 "logging.save_steps",
                 "must be a multiple of eval_steps for load_best_model_at_end",
-                "adjust save_steps",
+                f"set logging.save_steps: {lg.eval_steps * max(1, round(lg.save_steps / lg.eval_steps))}",
             )
     for strat, steps in (("save", lg.save_steps), ("eval", lg.eval_steps)):
         if getattr(lg, f"{strat}_strategy") == "steps" and steps is None:
             bad(
                 f"logging.{strat}_steps",
                 f"{strat}_strategy is 'steps' but {strat}_steps is not set",
-                f"set logging.{strat}_steps",
+                f"set logging.{strat}_steps: 500 (or logging.{strat}_strategy: epoch)",
             )
     if d.train_file and lg.eval_strategy != "no" and not d.eval_file and d.val_split == 0:
         bad(
             "logging.eval_strategy",
             f"eval_strategy is '{lg.eval_strategy}' but there is no evaluation data",
-            "set data.eval_file, or data.val_split (e.g. 0.1), or logging.eval_strategy: no",
+            "set data.eval_file: path/to/eval.jsonl, or data.val_split: 0.1, or logging.eval_strategy: no",
         )
     if d.format == "alqac" and not d.corpus_file:
         bad(
             "data.corpus_file",
             "format alqac joins questions with a law corpus, but corpus_file is not set",
-            "set data.corpus_file",
+            "set data.corpus_file: path/to/corpus.json",
         )
     if d.context_fill != "none" and not d.use_context:
         bad(
@@ -249,23 +276,24 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
         bad(
             "optimization.gradient_checkpointing",
             f"false, but lora.use_gradient_checkpointing is {cfg.lora.use_gradient_checkpointing!r}",
-            "set both to false to keep all activations, or this one to true",
+            "set optimization.gradient_checkpointing: true, or also lora.use_gradient_checkpointing: false "
+            "to keep all activations",
         )
     tm = cfg.lora.target_modules
     if not tm:
         bad(
             "lora.target_modules",
             "empty: no module would get an adapter",
-            "list modules, e.g. [q_proj, v_proj], or [all-linear]",
+            "list modules, e.g. lora.target_modules: [q_proj, v_proj], or lora.target_modules: [all-linear]",
         )
     elif "all-linear" in tm and len(tm) > 1:
         bad(
             "lora.target_modules",
             "'all-linear' cannot be combined with names",
-            "use [all-linear] alone or list names",
+            "set lora.target_modules: [all-linear] alone, or list names only",
         )
     if "none" in lg.report_to and len(lg.report_to) > 1:
-        bad("logging.report_to", "'none' combined with other sinks", "use [none] alone")
+        bad("logging.report_to", "'none' combined with other sinks", "set logging.report_to: [none] alone")
     return out
 
 

@@ -75,7 +75,8 @@ class ChatFormatter:
         self.train_on = train_on
         if template is None and not getattr(tokenizer, "chat_template", None):
             raise TemplateError(
-                f"the tokenizer has no chat template; set data.chat_template ({', '.join(BUILTIN_TEMPLATES)} or a .jinja file)"
+                "the tokenizer has no chat template; set data.chat_template: chatml "
+                f"(or {', '.join(t for t in BUILTIN_TEMPLATES if t != 'chatml')}, or a .jinja file)"
             )
         # The text that opens an assistant turn and the one that closes it, read off a probe render.
         before = self.render(_PROBE[:1], add_generation_prompt=True)
@@ -122,8 +123,8 @@ class ChatFormatter:
             if not (text.startswith(start_text) and text.startswith(end_text)):
                 raise TemplateError(
                     "the chat template renders a conversation's prefix differently from the whole conversation "
-                    "(e.g. it drops earlier reasoning), so assistant turns cannot be located; use train_on: all "
-                    "or another template"
+                    "(e.g. it drops earlier reasoning), so assistant turns cannot be located; set data.train_on: all "
+                    "or use another template"
                 )
             end = len(end_text.rstrip())  # train the end-of-turn token, not the newline after it
             spans.append((len(start_text), end))

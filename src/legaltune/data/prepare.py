@@ -117,7 +117,10 @@ def _records_to_items(
         try:
             schema = d.format if d.format != "auto" else detect_schema(rec, d.dataset_text_field)
             if schema is None:
-                raise RecordError("(record)", f"keys {sorted(rec)} match no schema; set data.format")
+                raise RecordError(
+                    "(record)",
+                    f"keys {sorted(rec)} match no schema; set data.format: legal_qa (or text, alpaca, chat, alqac)",
+                )
             stats.schemas[schema] = stats.schemas.get(schema, 0) + 1
             if schema == "text":
                 text = rec.get(d.dataset_text_field)

@@ -199,7 +199,7 @@ def choose_attention_layers(
     return 0, (
         f"attention recomputed: the offloaded layer inputs alone need {host_bytes(0) / GIB:.0f} GiB pinned host "
         f"memory, over {HOST_FRACTION:.0%} of the {host_memory / GIB:.0f} GiB available (consider a smaller "
-        "micro-batch, or use_gradient_checkpointing: true)"
+        "micro-batch, or lora.use_gradient_checkpointing: true)"
     )
 
 

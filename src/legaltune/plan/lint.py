@@ -100,7 +100,7 @@ def lint_plan(plan: Plan) -> list[Lint]:
                 "error",
                 "training.warmup_steps",
                 f"warm-up {plan.warmup_steps} ≥ total steps {plan.total_steps}",
-                "the learning rate would never reach its peak; use warmup_ratio 0.05–0.1",
+                "the learning rate would never reach its peak; set training.warmup_ratio: 0.05 instead of warmup_steps",
             )
         elif not 0.05 <= plan.warmup_fraction <= 0.10:
             add(
