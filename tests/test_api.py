@@ -211,3 +211,36 @@ def test_conflicting_tokenizer_and_length(tiny_dir, tmp_path):
         SFTTrainer(model=model, tokenizer=tokenizer, args=args, max_seq_length=10, max_length=20)
     with pytest.raises(ValueError, match="processing_class"):
         SFTTrainer(model=model, tokenizer=tokenizer, processing_class=object(), args=args)
+
+
+def test_api_defaults_are_the_configs():
+    """FastLanguageModel's defaults equal a config's, except the two the module docstring names."""
+    import inspect
+
+    from legaltune.config.load import build_config
+
+    cfg = build_config({})
+    peft = inspect.signature(FastLanguageModel.get_peft_model).parameters
+    for name in (
+        "r",
+        "lora_alpha",
+        "lora_dropout",
+        "bias",
+        "use_gradient_checkpointing",
+        "random_state",
+        "use_rslora",
+    ):
+        assert peft[name].default == getattr(cfg.lora, name), name
+    assert peft["target_modules"].default is None and cfg.lora.target_modules == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    load = inspect.signature(FastLanguageModel.from_pretrained).parameters
+    for name in ("model_name", "attn_implementation", "device_map", "trust_remote_code"):
+        assert load[name].default == getattr(cfg.model, name), name
+    assert load["max_seq_length"].default == 2048 != cfg.model.max_seq_length  # Unsloth's; documented

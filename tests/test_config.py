@@ -7,6 +7,7 @@ import pytest
 from legaltune.config.fields import ConfigError
 from legaltune.config.load import build_config, load_config, save_config
 
+SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
 
 
@@ -21,24 +22,85 @@ def only(raw: dict):
     return p
 
 
-def test_defaults_are_seed_000():
+def test_defaults_follow_seed_003():
     cfg = build_config({})
-    assert cfg.model.model_name == "unsloth/Llama-3.1-8B-Instruct"
-    assert cfg.model.max_seq_length == 8192
-    assert (cfg.lora.r, cfg.lora.lora_alpha, cfg.lora.use_rslora) == (128, 256, True)
-    assert cfg.lora.use_gradient_checkpointing == "unsloth"
-    assert (cfg.training.per_device_train_batch_size, cfg.training.gradient_accumulation_steps) == (32, 16)
-    assert (cfg.training.learning_rate, cfg.training.warmup_steps, cfg.training.lr_scheduler_type) == (
-        3e-4,
-        100,
-        "cosine",
-    )
+    assert (cfg.lora.r, cfg.lora.lora_alpha, cfg.lora.use_rslora, cfg.lora.lora_dropout) == (16, 16, False, 0)
+    assert cfg.lora.target_modules == SEVEN
+    t = cfg.training
+    assert (t.per_device_train_batch_size, t.gradient_accumulation_steps) == (2, 8)
+    assert t.learning_rate == 2e-4 and 1 <= t.num_train_epochs <= 3
+    assert t.warmup_steps is None and 0.05 <= t.warmup_ratio <= 0.10
+    assert t.lr_scheduler_type in ("linear", "cosine") and t.weight_decay == 0.01
+    # where seed 003 is silent, seed 000's values
+    assert cfg.model.model_name == "unsloth/Llama-3.1-8B-Instruct" and cfg.model.max_seq_length == 8192
+    assert cfg.lora.use_gradient_checkpointing == "unsloth" and cfg.lora.random_state == 3407
     assert (cfg.logging.save_strategy, cfg.logging.eval_strategy, cfg.logging.save_total_limit) == (
         "epoch",
         "epoch",
         3,
     )
     assert cfg.data.dataset_text_field == "text" and cfg.data.packing is False
+
+
+# Seed 000's run, value by value (§0.1 from_pretrained, §0.2 get_peft_model, §1-§6 the parameters).
+SEED_000 = {
+    "model": {
+        "model_name": "unsloth/Llama-3.1-8B-Instruct",
+        "max_seq_length": 8192,
+        "dtype": "auto",  # the seed's dtype=None
+        "attn_implementation": "flash_attention_2",
+        "device_map": "auto",
+    },
+    "quantization": {"load_in_4bit": False, "load_in_8bit": False},
+    "lora": {
+        "r": 128,
+        "lora_alpha": 256,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "use_rslora": True,
+        "use_gradient_checkpointing": "unsloth",
+        "random_state": 3407,
+    },
+    "training": {
+        "per_device_train_batch_size": 32,
+        "gradient_accumulation_steps": 16,
+        "num_train_epochs": 4,
+        "learning_rate": 3e-4,
+        "warmup_steps": 100,
+        "lr_scheduler_type": "cosine",
+        "weight_decay": 0.01,
+    },
+    "optimization": {"optim": "adamw_torch", "gradient_checkpointing": True},
+    "data": {
+        "dataset_text_field": "text",
+        "packing": False,
+        "dataloader_num_workers": 8,
+        "dataloader_pin_memory": True,
+    },
+    "logging": {
+        "logging_steps": 1,
+        "save_strategy": "epoch",
+        "eval_strategy": "epoch",
+        "save_total_limit": 3,
+    },
+}
+
+
+def test_h200_preset_says_everything_seed_000_says():
+    """Written out in the file, not inherited from defaults (which are seed 003's now)."""
+    path = Path(__file__).parent.parent / "configs" / "llama31-8b-h200.yaml"
+    import yaml
+
+    written = yaml.safe_load(path.read_text(encoding="utf-8"))
+    cfg = load_config(path)
+    for section, values in SEED_000.items():
+        for key, value in values.items():
+            assert written[section][key] == value or (
+                key == "dtype" and written[section][key] in (None, "auto")
+            )
+            assert getattr(getattr(cfg, section), key) == value, f"{section}.{key}"
+    assert cfg.training.warmup_ratio is None  # the seed counts warm-up in steps
 
 
 def test_unknown_key_suggests_the_right_one():
@@ -90,9 +152,12 @@ def test_warmup_steps_and_ratio_both_set():
     assert "both set" in p.message
 
 
-def test_warmup_ratio_alone_replaces_seed_default_steps():
-    cfg = build_config({"training": {"warmup_ratio": 0.05}})
-    assert cfg.training.warmup_steps is None and cfg.training.warmup_ratio == 0.05
+def test_warmup_steps_alone_replace_the_default_ratio():
+    cfg = build_config({"training": {"warmup_steps": 30}})
+    assert cfg.training.warmup_steps == 30 and cfg.training.warmup_ratio is None
+    cfg = build_config({"training": {"warmup_ratio": 0.1}})
+    assert cfg.training.warmup_steps is None and cfg.training.warmup_ratio == 0.1
+    assert build_config({"training": {"warmup_steps": 0}}).training.warmup_ratio is None
 
 
 def test_alias_and_name_both_set():

@@ -2,9 +2,11 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -15,6 +17,7 @@ from legaltune.plan.core import compute_steps, make_plan, parse_size, warmup_for
 from legaltune.plan.memory import GIB
 from legaltune.plan.params import TargetError, count_params, lora_scale
 
+H200 = Path(__file__).parent.parent / "configs" / "llama31-8b-h200.yaml"
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -91,6 +94,7 @@ def test_plan_effective_batch_and_warmup_fraction():
             "training": {
                 "per_device_train_batch_size": 2,
                 "gradient_accumulation_steps": 8,
+                "num_train_epochs": 4,
                 "warmup_ratio": 0.1,
             }
         }
@@ -275,7 +279,8 @@ def test_each_lint_fires(change, expected):
 
 
 def test_seed_000_h200_run_flags_what_seed_003_advises_against():
-    keys = {k for _, k in lint_keys({}, train_examples=10000, gpu_memory=141 * GIB)}
+    h200 = yaml.safe_load(H200.read_text(encoding="utf-8"))
+    keys = {k for _, k in lint_keys(h200, train_examples=10000, gpu_memory=141 * GIB)}
     assert {
         "training.learning_rate",
         "training.num_train_epochs",
@@ -284,9 +289,9 @@ def test_seed_000_h200_run_flags_what_seed_003_advises_against():
     assert "training.per_device_train_batch_size" in keys
     # 262k tokens per micro-batch: a plain loop would hold the full logits (hundreds of GiB); with
     # TRL's chunked head (what `legaltune train` uses) it fits the H200 by offloading most layers.
-    off = {k for _, k in lint_keys({}, train_examples=10000, gpu_memory=141 * GIB, fused_head=False)}
+    off = {k for _, k in lint_keys(h200, train_examples=10000, gpu_memory=141 * GIB, fused_head=False)}
     assert "memory" in off and "memory" not in keys
-    plan = make_plan(build_config({}), train_examples=10000, gpu_memory=141 * GIB)
+    plan = make_plan(build_config(h200), train_examples=10000, gpu_memory=141 * GIB)
     assert 0 < plan.checkpoint_layers <= 32
 
 

@@ -4,6 +4,11 @@
 calls unchanged and build the same config objects a YAML run uses, so a notebook written against
 Unsloth and ``legaltune train`` load and adapt models the same way. Arguments we do not implement
 raise ``TypeError`` naming them, rather than being silently ignored.
+
+Defaults are the config's (``legaltune.config.schema``, seed 003's recommendations), with two
+documented differences: ``from_pretrained``'s ``max_seq_length`` is 2048, as in Unsloth (the config's
+is 8192, seed 000's), and ``get_peft_model``'s ``speed`` is ``"fast"`` (a config's ``speed.mode`` is
+``auto``, which needs the batch shape that only a training config gives).
 """
 
 from __future__ import annotations
@@ -44,11 +49,11 @@ class FastLanguageModel:
         model_name: str = ModelConfig.model_name,
         max_seq_length: int = 2048,
         dtype: torch.dtype | str | None = None,
-        load_in_4bit: bool = False,
-        load_in_8bit: bool = False,
-        attn_implementation: str = "flash_attention_2",
-        device_map: str | dict[str, Any] | None = "auto",
-        trust_remote_code: bool = False,
+        load_in_4bit: bool = QuantizationConfig.load_in_4bit,
+        load_in_8bit: bool = QuantizationConfig.load_in_8bit,
+        attn_implementation: str = ModelConfig.attn_implementation,
+        device_map: str | dict[str, Any] | None = ModelConfig.device_map,
+        trust_remote_code: bool = ModelConfig.trust_remote_code,
         **kwargs: Any,
     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """Load ``model_name`` (hub id, local dir, .gguf, or ``smollm2-135m-instruct``) and its tokenizer."""
@@ -71,20 +76,23 @@ class FastLanguageModel:
     @staticmethod
     def get_peft_model(
         model: PreTrainedModel,
-        r: int = 16,
+        r: int = LoraConfig.r,
         target_modules: list[str] | str | None = None,
-        lora_alpha: float = 16,
-        lora_dropout: float = 0.0,
-        bias: str = "none",
-        use_gradient_checkpointing: bool | str = "unsloth",
-        random_state: int = 3407,
-        use_rslora: bool = False,
+        lora_alpha: float = LoraConfig.lora_alpha,
+        lora_dropout: float = LoraConfig.lora_dropout,
+        bias: str = LoraConfig.bias,
+        use_gradient_checkpointing: bool | str = LoraConfig.use_gradient_checkpointing,
+        random_state: int = LoraConfig.random_state,
+        use_rslora: bool = LoraConfig.use_rslora,
         max_seq_length: int | None = None,
         loftq_config: Any = None,
         speed: str = "fast",
         **kwargs: Any,
     ) -> PeftModel:
         """Add LoRA adapters; ``use_gradient_checkpointing="unsloth"`` = recompute + CPU offload of layer inputs.
+
+        Defaults are a config's ``lora`` defaults: r 16, alpha 16, no dropout, no rsLoRA, all seven
+        projections (``target_modules=None``).
 
         ``speed`` (legaltune's): ``"fast"`` applies the speed engine (fused LoRA linears, kernels,
         compiled layers on CUDA) with checkpointing on every layer as asked; ``"off"`` keeps the plain

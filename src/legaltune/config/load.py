@@ -179,16 +179,16 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
             "load_in_4bit and load_in_8bit are both true",
             "choose one: quantization.load_in_8bit: false (4-bit QLoRA) or quantization.load_in_4bit: false",
         )
-    # warmup_steps has the seed's default (100); a user who writes only warmup_ratio means the ratio.
-    if t.warmup_ratio is not None:
-        if "training.warmup_steps" in provided and t.warmup_steps:
+    # warmup_ratio has the default (seed 003's 5 %); a user who writes warmup_steps means the count.
+    if t.warmup_steps is not None:
+        if "training.warmup_ratio" in provided and t.warmup_ratio is not None:
             bad(
                 "training.warmup_steps",
                 "warmup_steps and warmup_ratio are both set",
                 "keep one: warmup_steps (a count) or warmup_ratio (a fraction of total steps)",
             )
         else:
-            t.warmup_steps = None
+            t.warmup_ratio = None
     if t.max_steps == 0:
         bad(
             "training.max_steps",
