@@ -47,6 +47,7 @@ BAD = {
     "bad choice": {"logging": {"eval_strategy": "never"}},
     "bad scheduler": {"training": {"lr_scheduler_type": "cosin"}},
     "bad bias": {"lora": {"bias": "no"}},
+    "unknown encoding": {"data": {"encoding": "utf-9"}},
 }
 
 

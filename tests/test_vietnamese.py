@@ -199,6 +199,8 @@ def test_clean_applies_steps_and_counts():
         "underscores": 1,
         "newlines": 1,
         "bom": 1,
+        "invisible": 0,
+        "mojibake": 0,
     }
     # A second, already clean text accumulates into the same report without new changes.
     assert clean("Điều 5", report=report) == "Điều 5"

@@ -260,6 +260,17 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
             f"eval_strategy is '{lg.eval_strategy}' but there is no evaluation data",
             "set data.eval_file: path/to/eval.jsonl, or data.val_split: 0.1, or logging.eval_strategy: no",
         )
+    if d.encoding != "auto":
+        import codecs
+
+        try:
+            codecs.lookup(d.encoding)
+        except LookupError:
+            bad(
+                "data.encoding",
+                f"{d.encoding!r} is not a text encoding Python knows",
+                "set data.encoding: auto, or a codec name such as data.encoding: cp1258",
+            )
     if d.format == "alqac" and not d.corpus_file:
         bad(
             "data.corpus_file",

@@ -313,6 +313,16 @@ class DataConfig:
     strip_word_underscores: bool = opt(
         False, "Turn pyvi/VnCoreNLP word-segmentation underscores back into spaces."
     )
+    encoding: str = opt(
+        "auto",
+        "Text encoding of the data files. auto: UTF-8 (a BOM is dropped), UTF-16/UTF-32 with a BOM, or UTF-16 "
+        "without one; otherwise a Python codec name, e.g. cp1258 for Windows-1258.",
+    )
+    fix_mojibake: bool = opt(
+        False,
+        "Repair UTF-8 text that was read as Windows-1252/Latin-1 and saved again ('Bá»™ luáº­t' → 'Bộ luật') with "
+        "ftfy, counted. Off: such text is an error naming file:line. VNI/TCVN3 text is always an error (convert it).",
+    )
     max_train_examples: int | None = opt(
         None,
         "Use only this many training examples (seeded sample, reported); null = all. For quick runs.",

@@ -90,7 +90,8 @@ def render_check(prep: PreparedData, console: Console | None = None) -> None:
     h = s.hygiene
     console.print(
         f"hygiene: {h.get('texts', 0)} texts, {h.get('changed', 0)} changed — NFC {h.get('nfc', 0)}, tone marks "
-        f"{h.get('tone', 0)}, word underscores {h.get('underscores', 0)}, newlines {h.get('newlines', 0)}, BOM {h.get('bom', 0)}"
+        f"{h.get('tone', 0)}, word underscores {h.get('underscores', 0)}, newlines {h.get('newlines', 0)}, BOM {h.get('bom', 0)}, "
+        f"invisible characters removed {h.get('invisible', 0)}, mojibake repaired {h.get('mojibake', 0)}"
     )
     if s.overlap_train_eval:
         console.print(f"[yellow]warning:[/yellow] {s.overlap_train_eval} eval questions also appear in train")

@@ -18,7 +18,7 @@ from legaltune.data import vietnamese as vn
 from legaltune.data.alqac import join_question, load_corpus
 from legaltune.data.format import ChatFormatter, load_template
 from legaltune.data.pack import efficiency, pack_examples
-from legaltune.data.schemas import RecordError, detect_schema, to_messages
+from legaltune.data.schemas import RecordError, detect_schema, is_missing, to_messages
 from legaltune.data.sources import DataError, read_records, split_train_eval
 
 
@@ -78,27 +78,40 @@ class PreparedData:
     first_example: dict[str, Any] | None = None
 
 
-def _clean_messages(
-    msgs: list[dict[str, str]], cfg: Config, loc: str, report: vn.HygieneReport
-) -> list[dict[str, str]]:
-    out = []
-    for m in msgs:
-        legacy = vn.detect_legacy_encoding(m["content"])
-        if legacy:
-            raise RecordError(
-                f"{m['role']} content",
-                f"text looks like {legacy}-encoded Vietnamese read as Latin-1 (mojibake); "
-                "convert the file to Unicode UTF-8 (e.g. with UniKey's converter) before training",
-            )
-        text = vn.clean(
-            m["content"],
-            nfc=cfg.data.nfc,
-            tone_style=cfg.data.tone_style,  # type: ignore[arg-type]
-            strip_underscores=cfg.data.strip_word_underscores,
-            report=report,
+def _clean_text(text: str, field: str, cfg: Config, report: vn.HygieneReport) -> str:
+    """One text through the hygiene steps; mojibake is an error unless it can be and is set to be repaired."""
+    d = cfg.data
+    legacy = vn.detect_legacy_encoding(text)
+    if legacy == vn.DOUBLE_UTF8 and not d.fix_mojibake:
+        raise RecordError(
+            field,
+            "text looks like UTF-8 read as Windows-1252/Latin-1 and saved again (mojibake, e.g. 'Bá»™ luáº­t' "
+            "for 'Bộ luật'); set data.fix_mojibake: true to repair it (ftfy; repaired texts are counted), "
+            "or re-save the file as UTF-8",
         )
-        out.append({"role": m["role"], "content": text})
-    return out
+    if legacy and legacy != vn.DOUBLE_UTF8:
+        raise RecordError(
+            field,
+            f"text looks like {legacy}-encoded Vietnamese read as Latin-1 (mojibake); "
+            "convert the file to Unicode UTF-8 (e.g. with UniKey's converter) before training",
+        )
+    return vn.clean(
+        text,
+        nfc=d.nfc,
+        tone_style=d.tone_style,  # type: ignore[arg-type]
+        strip_underscores=d.strip_word_underscores,
+        fix_mojibake=d.fix_mojibake,
+        report=report,
+    )
+
+
+def _clean_messages(
+    msgs: list[dict[str, str]], cfg: Config, report: vn.HygieneReport
+) -> list[dict[str, str]]:
+    return [
+        {"role": m["role"], "content": _clean_text(m["content"], f"{m['role']} content", cfg, report)}
+        for m in msgs
+    ]
 
 
 def _records_to_items(
@@ -124,20 +137,9 @@ def _records_to_items(
             stats.schemas[schema] = stats.schemas.get(schema, 0) + 1
             if schema == "text":
                 text = rec.get(d.dataset_text_field)
-                if not isinstance(text, str) or not text.strip():
+                if is_missing(text) or not isinstance(text, str) or not text.strip():
                     raise RecordError(d.dataset_text_field, "must be a non-empty string")
-                if vn.detect_legacy_encoding(text):
-                    raise RecordError(
-                        d.dataset_text_field, "text looks like VNI/TCVN3 mojibake; convert to UTF-8"
-                    )
-                text = vn.clean(
-                    text,
-                    nfc=d.nfc,
-                    tone_style=d.tone_style,
-                    strip_underscores=d.strip_word_underscores,
-                    report=report,
-                )  # type: ignore[arg-type]
-                items.append({"loc": loc, "text": text})
+                items.append({"loc": loc, "text": _clean_text(text, d.dataset_text_field, cfg, report)})
                 continue
             if schema == "alqac":
                 rec = join_question(rec, corpus, d.corpus_file or "")
@@ -148,7 +150,7 @@ def _records_to_items(
                 filled = filler.fill(rec, schema, loc, stats.context)
                 from_corpus, rec = filled is not rec, filled
             msgs = to_messages(rec, schema, use_context=d.use_context)
-            msgs = _clean_messages(msgs, cfg, loc, report)
+            msgs = _clean_messages(msgs, cfg, report)
             if d.system_prompt and msgs[0]["role"] != "system":
                 msgs = [{"role": "system", "content": d.system_prompt}, *msgs]
             item = {"loc": loc, "messages": msgs, "id": rec.get("id")}
@@ -296,11 +298,15 @@ def prepare_data(cfg: Config, tokenizer: Any) -> PreparedData:
         )
     report = vn.HygieneReport()
     tr_stats, ev_stats = SplitStats(), SplitStats()
-    train_items = _records_to_items(read_records(d.train_file), cfg, tr_stats, report, corpus, filler)
+    train_items = _records_to_items(
+        read_records(d.train_file, d.encoding), cfg, tr_stats, report, corpus, filler
+    )
     if d.dedup:
         train_items = _dedup(train_items, tr_stats)
     if d.eval_file:
-        eval_items = _records_to_items(read_records(d.eval_file), cfg, ev_stats, report, corpus, filler)
+        eval_items = _records_to_items(
+            read_records(d.eval_file, d.encoding), cfg, ev_stats, report, corpus, filler
+        )
         if d.dedup:
             eval_items = _dedup(eval_items, ev_stats)
     else:

@@ -35,11 +35,23 @@ def detect_schema(rec: dict[str, Any], text_field: str = "text") -> str | None:
     return None
 
 
+# How spreadsheet and pandas exports write a missing value into a text cell.
+MISSING_WORDS = frozenset({"nan", "NaN", "NAN", "null", "NULL", "None", "<NA>", "N/A", "#N/A"})
+
+
+def is_missing(value: Any) -> bool:
+    """None, a float NaN (Parquet/JSON gaps) or a missing-value word such as "NaN" (CSV exports)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return True
+    return isinstance(value, str) and value.strip() in MISSING_WORDS
+
+
 def _text(rec: dict[str, Any], key: str, *, required: bool = True) -> str:
     value = rec.get(key)
-    if value is None or (isinstance(value, float) and value != value):  # None or NaN (CSV/parquet gaps)
+    if is_missing(value):
         if required:
-            raise RecordError(key, "missing")
+            shown = f" ({value.strip()!r}, a missing-value marker)" if isinstance(value, str) else ""
+            raise RecordError(key, f"missing{shown}")
         return ""
     if not isinstance(value, str):
         raise RecordError(key, f"must be a string, got {type(value).__name__}")
@@ -65,7 +77,7 @@ def chat_messages(rec: dict[str, Any]) -> list[dict[str, str]]:
             raise RecordError(f"{key}[{i}].role", f"{role!r} is not one of {', '.join(ROLES)}")
         if role == "system" and i != 0:
             raise RecordError(f"{key}[{i}].role", "a system message may only come first")
-        if not isinstance(content, str) or not content.strip():
+        if is_missing(content) or not isinstance(content, str) or not content.strip():
             raise RecordError(f"{key}[{i}].content", "must be a non-empty string")
         out.append({"role": role, "content": content})
     roles = [m["role"] for m in out if m["role"] != "system"]

@@ -7,6 +7,7 @@ directory saved with save_to_disk, and a hub dataset id when the hub is reachabl
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import random
@@ -14,60 +15,74 @@ from pathlib import Path
 from typing import Any
 
 from legaltune.config.schema import Config
+from legaltune.data.encoding import EncodingError, decode_data
 
 
 class DataError(ValueError):
     """A data problem, with the file (and line) where it is and how to fix it."""
 
 
-def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
-    """All records of a file as (location, record); location is 'file:line' (or 'file[i]')."""
+def read_records(path: str | Path, encoding: str = "auto") -> list[tuple[str, dict[str, Any]]]:
+    """All records of a file as (location, record); location is 'file:line' (or 'file[i]').
+
+    Text files are decoded per ``encoding`` (data.encoding; see legaltune.data.encoding). A file
+    with no record (empty, only whitespace, an empty array, a CSV header alone) is an error."""
     path = Path(path)
     if path.is_dir():
-        return _read_saved_dataset(path)
-    if not path.exists():
+        records = _read_saved_dataset(path)
+    elif not path.exists():
         if "/" in str(path) and not str(path).startswith((".", "/")) and path.suffix == "":
-            return _read_hub(str(path))
-        raise DataError(f"{path}: data file not found; check data.train_file / data.eval_file")
+            records = _read_hub(str(path))
+        else:
+            raise DataError(f"{path}: data file not found; check data.train_file / data.eval_file")
+    else:
+        records = _read_file(path, encoding)
+    if not records:
+        raise DataError(f"{path} has no records; point data.train_file / data.eval_file at the data")
+    return records
+
+
+def _read_file(path: Path, encoding: str) -> list[tuple[str, dict[str, Any]]]:
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return _read_jsonl(path)
-    if suffix == ".json":
-        return _read_json(path)
-    if suffix == ".csv":
-        return _read_csv(path)
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         rows = pq.read_table(path).to_pylist()
         return [(f"{path}[row {i + 1}]", r) for i, r in enumerate(rows)]
-    raise DataError(
-        f"{path}: unsupported file type '{suffix}'; use .jsonl, .json, .csv, .parquet or a datasets directory"
-    )
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}
+    if suffix not in readers:
+        raise DataError(
+            f"{path}: unsupported file type '{suffix}'; use .jsonl, .json, .csv, .parquet or a datasets directory"
+        )
+    try:
+        text = decode_data(path.read_bytes(), path, encoding)
+    except EncodingError as exc:
+        raise DataError(str(exc)) from None
+    return readers[suffix](path, text)
 
 
-def _read_jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
+def _read_jsonl(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
     out = []
-    # utf-8-sig drops a BOM; newline="" keeps CRLF inside the line so json sees it as whitespace.
-    with path.open(encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})"
-                ) from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: each line must be a JSON object, got {type(rec).__name__}")
-            out.append((f"{path}:{lineno}", rec))
+    # split on "\n" only: U+2028 and other line breaks str.splitlines knows may sit inside a JSON
+    # string; a CR of CRLF stays at the line's end, where json reads it as whitespace
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{lineno}: each line must be a JSON object, got {type(rec).__name__}")
+        out.append((f"{path}:{lineno}", rec))
     return out
 
 
-def _read_json(path: Path) -> list[tuple[str, dict[str, Any]]]:
+def _read_json(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
+    if not text.strip():
+        return []
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     if isinstance(data, dict):
@@ -85,11 +100,13 @@ def _read_json(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return [(f"{path}[{i}]", r) for i, r in enumerate(data)]
 
 
-def _read_csv(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
-        # line_num after reading a row is the physical line where it ended (multi-line cells count).
-        return [(f"{path}:{reader.line_num}", dict(row)) for row in reader]
+def _read_csv(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # line_num after reading a row is the physical line where it ended (multi-line cells count).
+    # An empty cell is a missing value (None), as it is in Parquet: never the text "" or "NaN".
+    return [
+        (f"{path}:{reader.line_num}", {k: (v if v != "" else None) for k, v in row.items()}) for row in reader
+    ]
 
 
 def _read_saved_dataset(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -131,7 +148,7 @@ def split_train_eval(records: list[Any], val_split: float, seed: int) -> tuple[l
 
 def count_train_examples(cfg: Config) -> int:
     """Training records the config will use (before deduplication and token-length filtering)."""
-    records = read_records(cfg.data.train_file)  # type: ignore[arg-type]
+    records = read_records(cfg.data.train_file, cfg.data.encoding)  # type: ignore[arg-type]
     n = (
         len(records)
         if cfg.data.eval_file

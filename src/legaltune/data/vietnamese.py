@@ -1,9 +1,11 @@
-"""Vietnamese text hygiene: Unicode form, tone-mark placement, segmentation underscores, newlines.
+"""Vietnamese text hygiene: Unicode form, tone-mark placement, segmentation underscores, newlines,
+invisible control characters, and mojibake.
 
-Pure Python (``unicodedata`` + ``re``) so that it can run inside dataset preprocessing without
-loading tokenizers or models. The legacy-encoding (VNI / TCVN3 mojibake) check is deliberately
-separate from :func:`clean`: cleaning never raises on content, the caller decides what to do with
-a file that :func:`detect_legacy_encoding` flags (and knows the file and line to report).
+Pure Python (``unicodedata``, ``re`` and ftfy) so that it can run inside dataset preprocessing
+without loading tokenizers or models. The mojibake check (VNI / TCVN3 read as Latin-1, UTF-8 read
+as Windows-1252) is deliberately separate from :func:`clean`: cleaning never raises on content,
+the caller decides what to do with a text that :func:`detect_legacy_encoding` flags (and knows the
+file and line to report); only UTF-8 read as Windows-1252 can be repaired (``fix_mojibake``).
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ def _is_syllable(word: str) -> bool:
     """True when ``word`` is phonotactically a Vietnamese syllable (at most one tone)."""
     split = _split_tone(word)
     return split is not None and _parse_syllable(split[0].lower()) is not None
+
+
+def is_vietnamese_word(word: str) -> bool:
+    """True for a Vietnamese syllable written with a letter only Vietnamese uses (``luật``, ``đó``)."""
+    word = nfc(word)
+    return any(ch in _VI_SPECIFIC for ch in word) and _is_syllable(word)
 
 
 @functools.lru_cache(
@@ -234,11 +242,30 @@ _ENCODINGS = (
 _TOKEN_SPLIT = re.compile(r"[\s!-/:-@\[-`{-~]+")  # whitespace and ASCII punctuation
 _MIN_DISTINCT_HITS = 2
 _MIN_HIT_RATIO = 0.1
+DOUBLE_UTF8 = "UTF-8 read as Windows-1252"
+
+
+def _double_encoded_utf8(text: str) -> bool:
+    """UTF-8 bytes decoded as Windows-1252/Latin-1 and saved again (``Bá»™ luáº­t`` for ``Bộ luật``):
+    ftfy finds the mis-decoding, and undoing it must give Vietnamese letters."""
+    import ftfy.badness
+
+    if not ftfy.badness.is_bad(text):
+        return False
+    fixed = _fix_encoding(text)
+    return fixed != text and any(ch in _VI_SPECIFIC for ch in fixed if ch not in text)
+
+
+def _fix_encoding(text: str) -> str:
+    import ftfy
+
+    return ftfy.fix_encoding(text)
 
 
 def detect_legacy_encoding(text: str) -> str | None:
     """Return ``"VNI"`` or ``"TCVN3"`` when ``text`` looks like that legacy Vietnamese encoding
-    mis-decoded as Latin-1 / cp1252, else None.
+    mis-decoded as Latin-1 / cp1252, :data:`DOUBLE_UTF8` when it is UTF-8 decoded as
+    Windows-1252/Latin-1 (the commonest Vietnamese mojibake), else None.
 
     A word is a *hit* for an encoding when it contains an ASCII letter and a byte of that
     encoding that Unicode Vietnamese never uses (VNI ``ø ï ä ñ``..., TCVN3 ``¸ µ Ö ®``...),
@@ -248,6 +275,8 @@ def detect_legacy_encoding(text: str) -> str | None:
     ``_TCVN3_CORE``). This keeps ordinary Vietnamese, English, legal numbers ("45/2019/QH14")
     and French/Spanish/German/Nordic text at None; a single garbled word is not enough.
     """
+    if _double_encoded_utf8(text):
+        return DOUBLE_UTF8
     tokens = [tok for tok in _TOKEN_SPLIT.split(text) if tok]
     if not tokens:
         return None
@@ -289,6 +318,15 @@ def fix_newlines(text: str) -> str:
     return _fix_newlines_counted(text)[0]
 
 
+# Zero-width characters and bidirectional controls: invisible, never meaningful in legal text, and
+# they split words into different tokens ("lu\u200bật"). A BOM inside a text (U+FEFF) is one too.
+_INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
+
+
+def _strip_invisible_counted(text: str) -> tuple[str, int]:
+    return _INVISIBLE.subn("", text)
+
+
 @dataclass
 class HygieneReport:
     """What :func:`clean` changed, accumulated over every call that received this report."""
@@ -300,6 +338,8 @@ class HygieneReport:
     underscores: int = 0  # segmentation underscores turned into spaces
     newlines: int = 0  # CRLF / CR line ends turned into LF
     bom: int = 0  # leading byte-order marks removed
+    invisible: int = 0  # zero-width and bidi control characters removed
+    mojibake: int = 0  # texts repaired from UTF-8 read as Windows-1252 (fix_mojibake)
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (for logs and JSON run summaries)."""
@@ -312,18 +352,24 @@ def clean(
     nfc: bool = True,
     tone_style: ToneStyle | None = None,
     strip_underscores: bool = False,
+    fix_mojibake: bool = False,
     report: HygieneReport | None = None,
 ) -> str:
     """Apply the hygiene steps to ``text`` and count the changes into ``report``.
 
-    Order: BOM/newlines first (structural, independent of letters), then NFC (tone placement
-    and the Vietnamese-letter test need composed letters), then tone marks, then segmentation
-    underscores. ``tone_style`` implies NFC even with ``nfc=False``, because tone placement is
+    Order: mojibake repair first (``fix_mojibake``: ftfy undoes UTF-8 read as Windows-1252; it
+    needs the text as it was mis-decoded), then BOM/newlines and invisible controls (structural,
+    independent of letters), then NFC (tone placement and the Vietnamese-letter test need composed
+    letters), then tone marks, then segmentation underscores. ``tone_style`` implies NFC even with ``nfc=False``, because tone placement is
     defined on composed text. Never raises on content (mojibake is checked separately with
     :func:`detect_legacy_encoding`); only an unknown ``tone_style`` raises ``ValueError``.
     """
     original = text
+    repaired = False
+    if fix_mojibake and _double_encoded_utf8(text):
+        text, repaired = _fix_encoding(text), True
     text, newlines, bom = _fix_newlines_counted(text)
+    text, invisible = _strip_invisible_counted(text)
     nfc_changed = False
     if nfc or tone_style is not None:
         composed = unicodedata.normalize("NFC", text)
@@ -342,4 +388,6 @@ def clean(
         report.underscores += underscores
         report.newlines += newlines
         report.bom += bom
+        report.invisible += invisible
+        report.mojibake += repaired
     return text
