@@ -230,3 +230,53 @@ def test_chat_marks_citations_and_puts_law_text_before_the_question(gen):
     assert turns[0]["question"] == "Một tuần làm bao nhiêu giờ?"
     marks = [line for line in status.getvalue().splitlines() if line.startswith("  ")]
     assert len(marks) == len(turns[0]["citations"])  # one marked line per citation the answer made
+
+
+@pytest.mark.parametrize(
+    "bad_row,expected",
+    [
+        ({"id": 2}, "a row needs a non-empty 'question'"),
+        ({"question": "   "}, "a row needs a non-empty 'question'"),
+        ({"messages": "hi"}, "'messages' must be a list"),
+        ({"messages": [{"role": "assistant", "content": "x"}]}, "must end with a user turn"),
+    ],
+)
+def test_generate_checks_every_row_before_loading_a_model(tmp_path, monkeypatch, bad_row, expected):
+    from legaltune.evaluate import batch
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(batch, "load_generator", no_load)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "Hỏi?"}, bad_row])
+    with pytest.raises(ValueError, match=rf"bad\.jsonl:2: .*{expected}"):
+        batch.generate_file(bad, tmp_path / "out.jsonl", model_name="smollm2-135m-instruct")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_generate_cli_fails_on_a_bad_row_in_seconds(tmp_path):
+    """A real `legaltune generate` run: the error names file:line, exit 2, no traceback, no model load."""
+    import subprocess
+    import sys
+    import time
+
+    bad = write_jsonl(tmp_path / "q.jsonl", [{"question": "Hỏi?"}, {"id": 7, "context": "Điều 1"}])
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "legaltune.cli", "generate", "--model", "smollm2-135m-instruct"]
+        + ["--input", str(bad), "--output", str(tmp_path / "a.jsonl")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"{bad}:2: a row needs a non-empty 'question'" in proc.stderr and "Traceback" not in proc.stderr
+    assert "Loading" not in proc.stderr and time.perf_counter() - t0 < 60
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "legaltune.cli", "generate", "--model", "smollm2-135m-instruct"]
+        + ["--input", str(empty), "--output", str(tmp_path / "a.jsonl")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and f"{empty} has no records" in proc.stderr

@@ -61,7 +61,8 @@ def _read_file(path: Path, encoding: str) -> list[tuple[str, dict[str, Any]]]:
     return readers[suffix](path, text)
 
 
-def _read_jsonl(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
+def jsonl_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    """(1-based line number, object) for each non-blank line of JSONL ``text`` read from ``path``."""
     out = []
     # split on "\n" only: U+2028 and other line breaks str.splitlines knows may sit inside a JSON
     # string; a CR of CRLF stays at the line's end, where json reads it as whitespace
@@ -74,8 +75,28 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
             raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(rec, dict):
             raise DataError(f"{path}:{lineno}: each line must be a JSON object, got {type(rec).__name__}")
-        out.append((f"{path}:{lineno}", rec))
+        out.append((lineno, rec))
     return out
+
+
+def read_jsonl(path: str | Path, encoding: str = "auto") -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each record of a JSONL file; an error names file:line, or says the
+    file has no records."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        text = decode_data(path.read_bytes(), path, encoding)
+    except EncodingError as exc:
+        raise DataError(str(exc)) from None
+    rows = jsonl_rows(path, text)
+    if not rows:
+        raise DataError(f"{path} has no records")
+    return rows
+
+
+def _read_jsonl(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(f"{path}:{n}", rec) for n, rec in jsonl_rows(path, text)]
 
 
 def _read_json(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:

@@ -137,43 +137,45 @@ def _clean(text: str, gen: Generator) -> str:
 def row_messages(row: dict[str, Any], gen: Generator, where: str = "") -> list[dict[str, str]]:
     """Conversation to answer for an input row: ``messages`` (a trailing assistant turn is dropped),
     or ``question`` with an optional ``context``, formatted as in training; system prompt prepended."""
+    check_row(row, where)
     if "messages" in row:
-        msgs = row["messages"]
-        if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
-            raise ValueError(f"{where}field 'messages' must be a list of {{role, content}}")
-        msgs = [{"role": m.get("role", ""), "content": _clean(str(m.get("content", "")), gen)} for m in msgs]
+        msgs = [
+            {"role": m.get("role", ""), "content": _clean(str(m.get("content", "")), gen)}
+            for m in row["messages"]
+        ]
         while msgs and msgs[-1]["role"] == "assistant":
             msgs = msgs[:-1]  # a reference answer: the model answers the user turn before it
-        if not msgs or msgs[-1]["role"] != "user":
-            raise ValueError(f"{where}'messages' must end with a user turn")
-    elif isinstance(row.get("question"), str) and row["question"].strip():
+    else:
         context = row.get("context") if gen.use_context else None
         if gen.use_context and not (isinstance(context, str) and context.strip()):
             context = gen.corpus_context(row)
         text = user_prompt(row["question"], context if isinstance(context, str) else "")
         msgs = [{"role": "user", "content": _clean(text, gen)}]
-    else:
-        raise ValueError(f"{where}a row needs a non-empty 'question' (+ optional 'context') or 'messages'")
     if gen.system_prompt and msgs[0]["role"] != "system":
         msgs = [{"role": "system", "content": gen.system_prompt}, *msgs]
     return msgs
 
 
 def read_input(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(1-based line number, row) for each non-blank line of a JSONL file."""
-    rows = []
-    with path.open(encoding="utf-8-sig") as fh:  # -sig: tolerate a BOM written by Windows editors
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: each line must be a JSON object")
-            rows.append((n, row))
-    return rows
+    """(1-based line number, row) for each non-blank line of a JSONL file (UTF-8/16 with or without BOM)."""
+    from legaltune.data.sources import read_jsonl
+
+    return read_jsonl(path)
+
+
+def check_row(row: dict[str, Any], where: str = "") -> None:
+    """What :func:`row_messages` needs of a row, checked without a model (before one is loaded)."""
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
+            raise ValueError(f"{where}field 'messages' must be a list of {{role, content}}")
+        roles = [m.get("role") for m in msgs]
+        while roles and roles[-1] == "assistant":
+            roles.pop()
+        if not roles or roles[-1] != "user":
+            raise ValueError(f"{where}'messages' must end with a user turn")
+    elif not (isinstance(row.get("question"), str) and row["question"].strip()):
+        raise ValueError(f"{where}a row needs a non-empty 'question' (+ optional 'context') or 'messages'")
 
 
 def row_key(line: int, row: dict[str, Any]) -> _Key:
@@ -262,6 +264,8 @@ def generate_file(
     pending = [(n, r) for (n, r), k in zip(rows, keys, strict=True) if k not in done]
     if not pending:  # a finished file: answer at once, without loading the model
         return {"total": len(rows), "skipped": len(rows), "generated": 0, "output": str(dst)}
+    for n, r in pending:  # every row checked before the model loads: a bad row costs seconds, not a load
+        check_row(r, f"{src}:{n}: ")
     gen = generator or load_generator(run_dir, model_name, context_fill=context_fill)
     convs = [row_messages(r, gen, f"{src}:{n}: ") for n, r in pending]  # all checked before generating
     dst.parent.mkdir(parents=True, exist_ok=True)
