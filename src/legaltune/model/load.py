@@ -18,8 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from legaltune.model.arch import EMBEDDED_ALIAS, ModelNameError
-from legaltune.model.embedded import cache_root, convert_gguf, ensure_embedded_model
+from legaltune.model.arch import ModelNameError
+from legaltune.model.embedded import (
+    aliases_text,
+    cache_root,
+    convert_gguf,
+    embedded_model,
+    ensure_embedded_model,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -53,14 +59,15 @@ def resolve_model_path(model_name: str, trust_remote_code: bool = False) -> str:
     repository code.
     """
     del trust_remote_code
-    if model_name.strip().lower() == EMBEDDED_ALIAS:
-        return str(ensure_embedded_model())
+    embedded = embedded_model(model_name)
+    if embedded is not None:
+        return str(ensure_embedded_model(embedded))
     path = Path(model_name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNameError(
                 f"{path} is a directory without config.json; point model_name at a transformers model "
-                f"directory (save_pretrained output), a .gguf file, or the alias '{EMBEDDED_ALIAS}'"
+                f"directory (save_pretrained output), a .gguf file, or an embedded alias ({aliases_text()})"
             )
         return str(path)
     if path.suffix.lower() == ".gguf":
@@ -174,9 +181,9 @@ def hub_error(name: str, exc: Exception) -> ModelNameError:
     cached = _cached_hub_ids()
     detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
     return ModelNameError(
-        f"cannot load model '{name}': it is not the embedded alias, a local directory or a .gguf file, and the "
+        f"cannot load model '{name}': it is not an embedded alias, a local directory or a .gguf file, and the "
         f"Hugging Face Hub did not provide it ({type(exc).__name__}: {detail}). Names that work offline: "
-        f"'{EMBEDDED_ALIAS}' (the embedded model), a model directory with config.json and safetensors "
+        f"{aliases_text()} (the embedded models), a model directory with config.json and safetensors "
         "(e.g. model_name: /models/Meta-Llama-3.1-8B-Instruct), a .gguf file"
         + (f", or a hub id already in the local cache: {', '.join(cached)}" if cached else "")
         + ". Online: check the hub id, your network, and HF_TOKEN for gated repos"

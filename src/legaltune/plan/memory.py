@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from legaltune.model.arch import Arch
 from legaltune.plan.params import ParamCount
+from legaltune.speed.families import family_for_model_type
 from legaltune.speed.policy import MIN_OFFLOAD_BYTES, pinned_bytes
 
 GIB = 1024**3
@@ -75,7 +76,22 @@ def _layer_activation_bytes(arch: Arch, tokens: int, act_bytes: int) -> float:
     """
     kv = arch.kv_heads * arch.head_dim
     per_token = act_bytes * (11 * arch.hidden + 2 * kv + 4 * arch.intermediate) + 8 * arch.hidden
+    extra_norms, q_extra, normed_qk = _family_extras(arch)
+    # each further norm: its input and output, and its fp32 copy; wider q: q, attention output, o input
+    per_token += extra_norms * (2 * act_bytes + 4) * arch.hidden + 3 * act_bytes * q_extra
+    per_token += (act_bytes + 4) * normed_qk
     return tokens * per_token
+
+
+def _family_extras(arch: Arch) -> tuple[int, int, int]:
+    """What a layer saves beyond a Llama layer of the same sizes (uncalibrated: no GPU measurement of
+    these families yet): norms past two per layer (Gemma's sandwich norms), q's width past the hidden
+    size (Gemma 3 270M: 4 heads × 256 = 1024 > 640), and the normed q and k of q/k-norm families."""
+    family = family_for_model_type(arch.model_type)
+    q = arch.heads * arch.head_dim
+    extra_norms = (family.norms_per_layer - 2) if family else 0
+    normed_qk = q + arch.kv_heads * arch.head_dim if family is not None and family.qk_norm else 0
+    return extra_norms, q - arch.hidden, normed_qk
 
 
 def _fast_layer_activation_bytes(arch: Arch, tokens: int, act_bytes: int) -> float:
@@ -88,7 +104,10 @@ def _fast_layer_activation_bytes(arch: Arch, tokens: int, act_bytes: int) -> flo
     8,192 tokens for Llama-3.1-8B, measured 1.08.
     """
     kv = arch.kv_heads * arch.head_dim
-    return tokens * act_bytes * (6 * arch.hidden + 2 * kv + 3 * arch.intermediate)
+    extra_norms, q_extra, normed_qk = _family_extras(arch)
+    per_token = 6 * arch.hidden + 2 * kv + 3 * arch.intermediate
+    per_token += 2 * extra_norms * arch.hidden + 2 * q_extra + normed_qk
+    return tokens * act_bytes * per_token
 
 
 def layer_host_bytes(
@@ -106,6 +125,11 @@ def layer_host_bytes(
     kv = tokens * arch.kv_heads * arch.head_dim * compute_bytes
     lse = batch_size * arch.heads * seq_len * 4
     saved = [q, kv, kv, q] + ([lse] if lse >= MIN_OFFLOAD_BYTES else [])
+    extra_norms, _q_extra, normed_qk = _family_extras(arch)
+    if extra_norms:  # sandwich norms: the attention output before its norm (o_proj's output)
+        saved.append(tokens * arch.hidden * compute_bytes)
+    if normed_qk:  # q/k before and after their per-head norms
+        saved += [q, kv]
     return 2 * layer_input + sum(pinned_bytes(b) for b in saved)
 
 

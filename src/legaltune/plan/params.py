@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from legaltune.model.arch import Arch
+from legaltune.speed.families import family_for_model_type
 
 ALL_LINEAR = "all-linear"
 
@@ -39,7 +40,11 @@ class ParamCount:
 
 def base_param_count(arch: Arch) -> int:
     """Parameters of the base model (embeddings counted once when tied)."""
-    per_layer = sum(i * o for i, o in arch.linear_shapes().values()) + 2 * arch.hidden  # two RMSNorms
+    family = family_for_model_type(arch.model_type)
+    norms = family.norms_per_layer if family else 2  # two RMSNorms (Gemma's sandwich: four)
+    per_layer = sum(i * o for i, o in arch.linear_shapes().values()) + norms * arch.hidden
+    if family is not None and family.qk_norm:  # q_norm and k_norm over one head
+        per_layer += 2 * arch.head_dim
     if arch.qkv_bias:
         per_layer += arch.heads * arch.head_dim + 2 * arch.kv_heads * arch.head_dim
     embed = arch.vocab * arch.hidden

@@ -70,7 +70,7 @@ def apply_speed(
             )
         skip = tuple(find_decoder_layers(model)) if kernels == "auto" and compiled else ()
         counts = apply_kernels(model, skip=skip)
-        report.rms_norm, report.swiglu = counts["rms_norm"], counts["swiglu"]
+        report.rms_norm, report.swiglu, report.geglu = counts["rms_norm"], counts["swiglu"], counts["geglu"]
     return report
 
 

@@ -39,6 +39,7 @@ class Family:
     ``gelu_tanh``: GeGLU). ``sandwich_norms``: the layer normalises the attention and MLP outputs
     before each residual add (``post_attention_layernorm`` after the attention,
     ``pre_feedforward_layernorm`` / ``post_feedforward_layernorm`` around the MLP), as Gemma's do.
+    ``qk_norm``: q and k are RMS-normalised per head before RoPE (``q_norm`` / ``k_norm``).
     ``paths``: the fast paths checked against this family's code (CPU tests compare them with the
     model's own forward). ``why_not``: for each path it lacks, the reason, for the speed report.
     """
@@ -50,6 +51,7 @@ class Family:
     norm_casting: str = "llama"
     activation: str = "silu"
     sandwich_norms: bool = False
+    qk_norm: bool = False
     paths: frozenset[str] = frozenset(FAST_PATHS)
     why_not: tuple[tuple[str, str], ...] = ()
 
@@ -69,8 +71,26 @@ class Family:
 FAMILIES: tuple[Family, ...] = (
     Family(("llama",), "Llama", "Llama"),
     Family(("qwen2",), "Qwen2", "Qwen2"),
-    Family(("qwen3",), "Qwen3", "Qwen3"),
+    Family(("qwen3",), "Qwen3", "Qwen3", qk_norm=True),
     Family(("mistral",), "Mistral", "Mistral"),
+    Family(
+        # gemma3_text: Gemma3ForCausalLM; gemma3: the text part of Gemma3ForConditionalGeneration
+        ("gemma3_text", "gemma3"),
+        "Gemma3",
+        "Gemma 3",
+        norm_offset=1.0,
+        norm_casting="gemma",
+        activation="gelu_tanh",
+        sandwich_norms=True,
+        qk_norm=True,
+        paths=frozenset({KERNELS, SPLIT, FUSED_HEAD}),
+        why_not=(
+            (
+                RECOMPUTE_SKIP,
+                "its layers normalise the MLP output before the residual add, so backward needs down_proj's output",
+            ),
+        ),
+    ),
 )
 
 _PARTS = ("DecoderLayer", "Attention", "MLP", "RMSNorm")

@@ -34,8 +34,17 @@ from legaltune.speed.lora_math import mm_fp32
 from legaltune.speed.state import speed_report
 
 # Tokens projected onto the whole vocabulary at once: 1024 x 128,256 bf16 = 262 MB, the size of
-# TRL's own tile (4096 x 32,768).
+# TRL's own tile (4096 x 32,768). Larger vocabularies take fewer tokens a block, so that the tile
+# stays that size (Gemma 3's 262,144 entries: 501 tokens).
 TOKEN_BLOCK = 1024
+TILE_ENTRIES = TOKEN_BLOCK * 128_256
+
+
+def token_block(vocab: int) -> int:
+    """Tokens per block for a vocabulary of ``vocab`` entries."""
+    return max(64, min(TOKEN_BLOCK, TILE_ENTRIES // vocab))
+
+
 _ROW_BLOCK = 4096
 _PREV_FORWARD = "_legaltune_trl_forward"
 
@@ -189,17 +198,25 @@ def _entropy_grad(
         grad[start:end] += dz @ weight.float()
 
 
-def _covered(model: nn.Module, kwargs: dict[str, Any]) -> bool:
-    """Whether this fused-head call is one :class:`LogProbHead` computes exactly as TRL's would."""
+def head_covered(model: nn.Module) -> bool:
+    """Whether this model's head is one :class:`LogProbHead` computes exactly as TRL's would: a
+    family whose logits are the plain projection (no scale, no softcapping, no bias), frozen."""
     config = model.config.get_text_config()
     head = model.get_output_embeddings()
     return (
-        # families whose logits are the plain projection (no scale or bias on the head)
         config.model_type in model_types(FUSED_HEAD)
         and getattr(config, "final_logit_softcapping", None) is None
         and getattr(head, "bias", None) is None
         and type(head.weight) is nn.Parameter
         and not head.weight.requires_grad
+    )
+
+
+def _covered(model: nn.Module, kwargs: dict[str, Any]) -> bool:
+    """Whether this fused-head call is one :class:`LogProbHead` computes (on CUDA with Triton)."""
+    head = model.get_output_embeddings()
+    return (
+        head_covered(model)
         and head.weight.is_cuda
         and compile_supported()
         and not kwargs.get("output_router_logits")
@@ -240,7 +257,8 @@ def _fused_forward(
     mask = labels != -100
     hidden = hidden.to(head.weight.device)[mask]
     need_grad = torch.is_grad_enabled() and hidden.requires_grad
-    logprob, entropy, top1 = LogProbHead.apply(hidden, head.weight, labels[mask], TOKEN_BLOCK, need_grad)
+    block = token_block(head.weight.shape[0])
+    logprob, entropy, top1 = LogProbHead.apply(hidden, head.weight, labels[mask], block, need_grad)
     # scattered back to the label positions (zero elsewhere), as TRL returns them; masked_scatter
     # keeps an all-ignored micro-batch connected to the graph (a zero loss, not a failed backward)
     log_probs, entropy, is_top1 = (
@@ -289,4 +307,4 @@ def fuse_speed_lm_head(model: nn.Module) -> bool:
     return report.fused_head
 
 
-__all__ = ["TOKEN_BLOCK", "LogProbHead", "fuse_lm_head", "fuse_speed_lm_head"]
+__all__ = ["TOKEN_BLOCK", "head_covered", "token_block", "LogProbHead", "fuse_lm_head", "fuse_speed_lm_head"]

@@ -1,5 +1,9 @@
 """A decoder layer as two halves, so checkpointing can keep the attention and recompute the MLP.
 
+Pre-norm layers (Llama, Qwen, Mistral) are ``h + attn(norm(h))`` then ``h + mlp(norm(h))``;
+sandwich-norm layers (Gemma 3) also normalise each branch's output before its residual add. Both
+shapes split the same way.
+
 Under offloaded checkpointing every layer is recomputed in backward. For a pre-norm layer
 (``h + attn(norm(h))``, then ``h + mlp(norm(h))``) the attention half's recompute is the
 q/k/v/o projections and the attention forward: on Llama-3.1-8B ~45 ms of a 2048x4 step and ~70 ms
@@ -27,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from legaltune.model.offload import Halves
 from legaltune.speed.compile import compile_backend, mark_token_dims
-from legaltune.speed.families import SPLIT, class_names
+from legaltune.speed.families import SPLIT, class_names, family_for_class
 from legaltune.speed.lora_group import grouped_projections
 
 # The families of the registry with SPLIT: pre-norm decoder layers (input_layernorm -> self_attn ->
@@ -41,7 +45,10 @@ def _attention(attn: nn.Module, hidden_states: torch.Tensor, **kwargs: Any) -> t
     if (
         type(attn).__name__ not in class_names("Attention", SPLIT)
         or kwargs.get("past_key_values") is not None
+        or kwargs.get("cache") is not None  # the name from transformers 5.24 on
         or kwargs.get("position_embeddings") is None
+        # Gemma 2's attention softcapping: not restated (Gemma 3 has none)
+        or getattr(attn, "attn_logit_softcapping", None) is not None
     ):
         return attn(hidden_states=hidden_states, **kwargs)[0]
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -52,7 +59,7 @@ def _attention(attn: nn.Module, hidden_states: torch.Tensor, **kwargs: Any) -> t
         t.view(hidden_shape)
         for t in grouped_projections([attn.q_proj, attn.k_proj, attn.v_proj], hidden_states)
     )
-    if hasattr(attn, "q_norm"):  # Qwen3: per-head norms before RoPE
+    if hasattr(attn, "q_norm"):  # Qwen3, Gemma 3: per-head norms before RoPE (over the last dim)
         q, k = attn.q_norm(q), attn.k_norm(k)
     # v is a column slice of the grouped output: attention saves it for backward, and a slice would
     # keep the whole q/k/v buffer alive (and not offloadable as one block); a copy is 1/6 of it
@@ -63,6 +70,7 @@ def _attention(attn: nn.Module, hidden_states: torch.Tensor, **kwargs: Any) -> t
         attn.config._attn_implementation, module.eager_attention_forward
     )
     kwargs.pop("past_key_values", None)
+    kwargs.pop("cache", None)
     mask = kwargs.pop("attention_mask", None)
     # a per-layer window (Qwen's), else the config's (Mistral's); Llama has none
     window = getattr(attn, "sliding_window", getattr(attn.config, "sliding_window", None))
@@ -106,12 +114,50 @@ def mlp_half(layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     return hidden_states + _mlp(layer.mlp, layer.post_attention_layernorm(hidden_states))
 
 
+# Sandwich-norm layers (Gemma 3): each branch's output is normalised before the residual add, and
+# the MLP has its own input norm (post_attention_layernorm belongs to the attention branch).
+def sandwich_attention_half(layer: nn.Module, hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """``h + post_attention_layernorm(self_attn(input_layernorm(h)))``."""
+    out = _attention(layer.self_attn, layer.input_layernorm(hidden_states), **kwargs)
+    return hidden_states + layer.post_attention_layernorm(out)
+
+
+def sandwich_attention_half_recompute_norm(
+    layer: nn.Module, hidden_states: torch.Tensor, **kwargs: Any
+) -> torch.Tensor:
+    """:func:`sandwich_attention_half` with the input norm recomputed in backward (compiled halves),
+    as :func:`attention_half_recompute_norm`."""
+    normed = checkpoint(layer.input_layernorm, hidden_states, use_reentrant=False)
+    return hidden_states + layer.post_attention_layernorm(_attention(layer.self_attn, normed, **kwargs))
+
+
+def sandwich_mlp_half(layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """``h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h)))``."""
+    out = _mlp(layer.mlp, layer.pre_feedforward_layernorm(hidden_states))
+    return hidden_states + layer.post_feedforward_layernorm(out)
+
+
+# (attention half, its norm-recomputing variant, MLP half) per layer shape
+_HALVES = {
+    False: (attention_half, attention_half_recompute_norm, mlp_half),
+    True: (sandwich_attention_half, sandwich_attention_half_recompute_norm, sandwich_mlp_half),
+}
+_NORMS = {
+    False: ("input_layernorm", "post_attention_layernorm"),
+    True: (
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+    ),
+}
+
+
 @functools.cache
-def _compiled(backend: str, recompute_norm: bool = True) -> Halves:
-    attention = torch.compile(
-        attention_half_recompute_norm if recompute_norm else attention_half, backend=backend
-    )
-    mlp = torch.compile(mlp_half, backend=backend)
+def _compiled(backend: str, recompute_norm: bool = True, sandwich: bool = False) -> Halves:
+    plain, recomputing, mlp_fn = _HALVES[sandwich]
+    attention = torch.compile(recomputing if recompute_norm else plain, backend=backend)
+    mlp = torch.compile(mlp_fn, backend=backend)
 
     # the halves see every micro-batch length too: one graph for all (compile.mark_token_dims)
     def attention_marked(layer: nn.Module, hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -129,14 +175,21 @@ def layer_halves(layer: nn.Module, *, recompute_norm: bool = True) -> Halves | N
     """The halves for this layer (compiled if the layer was compiled), or None if its class is not
     one whose forward the halves restate. ``recompute_norm=False`` (a benchmark probe) saves the
     normed input of compiled halves instead of recomputing it."""
-    if type(layer).__name__ not in class_names("DecoderLayer", SPLIT):
-        return None
-    if not all(
-        hasattr(layer, n) for n in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+    family = family_for_class(type(layer).__name__)
+    if (
+        family is None
+        or not family.supports(SPLIT)
+        or type(layer).__name__ != family.class_name("DecoderLayer")
     ):
         return None
+    sandwich = family.sandwich_norms
+    if not all(hasattr(layer, n) for n in ("self_attn", "mlp", *_NORMS[sandwich])):
+        return None
     backend = compile_backend(layer)
-    return _compiled(backend, recompute_norm) if backend is not None else (attention_half, mlp_half)
+    if backend is not None:
+        return _compiled(backend, recompute_norm, sandwich)
+    plain, _recomputing, mlp_fn = _HALVES[sandwich]
+    return plain, mlp_fn
 
 
 __all__ = [
@@ -144,4 +197,6 @@ __all__ = [
     "attention_half_recompute_norm",
     "layer_halves",
     "mlp_half",
+    "sandwich_attention_half",
+    "sandwich_mlp_half",
 ]

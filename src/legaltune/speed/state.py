@@ -26,6 +26,7 @@ class SpeedReport:
     recompute_skips: int = 0
     rms_norm: int = 0
     swiglu: int = 0
+    geglu: int = 0  # Gemma's tanh-GELU-gated MLPs
     compiled_layers: int = 0
     checkpointing: str = ""
     fused_head: bool = False  # TRL's LM head with the gradient computed in forward (speed/lm_head.py)
@@ -36,10 +37,11 @@ class SpeedReport:
         if self.mode == "off":
             return "speed: off (transformers + PEFT reference path)"
         parts = [f"{self.fused_lora} fused LoRA linears"]
-        if (self.rms_norm or self.swiglu) and self.on_cuda and liger_available():
-            parts.append(f"Liger RMSNorm×{self.rms_norm} SwiGLU×{self.swiglu}")
-        elif self.rms_norm or self.swiglu:
-            parts.append("RMSNorm/SwiGLU in PyTorch (Liger's kernels need CUDA and liger-kernel)")
+        gate = "GeGLU" if self.geglu else "SwiGLU"
+        if (self.rms_norm or self.swiglu or self.geglu) and self.on_cuda and liger_available():
+            parts.append(f"Liger RMSNorm×{self.rms_norm} {gate}×{self.geglu or self.swiglu}")
+        elif self.rms_norm or self.swiglu or self.geglu:
+            parts.append(f"RMSNorm/{gate} in PyTorch (Liger's kernels need CUDA and liger-kernel)")
         if self.compiled_layers:
             parts.append(f"{self.compiled_layers} compiled layers")
         if self.checkpointing:
