@@ -133,5 +133,5 @@ def test_a_tokenizer_without_template_gets_gemma_only_with_gemma_markers(tokeniz
     assert fallback_template_name(plain) is None
     prepare_tokenizer(plain, 512)
     assert plain.chat_template is None
-    with pytest.raises(TemplateError, match="chatml, llama-3.1, gemma"):
+    with pytest.raises(TemplateError, match="chatml.*llama-3.1, gemma"):
         ChatFormatter(plain)
