@@ -213,6 +213,8 @@ def _run_format(run_dir: Path) -> tuple[str | None, str | None, int | None]:
 
 
 def _read_source(source: Path, type: str, merge_dtype: str | None) -> _Source:
+    if not source.exists():
+        raise ExportError(f"no such run or model directory: {source} does not exist")
     if (source / "adapter_config.json").is_file() or RunDir(source).is_run():
         info = inspect_run(source)
         base_config = Path(info.base) / "config.json"

@@ -25,7 +25,7 @@ from legaltune.run import resume as resume_mod
 from legaltune.run.atomic import disk_errors, staged_dir, write_json_atomic
 from legaltune.run.layout import RunDir
 from legaltune.run.lock import RunLock
-from legaltune.run.naming import config_source, explicit_run, new_run_path, refuse_existing
+from legaltune.run.naming import config_source, explicit_run, new_run_path, output_root, refuse_existing
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Session:
 
 def check_before_data(cfg: Config, resume: str | bool | None) -> tuple[RunDir, Path | None] | None:
     """Fail in milliseconds on a run that cannot be made or found (before data and weights load)."""
+    output_root(cfg)  # an empty output_dir is an error, with or without a run name
     if resume:
         return resume_mod.find_run(cfg, resume)
     refuse_existing(cfg)
