@@ -218,3 +218,18 @@ def test_unknown_model_name_offline(tmp_path):
         and "directory with config.json" in done.stderr
     )
     assert not (tmp_path / "runs").exists()
+
+
+# --- damaged adapter files -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file", ["tokenizer.json", "adapter_model.safetensors"])
+def test_truncated_adapter_file_is_named(capsys, tmp_path, tokenizer, file):
+    from tests.test_merge import make_run
+
+    run = make_run(tmp_path, tokenizer)
+    target = run / "adapter" / file
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    rc, err = cli(capsys, "merge", "--run", run, "--output", tmp_path / "merged")
+    expect_error(rc, err, f"{target}", "damaged or truncated")
+    assert not (tmp_path / "merged").exists()

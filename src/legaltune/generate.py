@@ -90,10 +90,9 @@ def load_run(run_dir: str | Path, base_model: str | None = None) -> tuple[Any, A
     """
     import dataclasses
 
-    from peft import PeftModel
-
     from legaltune.config.load import load_config
     from legaltune.model.load import load_model, prepare_tokenizer
+    from legaltune.run.adapter import attach_adapter, load_saved_tokenizer
     from legaltune.run.layout import RunError, find_adapter
 
     ref = find_adapter(run_dir)
@@ -107,9 +106,6 @@ def load_run(run_dir: str | Path, base_model: str | None = None) -> tuple[Any, A
         cfg.model = dataclasses.replace(cfg.model, model_name=base_model)
     base, tokenizer = load_model(cfg.model, cfg.quantization)
     if ref.tokenizer_dir is not None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(ref.tokenizer_dir))
+        tokenizer = load_saved_tokenizer(ref.tokenizer_dir)
         prepare_tokenizer(tokenizer, cfg.model.max_seq_length)
-    model = PeftModel.from_pretrained(base, str(ref.adapter_dir))
-    return model, tokenizer, cfg
+    return attach_adapter(base, ref.adapter_dir), tokenizer, cfg

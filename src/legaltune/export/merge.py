@@ -134,8 +134,10 @@ def load_merged(
     run_dir: str | Path, dtype: str = "bf16"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, RunInfo]:
     """Load the base in `dtype` on CPU, apply the run's adapter and merge it; return model, tokenizer, info."""
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from legaltune.run.adapter import attach_adapter, load_saved_tokenizer
+    from legaltune.run.layout import RunError
 
     info = inspect_run(run_dir)
     target = torch_dtype(dtype)
@@ -148,8 +150,14 @@ def load_merged(
             f"cannot load the base model {info.base!r}: {exc}. The base must be available locally or "
             "on the Hugging Face Hub."
         ) from exc
-    tokenizer = AutoTokenizer.from_pretrained(str(info.tokenizer_dir))
-    peft_model = PeftModel.from_pretrained(base, str(info.adapter_dir))
+    try:
+        saved = info.tokenizer_dir == info.adapter_dir
+        tokenizer = (
+            load_saved_tokenizer(info.adapter_dir) if saved else AutoTokenizer.from_pretrained(info.base)
+        )
+        peft_model = attach_adapter(base, info.adapter_dir)
+    except RunError as exc:
+        raise ExportError(str(exc)) from None
     merged = peft_model.merge_and_unload()
     merged.eval()
     return merged, tokenizer, info

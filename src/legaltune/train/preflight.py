@@ -16,8 +16,18 @@ def needs_bitsandbytes(optim: str) -> bool:
 
 def check_environment(cfg: Config) -> None:
     """Raise a UserError naming the config key when this machine cannot run what the config asks."""
+    import os
+
     import torch
 
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        # every process would take the run's lock and write its files; rank 0 owning the run directory
+        # (and the others waiting for it) is not built yet
+        raise UserError(
+            f"legaltune train runs as one process per run (WORLD_SIZE={world}): the run directory admits one "
+            "writer. Train on one GPU (CUDA_VISIBLE_DEVICES=0 legaltune train CONFIG)"
+        )
     optim = cfg.optimization.optim
     if needs_bitsandbytes(optim):
         missing = []
