@@ -113,6 +113,16 @@ class RunDir:
         d = self.path / which
         return (d / ADAPTER_CONFIG).is_file() and any((d / w).is_file() for w in ADAPTER_WEIGHTS)
 
+    def training_now(self) -> bool:
+        """Whether a live `legaltune train` holds this run's lock."""
+        from legaltune.run.lock import RunLocked, check_free
+
+        try:
+            check_free(self.lock)
+        except RunLocked:
+            return True
+        return False
+
     def status(self) -> str:
         """finished / interrupted / unfinished (killed, failed or still training) / new."""
         summary = self.read_summary() or {}
