@@ -29,6 +29,11 @@ RECORDS = [
 
 
 def base_cfg(tmp_path, **over):
+    return build_config(base_raw(tmp_path, **over))
+
+
+def base_raw(tmp_path, **over):
+    """The tests' config as a plain dict (before validation)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     f = tmp_path / "train.jsonl"
     f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS), encoding="utf-8")
@@ -62,7 +67,7 @@ def base_cfg(tmp_path, **over):
     }
     for sec, kv in over.items():
         raw.setdefault(sec, {}).update(kv)
-    return build_config(raw)
+    return raw
 
 
 def train(cfg, tokenizer, **kw):

@@ -49,6 +49,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from legaltune.speed.policy import host_memory_available
 
     cfg = _config_from_args(args)
+    if cfg.training.init_adapter is not None:
+        from legaltune.train.init_adapter import plan_with_init_adapter
+
+        for line in plan_with_init_adapter(cfg):
+            print(f"note: {line}", file=sys.stderr)
     if args.from_data:
         return _plan_from_data(cfg, args)
     examples = args.examples
@@ -125,6 +130,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.action == "make-preference":
+        from legaltune.data.make_preference import cmd_make_preference
+
+        return cmd_make_preference(args)
     from legaltune.config.load import load_config
     from legaltune.data.check import render_check
     from legaltune.data.prepare import prepare_data
@@ -151,6 +160,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from legaltune.run.session import check_before_data, refuse_flags
 
     cfg = _config_from_args(args)
+    if cfg.training.init_adapter is not None:
+        from legaltune.train.init_adapter import resolve_init_adapter
+
+        resolve_init_adapter(cfg)  # a wrong path fails before torch and the trainers import
+
     resume: str | bool | None = args.resume if args.resume != "" else True
     refuse_flags(resume, args.weights_only)
     found = check_before_data(cfg, resume)  # in milliseconds: before torch and transformers load
@@ -458,11 +472,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, required=False)
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("train", help="fine-tune with LoRA/QLoRA (SFTTrainer) and write a run directory")
+    p = sub.add_parser(
+        "train", help="fine-tune with LoRA/QLoRA (SFT, or DPO / ORPO / GRPO after SFT) into a run directory"
+    )
     p.description = (
         "Fine-tune per CONFIG: prepare and check the data, load the model (4/8-bit if asked), add LoRA, train "
         "with TRL's SFTTrainer, and write output_dir/<run>/ (adapter, tokenizer, resolved config, data stats, "
-        "metrics.jsonl, checkpoints, TensorBoard logs). Ctrl-C saves a checkpoint and stops."
+        "metrics.jsonl, checkpoints, TensorBoard logs). Ctrl-C saves a checkpoint and stops. With "
+        "training.method dpo / orpo / grpo it continues training.init_adapter (an SFT run) with TRL's "
+        "DPOTrainer / ORPOTrainer / GRPOTrainer instead (docs/after-sft.md)."
     )
     _add_config_args(p)
     p.add_argument(
@@ -495,11 +513,40 @@ def build_parser() -> argparse.ArgumentParser:
         "token-length percentiles, truncated/dropped counts, trained-token fraction, packing efficiency, "
         "duplicates, hygiene fixes, and the first formatted example with its trained part marked."
     )
-    p.add_argument("action", choices=["check"], help="what to do (check)")
+    p.epilog = (
+        "legaltune data make-preference --input QA.jsonl --output PAIRS.jsonl [--negatives corpus|model --run RUN]: "
+        "preference pairs for training.method dpo / orpo (docs/after-sft.md)"
+    )
+    p.add_argument("action", choices=["check", "make-preference"], help="what to do")
     _add_config_args(p, required=False)
     p.add_argument("--data", help="a data file to check with the default config")
     p.add_argument("--model", help="model whose tokenizer to use (default: the config's)")
-    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    p.add_argument("--json", action="store_true", help="print the statistics (or the build counts) as JSON")
+    g = p.add_argument_group("make-preference")
+    g.add_argument("--input", help="QA records (legal_qa, chat, alpaca) to make pairs from")
+    g.add_argument("--output", help="the pairs' JSONL file (written whole or not at all)")
+    g.add_argument(
+        "--negatives",
+        choices=["corpus", "model"],
+        default="corpus",
+        help="corpus: swap each cited article for another of its law (default); model: an SFT run's wrong answers",
+    )
+    g.add_argument("--run", help="--negatives model: the SFT run that answers the questions")
+    g.add_argument(
+        "--pick",
+        choices=["nearest", "random"],
+        default="nearest",
+        help="--negatives corpus: the BM25-nearest other article of the law (default), or a random one",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of --pick random (default 0)")
+    g.add_argument("--corpus-file", help="an ALQAC-format law file added to the corpus")
+    g.add_argument("--limit", type=int, help="only the first N records")
+    g.add_argument(
+        "--batch-size", type=int, default=8, help="--negatives model: questions answered together (8)"
+    )
+    g.add_argument(
+        "--max-new-tokens", type=int, default=256, help="--negatives model: answer length cap (256)"
+    )
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("demo", help="fine-tune the embedded model on the bundled sample and show the result")

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from legaltune.config.fields import ConfigError, Problem, suggest, validate_section
+from legaltune.config.method_rules import method_checks
 from legaltune.config.schema import SECTIONS, Config
 from legaltune.evaluate.gen_metrics import GEN_METRICS
 
@@ -305,6 +306,7 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
         )
     if "none" in lg.report_to and len(lg.report_to) > 1:
         bad("logging.report_to", "'none' combined with other sinks", "set logging.report_to: [none] alone")
+    out.extend(method_checks(cfg, provided, lines))
     return out
 
 

@@ -39,6 +39,11 @@ SCHEDULERS = (
     "inverse_sqrt",
 )
 STRATEGIES = ("no", "steps", "epoch")
+METHODS = ("sft", "dpo", "orpo", "grpo")
+PREFERENCE_METHODS = ("dpo", "orpo")
+# Seed 003: "For Reinforcement Learning (DPO, GRPO etc.), we recommend 5e-6": the learning rate of
+# every method after SFT unless training.learning_rate is set.
+RL_LEARNING_RATE = 5e-6
 _DTYPE_SPELLINGS = {
     "bf16": "bfloat16",
     "torch.bfloat16": "bfloat16",
@@ -159,6 +164,20 @@ class LoraConfig:
 class TrainingConfig:
     """Training (seed §3)."""
 
+    method: str = opt(
+        "sft",
+        "What training does. sft: supervised fine-tuning on the answers (TRL SFTTrainer). After SFT, starting from "
+        "init_adapter: dpo / orpo learn from preference pairs (prompt, chosen, rejected; TRL DPOTrainer / "
+        "ORPOTrainer), grpo from sampled answers scored by the legal-citation rewards of grpo.* (TRL GRPOTrainer).",
+        seed="003: DPO, GRPO with learning_rate 5e-6.",
+        choices=METHODS,
+    )
+    init_adapter: str | None = opt(
+        None,
+        "dpo / orpo / grpo: the SFT run directory (its adapter/ is used) or an adapter directory to start from, "
+        "loaded trainable on model.model_name; its r, alpha and target modules replace lora.*. Required for dpo "
+        "and grpo; orpo without it trains a new LoRA per lora.*.",
+    )
     per_device_train_batch_size: int = opt(
         2, "Examples per forward/backward pass on one GPU.", seed="000: 32 (H200). 003: 2.", ge=1
     )
@@ -176,7 +195,11 @@ class TrainingConfig:
         -1, "If > 0, stop after this many optimizer steps (overrides num_train_epochs).", ge=-1
     )
     learning_rate: float = opt(
-        2e-4, "Peak learning rate.", seed="000: 3e-4. 003: 2e-4 for LoRA/QLoRA (range 5e-6…2e-4).", gt=0, lt=1
+        2e-4,
+        "Peak learning rate. dpo / orpo / grpo: 5e-6 (seed 003's rate for reinforcement learning) unless set.",
+        seed="000: 3e-4. 003: 2e-4 for LoRA/QLoRA (range 5e-6…2e-4); 5e-6 for DPO, GRPO.",
+        gt=0,
+        lt=1,
     )
     warmup_steps: int | None = opt(
         None,
@@ -256,8 +279,8 @@ class DataConfig:
     )
     format: str = opt(
         "auto",
-        "Record schema: auto-detected, or text, alpaca, chat, legal_qa, alqac.",
-        choices=("auto", "text", "alpaca", "chat", "legal_qa", "alqac"),
+        "Record schema: auto-detected, or text, alpaca, chat, legal_qa, alqac, preference (prompt, chosen, rejected).",
+        choices=("auto", "text", "alpaca", "chat", "legal_qa", "alqac", "preference"),
     )
     corpus_file: str | None = opt(
         None,
@@ -425,6 +448,97 @@ class SpeedConfig:
             self.mode = "fast" if self.mode else "off"
 
 
+@dataclass
+class PreferenceConfig:
+    """Preference tuning (training.method dpo / orpo) on prompt / chosen / rejected pairs (TRL)."""
+
+    beta: float = opt(
+        0.1,
+        "dpo: how far the policy may move from the reference (higher stays closer; TRL's beta). orpo: the weight "
+        "(λ) of the odds-ratio term beside the SFT loss on the chosen answer.",
+        gt=0,
+    )
+    loss_type: str = opt(
+        "sigmoid",
+        "dpo: the preference loss (TRL's loss_type): sigmoid (the DPO paper), ipo, hinge, robust, "
+        "sigmoid_norm (length-normalised), apo_zero, apo_down, bco_pair, sppo_hard, nca_pair.",
+        choices=(
+            "sigmoid",
+            "ipo",
+            "hinge",
+            "robust",
+            "sigmoid_norm",
+            "apo_zero",
+            "apo_down",
+            "bco_pair",
+            "sppo_hard",
+            "nca_pair",
+        ),
+    )
+    sft_weight: float = opt(
+        0.0,
+        "dpo: weight of an SFT (negative log-likelihood) term on the chosen answer added to the preference "
+        "loss (RPO); 0 = the plain preference loss. Keeps chosen answers likely while the margin grows.",
+        ge=0,
+    )
+
+
+@dataclass
+class GrpoConfig:
+    """GRPO (training.method grpo): sampled answers scored by legal-citation rewards (TRL GRPOTrainer)."""
+
+    num_generations: int = opt(
+        4,
+        "Answers sampled per question; each is scored against the others of its group. "
+        "per_device_train_batch_size × gradient_accumulation_steps must be a multiple of it.",
+        ge=2,
+    )
+    max_completion_length: int = opt(128, "Longest sampled answer, in tokens.", ge=1)
+    temperature: float = opt(1.0, "Sampling temperature of the answers.", gt=0)
+    top_p: float = opt(1.0, "Nucleus sampling of the answers (1 = off).", gt=0, le=1)
+    beta: float = opt(
+        0.0,
+        "KL penalty towards the reference (a frozen copy of init_adapter's weights); 0 = no reference "
+        "pass (TRL's default).",
+        ge=0,
+    )
+    loss_type: str = opt(
+        "dapo",
+        "TRL's GRPO loss aggregation: dapo (tokens of the whole accumulated batch), grpo (per-sequence mean), "
+        "dr_grpo (a constant), bnpo (tokens of the micro-batch).",
+        choices=("dapo", "grpo", "dr_grpo", "bnpo"),
+    )
+    scale_rewards: str = opt(
+        "group",
+        "Reward scaling before the advantages: by the std of each question's group, of the batch, or none.",
+        choices=("group", "batch", "none"),
+    )
+    reward_citation: float = opt(
+        1.0,
+        "Weight of the citation reward: article-level citation F1 of the answer against the reference answer "
+        "(no reward when the reference cites nothing). 0 turns it off.",
+        ge=0,
+    )
+    reward_exists: float = opt(
+        1.0,
+        "Weight of the existence reward: (existing − hallucinated) / checked citations of the answer against "
+        "the law corpus, in [−1, 1] (no reward when nothing is checkable). 0 turns it off.",
+        ge=0,
+    )
+    reward_supported: float = opt(
+        0.5,
+        "Weight of the support reward: share of the answer's checked citations whose article text supports "
+        "the answer (corpus support score ≥ its calibrated threshold). 0 turns it off.",
+        ge=0,
+    )
+    reward_format: float = opt(
+        0.5,
+        "Weight of the format reward: 0.5 for ending with the end-of-turn token within max_completion_length, "
+        "0.5 for citing at least one article. 0 turns it off.",
+        ge=0,
+    )
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "quantization": QuantizationConfig,
@@ -434,6 +548,8 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "logging": LoggingConfig,
     "speed": SpeedConfig,
+    "preference": PreferenceConfig,
+    "grpo": GrpoConfig,
 }
 
 
@@ -449,6 +565,8 @@ class Config:
     data: DataConfig
     logging: LoggingConfig
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
     source: str | None = None  # the YAML file it came from, if any
 
     @property

@@ -18,7 +18,14 @@ from legaltune.data import vietnamese as vn
 from legaltune.data.alqac import join_question, load_corpus
 from legaltune.data.format import ChatFormatter, load_template
 from legaltune.data.pack import efficiency, pack_examples
-from legaltune.data.schemas import RecordError, detect_schema, is_missing, to_messages
+from legaltune.data.schemas import (
+    RecordError,
+    detect_schema,
+    is_missing,
+    preference_chosen,
+    preference_rejected,
+    to_messages,
+)
 from legaltune.data.sources import DataError, read_records, split_train_eval
 
 
@@ -76,6 +83,8 @@ class PreparedData:
     eval_records: list[dict[str, Any]]  # the eval conversations (for generation metrics)
     formatter: ChatFormatter
     first_example: dict[str, Any] | None = None
+    # the training conversations, as selected (preference records also carry "rejected")
+    train_records: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _clean_text(text: str, field: str, cfg: Config, report: vn.HygieneReport) -> str:
@@ -144,6 +153,11 @@ def _records_to_items(
             if schema == "alqac":
                 rec = join_question(rec, corpus, d.corpus_file or "")
             from_corpus = False
+            rejected = None
+            if schema == "preference":
+                # the prompt and chosen answer make the conversation; the rejected answer rides along
+                rejected = preference_rejected(rec)
+                rec, schema = preference_chosen(rec)
             if filler is not None:
                 if stats.context is None:
                     stats.context = ContextCounts(filler.mode)
@@ -156,6 +170,10 @@ def _records_to_items(
             item = {"loc": loc, "messages": msgs, "id": rec.get("id")}
             if from_corpus:
                 item["context_from_corpus"] = True  # eval reports these records apart
+            if rejected is not None:
+                item["rejected"] = _clean_messages([{"role": "assistant", "content": rejected}], cfg, report)[
+                    0
+                ]["content"]
             items.append(item)
         except RecordError as exc:
             if d.on_bad_record == "error":
@@ -172,7 +190,9 @@ def _dedup(items: list[dict[str, Any]], stats: SplitStats) -> list[dict[str, Any
     seen: set[str] = set()
     out = []
     for it in items:
-        key = json.dumps(it.get("messages") or it.get("text"), ensure_ascii=False, sort_keys=True)
+        key = json.dumps(
+            [it.get("messages") or it.get("text"), it.get("rejected")], ensure_ascii=False, sort_keys=True
+        )
         if key in seen:
             stats.duplicates += 1
             continue
@@ -352,4 +372,5 @@ def prepare_data(cfg: Config, tokenizer: Any) -> PreparedData:
             text, spans = it["text"], formatter.text_spans(it["text"])
         first = {"loc": it["loc"], "text": text, "spans": spans}
     eval_records = [it for it in eval_items if "messages" in it]
-    return PreparedData(train, evals, stats, eval_records, formatter, first)
+    train_records = [it for it in train_items if "messages" in it]
+    return PreparedData(train, evals, stats, eval_records, formatter, first, train_records)

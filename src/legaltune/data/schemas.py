@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
-SCHEMAS = ("text", "alpaca", "chat", "legal_qa", "alqac")
+SCHEMAS = ("text", "alpaca", "chat", "legal_qa", "alqac", "preference")
 
 
 class RecordError(ValueError):
@@ -22,6 +22,8 @@ class RecordError(ValueError):
 
 def detect_schema(rec: dict[str, Any], text_field: str = "text") -> str | None:
     """Guess a record's schema from its keys (None when nothing fits)."""
+    if "chosen" in rec and "rejected" in rec:
+        return "preference"
     if "messages" in rec or "conversations" in rec:
         return "chat"
     if "relevant_articles" in rec:
@@ -117,6 +119,54 @@ def alpaca_messages(rec: dict[str, Any]) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(rec, "output")}]
 
 
+def _answer(rec: dict[str, Any], key: str) -> str:
+    """A preference answer: a string, or TRL's conversational form (one assistant message, or a list of one)."""
+    value = rec.get(key)
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, dict):
+        if value.get("role", "assistant") != "assistant":
+            raise RecordError(f"{key}.role", f"{value.get('role')!r}: a preference answer is the assistant's")
+        value = value.get("content")
+        rec = {key: value}
+    elif isinstance(value, list):
+        raise RecordError(key, "must be a string or one assistant message, not a list of several")
+    return _text(rec, key)
+
+
+def preference_rejected(rec: dict[str, Any]) -> str:
+    """The rejected answer of a preference record (checked: a non-empty string that differs from chosen)."""
+    rejected = _answer(rec, "rejected")
+    if rejected.strip() == _answer(rec, "chosen").strip():
+        raise RecordError("rejected", "same text as chosen: the pair would teach nothing")
+    return rejected
+
+
+def preference_chosen(rec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A preference record ``{prompt, chosen, rejected}`` as the record its prompt and chosen answer
+    make, with that record's schema: ``legal_qa`` when the prompt is a question (its ``context`` and
+    ``citation`` kept), ``chat`` when it is a list of messages ending with the user's turn."""
+    chosen = _answer(rec, "chosen")
+    preference_rejected(rec)
+    prompt = rec.get("prompt")
+    if isinstance(prompt, list):
+        try:
+            chat = chat_messages({"messages": [*prompt, {"role": "assistant", "content": chosen}]})
+        except RecordError as exc:  # name the user's field, not the conversation built from it
+            raise RecordError(
+                exc.field.replace("messages", "prompt", 1), str(exc).split(": ", 1)[1]
+            ) from None
+        if len(chat) < 2 or chat[-2]["role"] != "user":
+            raise RecordError("prompt", "a list of messages must end with the user's turn")
+        return {**_kept(rec), "messages": chat}, "chat"
+    question = _text(rec, "prompt")
+    return {**_kept(rec), "question": question, "answer": chosen}, "legal_qa"
+
+
+def _kept(rec: dict[str, Any]) -> dict[str, Any]:
+    return {k: rec[k] for k in ("id", "context", "citation") if k in rec}
+
+
 def to_messages(rec: dict[str, Any], schema: str, *, use_context: bool = True) -> list[dict[str, str]]:
     """Messages for a record of a known schema (alqac records are joined first, see alqac.py)."""
     if schema == "chat":
@@ -125,4 +175,6 @@ def to_messages(rec: dict[str, Any], schema: str, *, use_context: bool = True) -
         return legal_qa_messages(rec, use_context)
     if schema == "alpaca":
         return alpaca_messages(rec)
+    if schema == "preference":
+        return to_messages(*preference_chosen(rec), use_context=use_context)
     raise RecordError("format", f"cannot turn schema {schema!r} into messages")

@@ -17,6 +17,7 @@ from legaltune.plan.memory import (
     MemoryEstimate,
     estimate_memory,
 )
+from legaltune.plan.methods import add_method_memory, rows_per_example
 from legaltune.plan.params import ParamCount, count_params, lora_scale, resolve_targets
 from legaltune.speed.families import SPLIT, model_types
 from legaltune.speed.policy import HOST_FRACTION, compile_wanted, liger_available
@@ -255,8 +256,11 @@ def make_plan(
     compute_bytes = 4 if cfg.model.dtype == "float32" else 2
     checkpointing = cfg.lora.use_gradient_checkpointing if cfg.optimization.gradient_checkpointing else False
     speed = _speed_activations(cfg)
+    after_sft = t.method != "sft"  # TRL's own checkpointing (recompute): no per-layer choice to make
+    if after_sft and checkpointing:
+        checkpointing = True
     common = dict(
-        batch_size=micro_batch[0] if micro_batch else t.per_device_train_batch_size,
+        batch_size=(micro_batch[0] if micro_batch else t.per_device_train_batch_size) * rows_per_example(cfg),
         seq_len=micro_batch[1] if micro_batch else cfg.model.max_seq_length,
         compute_bytes=compute_bytes,
         load_in_4bit=cfg.quantization.load_in_4bit,
@@ -274,12 +278,12 @@ def make_plan(
     layers, choice = checkpoint_layers, ""
     if checkpoint_layers is not None:
         choice = f"{checkpoint_layers} layers checkpointed (as the run did)"
-    elif cfg.speed.mode == "auto" and checkpointing is not False:
+    elif cfg.speed.mode == "auto" and checkpointing is not False and not after_sft:
         layers, choice = choose_checkpoint_layers(
             lambda n: estimate_memory(arch, params, **common, checkpoint_layers=n), arch.layers, budget
         )
     offloaded = 0 if checkpointing is False else arch.layers if layers is None else layers
-    setting = _attention_setting(cfg, arch, checkpointing)
+    setting = False if after_sft else _attention_setting(cfg, arch, checkpointing)
     attention_layers, attention_choice = None, ""
     if setting == "auto":
         attention_layers, attention_choice = choose_attention_layers(
@@ -296,6 +300,7 @@ def make_plan(
     memory = estimate_memory(
         arch, params, **common, checkpoint_layers=layers, attention_layers=attention_layers or 0
     )
+    add_method_memory(cfg, arch, params, memory, seq_len=common["seq_len"], compute_bytes=compute_bytes)
     plan = Plan(
         config=cfg,
         arch=arch,

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from legaltune.config.schema import RL_LEARNING_RATE
+
 if TYPE_CHECKING:
     from legaltune.plan.core import Plan
 
@@ -33,7 +35,16 @@ def lint_plan(plan: Plan) -> list[Lint]:
         out.append(Lint(level, key, message, reason))
 
     lr = tr.learning_rate
-    if not 5e-6 <= lr <= 2e-4:
+    if tr.method != "sft":
+        if not RL_LEARNING_RATE / 10 <= lr <= RL_LEARNING_RATE * 10:
+            add(
+                "warn",
+                "training.learning_rate",
+                f"{lr:g} for {tr.method} is outside {RL_LEARNING_RATE / 10:g}…{RL_LEARNING_RATE * 10:g}",
+                f"seed 003: {RL_LEARNING_RATE:g} for reinforcement learning (DPO, GRPO); an SFT-sized rate moves "
+                "the policy far from the SFT adapter within a few steps, a much smaller one barely moves it",
+            )
+    elif not 5e-6 <= lr <= 2e-4:
         add(
             "warn",
             "training.learning_rate",

@@ -85,6 +85,8 @@ def padding_free_choice(
     attention kernel (flash-attn's, or PyTorch's for SDPA models). ``varlen``: whether PyTorch's
     varlen kernel is there (None: look on this machine; `plan` for a GPU from a CPU says True)."""
     setting = cfg.speed.padding_free
+    if cfg.training.method != "sft":
+        return False, f"{cfg.training.method}: TRL's collator pads each batch"
     if setting is False:
         return False, "speed.padding_free: false"
     if cfg.speed.mode == "off" and setting == "auto":

@@ -110,7 +110,8 @@ def _line(ax: Any, xs: list[float], ys: list[float], label: str, color: str) -> 
 
 
 def training_plots(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(alt text, base64 PNG) for loss, learning rate, tokens/s and peak memory; empty series are left out."""
+    """(alt text, base64 PNG) for loss, learning rate, tokens/s, peak memory and (DPO / ORPO / GRPO)
+    rewards; empty series are left out."""
     plots = []
     train, ev = _series(rows, "loss"), _series(rows, "eval_loss")
     if train[0] or ev[0]:
@@ -133,6 +134,16 @@ def training_plots(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
             if key == "lr":
                 ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
             plots.append((f"{title.lower()} vs step", _png(fig)))
+    # DPO / ORPO: rewards/chosen|rejected|margins|accuracies; GRPO: rewards/<function>/mean
+    rewards = sorted({k for r in rows for k in r if k.startswith("rewards/") and not k.endswith("/std")})
+    drawn = [(k, _series(rows, k)) for k in rewards]
+    if any(xs for _k, (xs, _ys) in drawn):
+        fig, ax = _figure("Rewards", "value")
+        palette = ("#2457a6", "#d9822b", "#1a7f37", "#c0392b", "#6b4fbb", "#7f8c8d")
+        for i, (key, (xs, ys)) in enumerate(d for d in drawn if d[1][0]):
+            _line(ax, xs, ys, key.removeprefix("rewards/").removesuffix("/mean"), palette[i % len(palette)])
+        ax.legend()
+        plots.append(("rewards vs step", _png(fig)))
     return plots
 
 

@@ -26,6 +26,23 @@ def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+# TRL's DPO (rewards/chosen, rewards/margins, rewards/accuracies, logps/…, logits/…), ORPO (also
+# log_odds_ratio, nll_loss) and GRPO (rewards/<function>/mean|std, reward, reward_std, kl,
+# completions/…, clip_ratio/…) metrics, and their eval_ forms
+METHOD_METRICS = (
+    "rewards/",
+    "reward",
+    "logps/",
+    "logits/",
+    "log_odds",
+    "nll_loss",
+    "kl",
+    "completions/",
+    "clip_ratio",
+    "frac_reward_zero_std",
+)
+
+
 class MetricsCallback(TrainerCallback):
     """Appends one JSON line per log event to RUN/metrics.jsonl and drives the progress bar.
 
@@ -82,6 +99,14 @@ class MetricsCallback(TrainerCallback):
             if key in logs:
                 row["lr" if key == "learning_rate" else key] = logs[key]
         row.update({k: v for k, v in logs.items() if k.startswith("eval_gen_")})  # generation scores
+        # what DPO / ORPO / GRPO log beside the loss (rewards, margins, log-probs, KL, answer lengths)
+        row.update(
+            {
+                k: v
+                for k, v in logs.items()
+                if k.removeprefix("eval_").startswith(METHOD_METRICS) and k not in row
+            }
+        )
         if "loss" in logs:
             dt = now - self._last_time
             row["tokens_per_s"] = round((tokens - self._last_tokens) / dt, 1) if dt > 0 else None

@@ -165,7 +165,7 @@ class PlanError(ValueError):
         )
 
 
-def _plan_speed(cfg: Config, data: PreparedData, model: Any | None) -> RunSpeedPlan:
+def _plan_speed(cfg: Config, lengths: list[int], model: Any | None) -> RunSpeedPlan:
     """The run's speed plan on this machine (GPU 0, or where a given model already is)."""
     from legaltune.model.load import resolve_attn
     from legaltune.speed.policy import host_memory_available
@@ -183,7 +183,7 @@ def _plan_speed(cfg: Config, data: PreparedData, model: Any | None) -> RunSpeedP
         gpu = cfg.speed.gpu_memory_gb * 2**30
     return plan_run(
         cfg,
-        [len(r["input_ids"]) for r in data.train],
+        lengths,
         on_cuda=on_cuda,
         attn=attn,
         gpu_memory=gpu,
@@ -233,11 +233,15 @@ def run_training(
     ``allow_plan_errors`` (the CLI's ``--ignore-plan-errors``). ``notice`` receives what resume and
     the lock did (default: printed to stderr)."""
     from legaltune.run import session as sessions
+    from legaltune.train.after_sft import after_sft
     from legaltune.train.preflight import check_environment
 
     say = notice or (lambda m: print(f"note: {m}", file=sys.stderr))
     sessions.refuse_flags(resume, weights_only)
     check_environment(cfg)
+    # dpo / orpo / grpo: what differs from SFT (None for sft); its init adapter's LoRA settings become
+    # cfg.lora before a resumed run's config is compared with this one
+    method = after_sft(cfg, say)
     found = sessions.check_before_data(cfg, resume)
     session = sessions.resume_session(cfg, found, weights_only=weights_only, notice=say) if found else None
     if session is not None and session.finished:
@@ -246,9 +250,12 @@ def run_training(
     try:
         # Tokenize and check the data before spending time on the weights: bad data fails in seconds.
         tokenizer = model_and_tokenizer[1] if model_and_tokenizer else load_tokenizer(cfg.model)
-        data = prepare_data(cfg, tokenizer)
+        data = prepare_data(cfg, tokenizer) if method is None else method.prepare(tokenizer)
         given = model_and_tokenizer[0] if model_and_tokenizer else None
-        speed_plan = _plan_speed(cfg, data, given)
+        lengths = [len(r["input_ids"]) for r in data.train] if method is None else method.plan_lengths(data)
+        speed_plan = _plan_speed(cfg, lengths, given)
+        if method is not None:
+            speed_plan.notes.extend(method.plan_notes())
         if show_progress:
             print(speed_plan.summary(), *speed_plan.notes, sep="\n  ")
         if speed_plan.problems and not allow_plan_errors:
@@ -268,6 +275,7 @@ def run_training(
             eval_before=eval_before,
             show_progress=show_progress,
             extra_callbacks=extra_callbacks,
+            method=method,
         )
     finally:
         if session is not None:
@@ -286,6 +294,7 @@ def _train(
     eval_before: bool,
     show_progress: bool,
     extra_callbacks: list[Any] | None,
+    method: Any = None,
 ) -> TrainResult:
     from transformers import EarlyStoppingCallback, PrinterCallback
     from transformers.integrations import TensorBoardCallback
@@ -303,15 +312,18 @@ def _train(
     # the tokenizer loaded above (and used for the data) is kept; load_model's own copy is dropped
     model = given if given is not None else load_model(cfg.model, cfg.quantization)[0]
     model.config.use_cache = False  # a KV cache disables packed-sequence detection in attention
-    model = apply_lora(
-        model,
-        cfg.lora,
-        gradient_checkpointing=cfg.optimization.gradient_checkpointing,
-        max_seq_length=cfg.model.max_seq_length,
-        speed=cfg.speed,
-        checkpoint_layers=speed_plan.checkpoint_layers,
-    )
-    varlen = speed_plan.padding_free and enable_varlen_attention(model)
+    if method is not None:
+        model = method.prepare_model(model)
+    else:
+        model = apply_lora(
+            model,
+            cfg.lora,
+            gradient_checkpointing=cfg.optimization.gradient_checkpointing,
+            max_seq_length=cfg.model.max_seq_length,
+            speed=cfg.speed,
+            checkpoint_layers=speed_plan.checkpoint_layers,
+        )
+    varlen = speed_plan.padding_free and method is None and enable_varlen_attention(model)
     speed_report = speed_report_of(model)
     if speed_report is not None:
         if speed_plan.choice:
@@ -330,24 +342,27 @@ def _train(
         padding_free=speed_plan.padding_free,
         optim=speed_plan.optimizer,
     )
-    eval_ds = _to_dataset(data.eval)
+    eval_ds = _to_dataset(data.eval) if method is None else method.eval_dataset(data)
     if eval_ds is None and cfg.logging.eval_strategy != "no":
         args.eval_strategy = "no"
     lm_head_adapted = "lm_head" in cfg.lora.target_modules
     trainer_cls = LegalLMHeadTrainer if lm_head_adapted else LegalSFTTrainer
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=_to_dataset(data.train),
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        data_collator=BatchCollator(
-            pad_token_id=tokenizer.pad_token_id or 0,
-            padding_free=speed_plan.padding_free,
-            max_length=cfg.model.max_seq_length,
-        ),
-    )
-    if trainer_cls is LegalSFTTrainer:
+    if method is not None:
+        trainer = method.make_trainer(model, args, tokenizer, data, eval_ds)
+    else:
+        trainer = trainer_cls(
+            model=model,
+            args=args,
+            train_dataset=_to_dataset(data.train),
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            data_collator=BatchCollator(
+                pad_token_id=tokenizer.pad_token_id or 0,
+                padding_free=speed_plan.padding_free,
+                max_length=cfg.model.max_seq_length,
+            ),
+        )
+    if method is None and trainer_cls is LegalSFTTrainer:
         from legaltune.speed.lm_head import fuse_speed_lm_head
 
         # over the fused head SFTTrainer just put on the model: two vocabulary GEMMs a step, not three
@@ -410,6 +425,7 @@ def _train(
         "interrupted": interrupted,
         "speed": speed_report.to_dict() if speed_report is not None else None,
         "plan": speed_plan.to_dict(),
+        **({"method": method.summary()} if method is not None else {}),
     }
     sessions.write_summary(run, summary, hint)
     from legaltune.report.html import write_report
