@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from legaltune.train.trainer import run_training
 from tests.conftest import make_tiny_llama
-from tests.test_train import RECORDS, base_cfg, base_raw
+from tests.test_train import RECORDS, CtrlCAt, base_cfg, base_raw
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -76,7 +76,8 @@ def rows(run_dir):
 def changed(run_dir, sft_run):
     before = load_file(str(sft_run / "adapter" / "adapter_model.safetensors"))
     now = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
-    assert set(now) == set(before)  # the SFT adapter's modules, and only the trained adapter (no "ref" copy)
+    assert set(now) == set(before)  # the SFT adapter's modules
+    assert not (run_dir / "adapter" / "ref").exists()  # TRL's frozen reference copy is not saved
     return max((now[k] - before[k]).abs().max().item() for k in now)
 
 
@@ -144,18 +145,6 @@ def test_grpo_samples_scores_and_logs_every_reward(tmp_path, sft_run, tokenizer)
     assert (res.run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 
-class StopAt:
-    def __init__(self, step):
-        from transformers import TrainerCallback
-
-        class _Stop(TrainerCallback):
-            def on_step_end(cb, args, state, control, **kw):
-                if state.global_step == step:
-                    control.should_training_stop = True
-
-        self.cb = _Stop()
-
-
 @pytest.mark.slow
 def test_interrupted_and_resumed_dpo_ends_where_uninterrupted_one_does(tmp_path, sft_run, tokenizer):
     over = {
@@ -163,8 +152,9 @@ def test_interrupted_and_resumed_dpo_ends_where_uninterrupted_one_does(tmp_path,
         "logging": {"save_strategy": "steps", "save_steps": 2},
     }
     full = after(tmp_path / "full", sft_run, "dpo", tokenizer, **over)
-    part = after(tmp_path / "part", sft_run, "dpo", tokenizer, extra_callbacks=[StopAt(2).cb], **over)
-    assert (part.run_dir / "checkpoints" / "checkpoint-2").is_dir()
+    part = after(tmp_path / "part", sft_run, "dpo", tokenizer, extra_callbacks=[CtrlCAt(3)], **over)
+    # Ctrl-C at step 3: checkpoint-3 saved, the partial adapter written, the run not finished
+    assert part.interrupted and (part.run_dir / "checkpoints" / "checkpoint-3").is_dir()
     resumed = after(tmp_path / "part", sft_run, "dpo", tokenizer, resume=str(part.run_dir), **over)
     last = [r for r in rows(resumed.run_dir) if "loss" in r][-1]
     want = [r for r in rows(full.run_dir) if "loss" in r][-1]

@@ -108,6 +108,7 @@ class AfterSFT:
     def prepare_model(self, model: Any) -> Any:
         """The base ``model`` with the init adapter loaded trainable (or a new LoRA), speed engine applied."""
         from legaltune.speed.apply import apply_speed
+        from legaltune.speed.state import set_speed_report
 
         if self.adapter is not None:
             peft_model = load_trainable(model, self.adapter)
@@ -127,7 +128,7 @@ class AfterSFT:
                 "within a step); checkpointing, when on, is TRL's recompute"
             )
         report.checkpointing = "recompute" if self.checkpointing() else "none"
-        peft_model.get_base_model().legaltune_speed = report
+        set_speed_report(peft_model, report)
         return peft_model
 
     def checkpointing(self) -> bool:
