@@ -34,7 +34,8 @@ def write_config(path: Path, output_dir: Path, *, max_steps: int = 4, **logging:
             "gradient_accumulation_steps": 1,
             "max_steps": max_steps,
             "learning_rate": 1e-3,
-            "warmup_steps": 1,
+            # a warm-up as long as the run is an error lint that stops `train` before it loads weights
+            "warmup_steps": 1 if max_steps > 1 else 0,
             "lr_scheduler_type": "cosine",
         },
         "optimization": {"gradient_checkpointing": False},
