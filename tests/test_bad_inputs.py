@@ -214,7 +214,7 @@ def test_unknown_model_name_offline(tmp_path):
     done = run_cli("train", str(cfg))  # HF_HUB_OFFLINE=1 in its environment
     expect_error(done.returncode, done.stderr, "cannot load model 'llama-9000'", "Names that work offline")
     assert (
-        "'smollm2-135m-instruct' (the embedded model)" in done.stderr
+        "'smollm2-135m-instruct' or 'gemma-3-270m' (the embedded models)" in done.stderr
         and "directory with config.json" in done.stderr
     )
     assert not (tmp_path / "runs").exists()

@@ -219,7 +219,7 @@ def test_finished_run_is_nothing_to_do_and_untouched(tmp_path):
 def test_resume_with_a_different_config_names_the_keys(tmp_path):
     run, _ = _run(tmp_path)
     other = build_config({"logging": {"output_dir": str(tmp_path)}, "training": {"learning_rate": 1e-3}})
-    with pytest.raises(UserError, match=r"training\.learning_rate: 0\.0003 in the run, 0\.001 now"):
+    with pytest.raises(UserError, match=r"training\.learning_rate: 0\.0002 in the run, 0\.001 now"):
         resume.prepare(run, other)
 
 
