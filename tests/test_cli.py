@@ -23,6 +23,19 @@ COMMANDS = [
 ]
 
 
+def _subparsers(parser=None, prefix=()):
+    """{"corpus show": parser, ...}: every command and nested subcommand, by the words that call it."""
+    import argparse
+
+    out = {}
+    for action in (parser or build_parser())._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out[" ".join((*prefix, name))] = sub
+                out.update(_subparsers(sub, (*prefix, name)))
+    return out
+
+
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_subcommand_has_help(name, capsys):
     with pytest.raises(SystemExit) as info:
@@ -57,3 +70,58 @@ def test_merge_reports_a_missing_adapter(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("{}")
     assert main(["merge", "--run", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
     assert "no final adapter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(_subparsers()))
+def test_every_flag_and_argument_has_help_and_shows_its_default(name, capsys):
+    parser = _subparsers()[name]
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help and action.help.strip(), (
+            f"{name} {action.option_strings or action.dest}: no help text"
+        )
+    with pytest.raises(SystemExit):
+        main([*name.split(), "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # unwrap argparse's line breaks
+    for action in parser._actions:
+        if action.option_strings and action.default not in (None, False, [], "==SUPPRESS=="):
+            assert f"(default: {action.default})" in out, (name, action.option_strings)
+            assert out.count("default") == out.count("(default: "), out  # said once, one way
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"legaltune {version('legaltune')}"
+
+
+def test_defaults_that_cpu_users_get():
+    sub = _subparsers()
+    chat = {a.dest: a.default for a in sub["chat"]._actions}
+    assert chat["max_new_tokens"] <= 256
+
+
+def test_report_takes_run_like_the_other_commands(tmp_path, capsys):
+    assert main(["report", "--run", str(tmp_path), str(tmp_path)]) == 2
+    assert "once" in capsys.readouterr().err
+    assert main(["report"]) == 2
+
+
+def test_overwrite_errors_name_the_flag(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x").write_text("taken", encoding="utf-8")
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    for argv in (
+        ["merge", "--run", str(tmp_path), "--output", str(out)],
+        ["export", "gguf", "--run", str(tmp_path), "--output", str(gguf)],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "legaltune.cli", *argv], capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 2 and "pass --overwrite" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -279,3 +279,18 @@ def test_resolved_config_round_trips(tmp_path):
     again = load_config(saved)
     again.source = cfg.source
     assert again == cfg
+
+
+def test_a_set_warmup_replaces_the_other_kind_written_in_the_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("training:\n  warmup_ratio: 0.1\n", encoding="utf-8")
+    cfg = load_config(f, ["training.warmup_steps=0"])
+    assert (cfg.training.warmup_steps, cfg.training.warmup_ratio) == (0, None)
+    f.write_text("training:\n  warmup_steps: 30\n", encoding="utf-8")
+    cfg = load_config(f, ["training.warmup_ratio=0.08"])
+    assert (cfg.training.warmup_steps, cfg.training.warmup_ratio) == (None, 0.08)
+    with pytest.raises(ConfigError, match="both set"):
+        load_config(None, ["training.warmup_steps=3", "training.warmup_ratio=0.1"])
+    f.write_text("training:\n  warmup_steps: 30\n  warmup_ratio: 0.1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="both set"):
+        load_config(f)

@@ -216,3 +216,44 @@ def test_trained_run_loss_matches_the_trainer(tmp_path, tokenizer):
     # One eval batch holds every example, so the trainer's mean is token-weighted too.
     assert result["trainer_eval_loss"] == pytest.approx(res.eval_loss_after, rel=1e-9)
     assert result["tuned"]["loss"] == pytest.approx(res.eval_loss_after, rel=1e-4)
+
+
+def test_progress_moves_per_answer_not_per_batch(tokenizer):
+    """The bar advances when each answer of a batch ends, and counts every answer once."""
+    from legaltune.generate import _CountFinished, generate_answers
+
+    calls: list[int] = []
+    counter = _CountFinished([7], calls.append)
+    steps = [[1, 7, 2, 3], [7, 7, 5, 3], [7, 7, 7, 4]]  # last token of each row, step by step
+    for last in steps:
+        counter(torch.tensor([[0, t] for t in last]), None)
+    counter.finish(4)
+    assert calls == [1, 1, 1, 1]  # row 1 at step 1, row 0 at step 2, row 2 at step 3, row 3 at the limit
+
+    convs = [[{"role": "user", "content": q}] for q in ("Điều 1?", "Thuế là gì?", "Hợp đồng?", "Lao động?")]
+    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    tokenizer.padding_side = side
+    model = make_tiny_llama(len(tokenizer), seed=0)
+    torch.manual_seed(0)
+    with torch.no_grad():  # large random weights: each question gets its own tokens (small ones say "\n")
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    out = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    firsts = out[:, enc["input_ids"].shape[1]].tolist()
+    assert firsts[0] not in out[1:, enc["input_ids"].shape[1] :].flatten().tolist()
+    # stop on the token the first answer starts with: that row ends at step 1, the others at the limit
+    seen: list[int] = []
+    answers = generate_answers(
+        model,
+        tokenizer,
+        convs,
+        max_new_tokens=6,
+        batch_size=4,
+        end_of_turn=tokenizer.convert_ids_to_tokens(firsts[0]),
+        on_answer=seen.append,
+    )
+    assert seen == [1, 3], seen  # the bar moves inside the batch, when the first answer ends
+    assert answers[0].stopped and answers[0].new_tokens == 0

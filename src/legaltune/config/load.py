@@ -180,9 +180,18 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
             "load_in_4bit and load_in_8bit are both true",
             "choose one: quantization.load_in_8bit: false (4-bit QLoRA) or quantization.load_in_4bit: false",
         )
-    # warmup_ratio has the default (seed 003's 5 %); a user who writes warmup_steps means the count.
+    # warmup_ratio has the default (seed 003's 5 %); a user who writes warmup_steps means the count,
+    # and a --set of one replaces the other written in the file.
+    by_set = {k: lines.get(f"training.{k}") == "--set" for k in ("warmup_steps", "warmup_ratio")}
+    if t.warmup_steps is not None and t.warmup_ratio is not None and by_set["warmup_ratio"]:
+        if not by_set["warmup_steps"]:
+            t.warmup_steps = None
     if t.warmup_steps is not None:
-        if "training.warmup_ratio" in provided and t.warmup_ratio is not None:
+        if (
+            "training.warmup_ratio" in provided
+            and t.warmup_ratio is not None
+            and by_set["warmup_ratio"] == by_set["warmup_steps"]
+        ):
             bad(
                 "training.warmup_steps",
                 "warmup_steps and warmup_ratio are both set",

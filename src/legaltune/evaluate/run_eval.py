@@ -103,11 +103,11 @@ def _generate(
     with tqdm(total=len(prompts), desc=desc, unit="q", disable=not show, dynamic_ncols=True) as bar:
         for i in range(0, len(order), size):
             idx = order[i : i + size]
-            for j, ans in zip(
-                idx, generate_answers(model, tokenizer, [prompts[j] for j in idx], **gen), strict=True
-            ):
+            answers = generate_answers(
+                model, tokenizer, [prompts[j] for j in idx], **gen, on_answer=bar.update
+            )
+            for j, ans in zip(idx, answers, strict=True):
                 out[j] = ans
-            bar.update(len(idx))
     return out
 
 

@@ -31,6 +31,7 @@ from legaltune.export.gguf_arch import Arch, arch_for, permute_qk, rope_paramete
 from legaltune.export.gguf_quantize import K_QUANTS, find_quantizer
 from legaltune.export.merge import ExportError, inspect_run, load_merged
 from legaltune.export.modelfile import write_modelfile
+from legaltune.run.atomic import as_created
 from legaltune.run.layout import RunDir
 
 __all__ = ["TYPES", "K_QUANTS", "export_gguf", "permute_qk", "llama3_rope_factors", "rope_parameters"]
@@ -293,7 +294,9 @@ def export_gguf(
         raise ExportError(f"unknown GGUF type {type!r}: choose one of {', '.join((*TYPES, *K_QUANTS))}")
     source, output_file = Path(source), Path(output_file)
     if output_file.exists() and not overwrite:
-        raise ExportError(f"{output_file} exists; choose another file or pass overwrite=True")
+        raise ExportError(
+            f"{output_file} exists; choose another file or pass --overwrite (overwrite=True from Python)"
+        )
     src = _read_source(source, type, merge_dtype)
     arch = arch_for(src.config, src.where)
     output_file.parent.mkdir(parents=True, exist_ok=True)
@@ -309,6 +312,7 @@ def export_gguf(
         _write(src, arch, temps[0], qtype, file_type, source.resolve().name)
         if quantizer:
             quantizer(temps[0], temps[1], type)
+        as_created(temps[-1])  # mkstemp makes it 0600; the GGUF is as readable as any other file written
         os.replace(temps[-1], output_file)
     finally:
         for tmp in temps:

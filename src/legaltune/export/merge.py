@@ -167,7 +167,9 @@ def _check_output(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise ExportError(f"{output_dir} exists and is not a directory")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ExportError(f"{output_dir} is not empty; choose another directory or pass overwrite=True")
+        raise ExportError(
+            f"{output_dir} is not empty; choose another directory or pass --overwrite (overwrite=True from Python)"
+        )
 
 
 def merge_run(

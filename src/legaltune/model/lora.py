@@ -6,8 +6,9 @@ and lists the linear layers that do exist instead of PEFT's generic "target modu
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -126,6 +127,18 @@ def _checkpointing_mode(
     return "recompute"
 
 
+@contextlib.contextmanager
+def quiet_peft_wrap() -> Iterator[None]:
+    """Around wrapping a model in PEFT (``get_peft_model``, ``PeftModel.from_pretrained``) only:
+    PeftModel reads ``model.is_gradient_checkpointing``, which transformers ≥ 5.23 deprecates with a
+    FutureWarning on every wrap. The call is PEFT's, not ours, so that one warning is filtered here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
+
+
 def apply_lora(
     model: PreTrainedModel,
     lora_cfg: LoraConfig,
@@ -174,9 +187,7 @@ def apply_lora(
     torch.manual_seed(lora_cfg.random_state)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(lora_cfg.random_state)
-    with warnings.catch_warnings():
-        # transformers 5.23 deprecates is_gradient_checkpointing, which PEFT still reads; not ours to fix.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft_wrap():
         peft_model = get_peft_model(model, peft_config)
 
     base = peft_model.get_base_model()

@@ -338,7 +338,7 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
             return obj
     raise ValueError(
         f"offloaded checkpointing: cannot find the decoder layers of {type(base).__name__} "
-        f"(looked for {', '.join(_LAYER_PATHS)}); use use_gradient_checkpointing=True for this model"
+        f"(looked for {', '.join(_LAYER_PATHS)}); set lora.use_gradient_checkpointing: true for this model"
     )
 
 

@@ -111,7 +111,12 @@ def lint_plan(plan: Plan) -> list[Lint]:
                 "error",
                 "training.warmup_steps",
                 f"warm-up {plan.warmup_steps} ≥ total steps {plan.total_steps}",
-                "the learning rate would never reach its peak; set training.warmup_ratio: 0.05 instead of warmup_steps",
+                "the learning rate would never reach its peak; "
+                + (
+                    "set training.warmup_ratio: 0.05 instead of warmup_steps"
+                    if tr.warmup_ratio is None and plan.total_steps > 1
+                    else "set training.warmup_steps: 0 (too few steps to warm up), or train on more data"
+                ),
             )
         elif not 0.05 <= plan.warmup_fraction <= 0.10:
             add(

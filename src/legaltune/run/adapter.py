@@ -37,7 +37,10 @@ def attach_adapter(base: Any, adapter_dir: Path) -> Any:
     """``PeftModel.from_pretrained(base, adapter_dir)``."""
     from peft import PeftModel
 
+    from legaltune.model.lora import quiet_peft_wrap
+
     try:
-        return PeftModel.from_pretrained(base, str(adapter_dir))
+        with quiet_peft_wrap():
+            return PeftModel.from_pretrained(base, str(adapter_dir))
     except Exception as exc:  # safetensors' header errors, JSON errors, size mismatches
         raise _damaged(adapter_dir, (*ADAPTER_WEIGHTS, ADAPTER_CONFIG), "LoRA adapter", exc) from None

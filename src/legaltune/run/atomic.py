@@ -30,6 +30,19 @@ _TORCH_WRITE_TEXT = ("inline_container.cc", "pytorchstreamwriter")
 _NEARLY_FULL = 64 * 2**20
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def as_created(path: str | Path, *, directory: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open()`` / ``mkdir()`` would have (0644 / 0755 under umask
+    022): ``tempfile`` makes its files 0600 and directories 0700, and safetensors writes 0600, so
+    that a staged write would otherwise be the one file of a run that others cannot read."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -143,6 +156,7 @@ def staged_file(path: Path, what: str = "file", hint: str = "") -> Iterator[Path
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            as_created(tmp)
             os.replace(tmp, path)
             fsync_dir(path.parent)
         finally:
@@ -164,7 +178,11 @@ def write_json_atomic(
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished temporary directory to ``final``, replacing what is there."""
+    """Move a finished temporary directory to ``final``, replacing what is there; its files and
+    directories get the modes plain writes would have (see :func:`as_created`)."""
+    for inner in tmp.rglob("*"):
+        as_created(inner, directory=inner.is_dir())
+    as_created(tmp, directory=True)
     old: Path | None = None
     if final.exists():
         # Move the old one aside first so that a failed rename never loses both versions.

@@ -62,6 +62,14 @@ class _CountsTrainedTokens:
 class LegalSFTTrainer(AtomicCheckpoints, _CountsTrainedTokens, SFTTrainer):
     """TRL's SFTTrainer (its fused LM head computes the loss without full logits)."""
 
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):  # type: ignore[override]
+        # TRL writes checkpoints/README.md at every save, naming the base by its hub id; a base read
+        # from a local directory would be "a fine-tuned version of [None]". The run's adapter/ carries
+        # PEFT's card with the base's real path, so such a card is not written.
+        base = getattr(self.model.config, "_name_or_path", "") or ""
+        if base and not Path(base).is_dir():
+            super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+
 
 class LegalLMHeadTrainer(AtomicCheckpoints, _CountsTrainedTokens, Trainer):
     """For runs that put LoRA on lm_head: TRL's fused head reads lm_head.weight directly and so refuses
@@ -386,7 +394,11 @@ def _train(
     if "tensorboard" in cfg.logging.report_to:
         from torch.utils.tensorboard import SummaryWriter
 
-        trainer.add_callback(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard))))
+        tensorboard = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard)))
+        # it closes its writer at the end of training and opens another for the final evaluate();
+        # without this that one goes to a second stream under checkpoints/runs/
+        tensorboard.logging_dir = str(run.tensorboard)
+        trainer.add_callback(tensorboard)
     if cfg.training.early_stopping_patience:
         trainer.add_callback(
             EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience)
