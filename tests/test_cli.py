@@ -125,3 +125,28 @@ def test_overwrite_errors_name_the_flag(tmp_path):
         )
         assert proc.returncode == 2 and "pass --overwrite" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_data_check_with_data_and_model_flags(tmp_path):
+    """`data check --data FILE --model NAME` (no config): it sets logging.eval_strategy=no itself,
+    which must be read as the word, not YAML 1.1's false."""
+    import json
+
+    f = tmp_path / "qa.jsonl"
+    f.write_text(
+        json.dumps(
+            {"question": "Thử việc tối đa bao lâu?", "answer": "Không quá 180 ngày."}, ensure_ascii=False
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "legaltune.cli", "data", "check", "--data", str(f)]
+        + ["--model", "smollm2-135m-instruct", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout)
+    assert stats["train"]["records"] == 1 and stats["train"]["examples"] == 1
