@@ -104,8 +104,11 @@ def load_trainable(model: Any, adapter: InitAdapter) -> Any:
     """``model`` (the base) with the adapter loaded on it, its LoRA weights trainable."""
     from peft import PeftModel
 
+    from legaltune.model.lora import quiet_peft_wrap
+
     try:
-        peft_model = PeftModel.from_pretrained(model, str(adapter.path), is_trainable=True)
+        with quiet_peft_wrap():
+            peft_model = PeftModel.from_pretrained(model, str(adapter.path), is_trainable=True)
     except (RuntimeError, ValueError, KeyError) as exc:  # shapes or module names of another base
         raise InitAdapterError(
             f"{adapter.path} does not fit {type(model).__name__} ({str(exc).splitlines()[0][:300]})",
