@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("action", choices=["check", "make-preference"], help="what to do")
     _add_config_args(p, required=False)
-    p.add_argument("--data", help="a data file to check with the default config")
+    p.add_argument("--data", help="a data file to check without a config file (built-in settings)")
     p.add_argument("--model", help="model whose tokenizer to use (default: the config's)")
     p.add_argument("--json", action="store_true", help="print the statistics (or the build counts) as JSON")
     g = p.add_argument_group("make-preference")
@@ -564,23 +564,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--negatives",
         choices=["corpus", "model"],
         default="corpus",
-        help="corpus: swap each cited article for another of its law (default); model: an SFT run's wrong answers",
+        help="corpus: swap each cited article for another of its law; model: an SFT run's wrong answers",
     )
     g.add_argument("--run", help="--negatives model: the SFT run that answers the questions")
     g.add_argument(
         "--pick",
         choices=["nearest", "random"],
         default="nearest",
-        help="--negatives corpus: the BM25-nearest other article of the law (default), or a random one",
+        help="--negatives corpus: the BM25-nearest other article of the law, or a random one",
     )
-    g.add_argument("--seed", type=int, default=0, help="seed of --pick random (default 0)")
+    g.add_argument("--seed", type=int, default=0, help="seed of --pick random")
     g.add_argument("--corpus-file", help="an ALQAC-format law file added to the corpus")
     g.add_argument("--limit", type=int, help="only the first N records")
+    g.add_argument("--batch-size", type=int, default=8, help="--negatives model: questions answered together")
     g.add_argument(
-        "--batch-size", type=int, default=8, help="--negatives model: questions answered together (8)"
-    )
-    g.add_argument(
-        "--max-new-tokens", type=int, default=256, help="--negatives model: answer length cap (256)"
+        "--max-new-tokens", type=int, default=256, help="--negatives model: answer length cap in tokens"
     )
     p.set_defaults(func=cmd_data)
 
