@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from legaltune.config.fields import ConfigError
+from legaltune.distributed.launch import add_launch_args
 from legaltune.errors import UserError
 
 # Exit codes (documented in README "Exit codes"):
@@ -98,6 +99,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         cfg,
         gpu_memory=parse_size(args.gpu_memory) if args.gpu_memory else None,
         world_size=args.world_size,
+        local_ranks=args.gpus_per_node,
         train_examples=examples,
         host_memory=parse_size(args.host_memory) if args.host_memory else host_memory_available(),
     )
@@ -189,6 +191,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from legaltune.distributed.launch import launch, wants_launch
+
+    if wants_launch(args):
+        return launch(args, args.argv)
     from legaltune.run.lock import check_free
     from legaltune.run.session import check_before_data, refuse_flags
 
@@ -492,7 +498,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="host RAM available to the run, e.g. 120GiB (default: this machine's); with offloaded "
         "checkpointing, speed.offload_attention auto keeps attention only in as many layers as it holds",
     )
-    p.add_argument("--world-size", type=int, default=1, help="number of GPUs (data parallel)")
+    p.add_argument(
+        "--world-size",
+        type=int,
+        default=1,
+        help="GPUs of the run, over all machines: memory per GPU under distributed.strategy (ddp or fsdp), "
+        "effective batch and steps",
+    )
+    p.add_argument(
+        "--gpus-per-node",
+        type=int,
+        metavar="N",
+        help="of them, the GPUs on one machine, which share its host memory (default: all of --world-size)",
+    )
     p.add_argument("--examples", type=int, help="number of training examples, when the config names no data")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument(
@@ -540,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train even when the plan has errors (e.g. warm-up >= total steps, memory that does not fit); "
         "by default they stop the run before any weight loads",
     )
+    add_launch_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("data", help="check a dataset: schema, token lengths, masking, packing efficiency")
@@ -723,6 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; exit codes: 0 ok, 1 check failed, 2 bad input, 3 internal failure, 130 Ctrl-C."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # re-executed per rank by --nproc
     try:
         return args.func(args)
     except (UserError, ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:

@@ -15,6 +15,7 @@ import yaml
 from legaltune.config.fields import ConfigError, Problem, suggest, validate_section
 from legaltune.config.method_rules import method_checks
 from legaltune.config.schema import SECTIONS, Config
+from legaltune.distributed.checks import check_distributed
 from legaltune.evaluate.gen_metrics import GEN_METRICS
 
 
@@ -180,6 +181,7 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
             "load_in_4bit and load_in_8bit are both true",
             "choose one: quantization.load_in_8bit: false (4-bit QLoRA) or quantization.load_in_4bit: false",
         )
+    check_distributed(cfg, bad)
     # warmup_ratio has the default (seed 003's 5 %); a user who writes warmup_steps means the count,
     # and a --set of one replaces the other written in the file.
     by_set = {k: lines.get(f"training.{k}") == "--set" for k in ("warmup_steps", "warmup_ratio")}

@@ -110,6 +110,13 @@ class QuantizationConfig:
     )
     bnb_4bit_quant_type: str = opt("nf4", "4-bit data type.", choices=("nf4", "fp4"))
     bnb_4bit_use_double_quant: bool = opt(True, "Also quantize the 4-bit scales (saves ~0.4 bit/param).")
+    bnb_4bit_quant_storage: str = opt(
+        "uint8",
+        "Element type the packed 4-bit weights are stored in. uint8 is bitsandbytes' own; a floating type "
+        "(bfloat16 …) only lets FSDP shard the packed bytes, which FSDP2 does not support (see distributed.strategy).",
+        choices=("uint8", "bfloat16", "float16", "float32"),
+        normalize=_DTYPE_SPELLINGS,
+    )
 
 
 @dataclass
@@ -539,6 +546,41 @@ class GrpoConfig:
     )
 
 
+@dataclass
+class DistributedConfig:
+    """Several GPUs or machines (legaltune's own): when `train --nproc N`, torchrun or accelerate launch start several processes."""
+
+    strategy: Literal["ddp", "fsdp"] = opt(
+        "ddp",
+        "ddp: every GPU holds the whole model and trains its share of each batch; gradients are averaged "
+        "(PyTorch DistributedDataParallel). fsdp: FSDP2 shards the frozen base, the LoRA weights (kept in fp32), "
+        "their gradients and optimizer states across the GPUs, each decoder layer gathered while it runs: for "
+        "models whose weights do not fit one GPU. A 4-bit base stays whole on every GPU under fsdp (FSDP2 cannot "
+        "shard bitsandbytes' packed weights); an 8-bit base needs ddp.",
+    )
+    find_unused_parameters: bool | Literal["auto"] = opt(
+        "auto",
+        "DDP: search each step for trainable parameters that got no gradient. auto: false when every trainable "
+        "parameter is in a decoder layer or the embeddings, which every forward runs (LoRA adapters are); true "
+        "otherwise (e.g. adapters on a vision tower that text batches never reach). False with an unused "
+        "parameter stops the run at its second step.",
+    )
+    backend: Literal["auto", "nccl", "gloo"] = opt(
+        "auto", "Collective backend. auto: nccl on CUDA GPUs, gloo on CPUs (tests)."
+    )
+    timeout_minutes: float = opt(
+        30,
+        "How long a process waits for the others at a collective (data prepared by rank 0, checkpoints, "
+        "the first compile) before the run fails.",
+        gt=0,
+    )
+    fsdp_reshard_after_forward: bool = opt(
+        True,
+        "fsdp: free each gathered layer after its forward and gather it again for backward (least memory). "
+        "false: keep it until backward (one gather fewer per layer, ~the unsharded layers in memory).",
+    )
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "quantization": QuantizationConfig,
@@ -550,6 +592,7 @@ SECTIONS: dict[str, type] = {
     "speed": SpeedConfig,
     "preference": PreferenceConfig,
     "grpo": GrpoConfig,
+    "distributed": DistributedConfig,
 }
 
 
@@ -567,6 +610,7 @@ class Config:
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     source: str | None = None  # the YAML file it came from, if any
 
     @property

@@ -244,6 +244,7 @@ def load_model(
             bnb_4bit_quant_type=quant_cfg.bnb_4bit_quant_type,
             bnb_4bit_use_double_quant=quant_cfg.bnb_4bit_use_double_quant,
             bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_storage=quant_cfg.bnb_4bit_quant_storage,
         )
     elif quant_cfg.load_in_8bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)

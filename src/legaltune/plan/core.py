@@ -19,6 +19,7 @@ from legaltune.plan.memory import (
 )
 from legaltune.plan.methods import add_method_memory, rows_per_example
 from legaltune.plan.params import ParamCount, count_params, lora_scale, resolve_targets
+from legaltune.plan.sharding import Parallel
 from legaltune.speed.families import SPLIT, model_types
 from legaltune.speed.policy import HOST_FRACTION, compile_wanted, liger_available
 
@@ -56,6 +57,10 @@ class Plan:
     # speed.offload_attention: how many offloaded layers keep their attention half (None: not split)
     attention_layers: int | None = None
     attention_choice: str = ""
+    parallel: Parallel = field(default_factory=Parallel)
+    # ranks on one machine, sharing its host memory: each plans with host_memory / local_ranks
+    local_ranks: int = 1
+    host_memory: float | None = None  # of the whole machine
 
     @property
     def warmup_fraction(self) -> float:
@@ -110,6 +115,15 @@ class Plan:
                 "choice": self.speed_choice,
                 "attention_layers": self.attention_layers,
                 "attention_choice": self.attention_choice,
+            },
+            "distributed": {
+                "world_size": self.world_size,
+                "strategy": self.parallel.strategy if self.world_size > 1 else "single",
+                "gpus_per_node": self.local_ranks,
+                "host_memory_gib": round(self.host_memory / GIB, 1) if self.host_memory else None,
+                "host_memory_per_rank_gib": (
+                    round(self.host_memory / self.local_ranks / GIB, 1) if self.host_memory else None
+                ),
             },
             "lints": [lint.__dict__ for lint in self.lints],
         }
@@ -223,6 +237,7 @@ def make_plan(
     checkpoint_layers: int | None = None,
     host_memory: float | None = None,
     micro_batch: tuple[int, int] | None = None,
+    local_ranks: int | None = None,
 ) -> Plan:
     """Compute parameters, schedule, memory and lints for ``cfg``.
 
@@ -233,9 +248,14 @@ def make_plan(
     auto keeps the attention half only in as many layers as fit it; None = in every offloaded layer).
     ``micro_batch``: the (rows, tokens per row) of the largest micro-batch the prepared data makes
     (:func:`legaltune.data.pack.largest_micro_batch`); None = the worst case, per_device_train_batch_size
-    rows of max_seq_length.
+    rows of max_seq_length. ``world_size``: GPUs of the run, per ``distributed.strategy`` (memory per
+    GPU under DDP or FSDP2); ``local_ranks``: those of them on one machine (default all), which
+    share its ``host_memory``.
     """
     arch = load_arch(cfg.model.model_name)
+    local_ranks = max(1, min(local_ranks or world_size, world_size))
+    rank_host = host_memory / local_ranks if host_memory else host_memory
+    parallel = Parallel(world_size, cfg.distributed.strategy, cfg.distributed.fsdp_reshard_after_forward)
     targets = resolve_targets(arch, cfg.lora.target_modules)
     params = count_params(arch, cfg.lora.r, cfg.lora.target_modules, cfg.lora.bias)
     t = cfg.training
@@ -273,6 +293,7 @@ def make_plan(
         speed=speed,
         # `legaltune train` computes the loss through TRL's chunked head unless lm_head has an adapter
         fused_head="lm_head" not in cfg.lora.target_modules if fused_head is None else fused_head,
+        parallel=parallel,
     )
     budget = cfg.speed.gpu_memory_gb * GIB if cfg.speed.gpu_memory_gb else gpu_memory
     layers, choice = checkpoint_layers, ""
@@ -293,7 +314,7 @@ def make_plan(
                 ).host_offload_bytes
             ),
             offloaded,
-            host_memory,
+            rank_host,
         )
     elif setting is not False:
         attention_layers = offloaded if setting is True else min(int(setting), offloaded)
@@ -319,6 +340,9 @@ def make_plan(
         speed_choice=choice,
         attention_layers=attention_layers,
         attention_choice=attention_choice,
+        parallel=parallel,
+        local_ranks=local_ranks,
+        host_memory=host_memory,
     )
     plan.lints = lint_plan(plan)
     return plan

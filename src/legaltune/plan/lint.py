@@ -162,4 +162,7 @@ def lint_plan(plan: Plan) -> list[Lint]:
             f"estimated {plan.memory.peak_bytes / 2**30:.1f} GiB (+1 GiB context) does not fit {plan.gpu_bytes / 2**30:.0f} GiB",
             "lower per_device_train_batch_size or max_seq_length, turn on checkpointing, or load_in_4bit",
         )
+    from legaltune.plan.distributed_lints import distributed_lints  # it imports this module's Lint
+
+    out.extend(distributed_lints(plan))
     return out

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from legaltune.model.arch import Arch
 from legaltune.plan.params import ParamCount
+from legaltune.plan.sharding import Parallel, state_components
 from legaltune.speed.families import family_for_model_type
 from legaltune.speed.policy import MIN_OFFLOAD_BYTES, pinned_bytes
 
@@ -49,6 +50,7 @@ RECOMPUTE_TRANSIENT = 1.35
 # +3 % at 8k and +16-18 % at 262k (the transient does not grow with the layer's activations).
 FAST_RECOMPUTE_TRANSIENT = 1.10
 CONTEXT_BYTES = 1.0 * GIB  # CUDA context + cuBLAS/cuDNN workspaces, not in "allocated"
+SINGLE = Parallel()
 
 
 @dataclass
@@ -157,6 +159,7 @@ def estimate_memory(
     fused_head: bool = False,
     checkpoint_layers: int | None = None,
     attention_layers: int = 0,
+    parallel: Parallel = SINGLE,
 ) -> MemoryEstimate:
     """Estimate peak allocated GPU memory for one training step (worst case: every row at seq_len).
 
@@ -165,17 +168,21 @@ def estimate_memory(
     ``checkpoint_layers``: only the first N layers are checkpointed (None = all, when checkpointing).
     ``attention_layers``: of the offloaded layers, the first N keep their attention half (its
     activations offloaded too: more host memory, same GPU peak within the model's accuracy).
+    ``parallel``: the bytes of one GPU of a DDP or FSDP run (legaltune.plan.sharding).
     """
     tokens = batch_size * seq_len
     linear = arch.layers * sum(i * o for i, o in arch.linear_shapes().values())
     rest = params.total_base - linear
     notes: list[str] = []
+    linear_weights = float(linear * compute_bytes)
     if load_in_4bit:
-        weights = linear * NF4_BYTES[double_quant] + rest * compute_bytes
+        linear_weights = linear * NF4_BYTES[double_quant]
+        weights = linear_weights + rest * compute_bytes
         wname = f"weights (NF4{' + double quant' if double_quant else ''}; embeddings/norms in {compute_bytes * 8}-bit)"
     elif load_in_8bit:
         rows = arch.layers * sum(o for _, o in arch.linear_shapes().values())
-        weights = linear * 1.0 + rows * 4 + rest * compute_bytes
+        linear_weights = linear * 1.0 + rows * 4
+        weights = linear_weights + rest * compute_bytes
         wname = "weights (int8 + row scales)"
     else:
         weights = params.total_base * compute_bytes
@@ -231,11 +238,19 @@ def estimate_memory(
         attn = batch_size * arch.heads * seq_len * 4  # log-sum-exp per query row
     logits = _fused_head_bytes(arch, tokens) if fused_head else tokens * arch.vocab * LOGITS_BYTES_PER_ENTRY
 
-    components = {
-        wname: float(weights),
-        "LoRA parameters (fp32)": trainable * 4.0,
-        "LoRA gradients (fp32)": trainable * 4.0,
-        f"optimizer states ({optim})": float(opt_bytes),
+    components = state_components(
+        arch,
+        weights=float(weights),
+        weights_name=wname,
+        linear_weights=float(linear_weights),
+        trainable=trainable,
+        optimizer_bytes=float(opt_bytes),
+        optimizer_name=optim,
+        compute_bytes=compute_bytes,
+        quantized=load_in_4bit or load_in_8bit,
+        parallel=parallel,
+    )
+    components |= {
         act_name: float(acts),
         "attention workspace": float(attn),
         ("LM head tiles (chunked loss)" if fused_head else "logits + loss"): float(logits),

@@ -48,8 +48,9 @@ def render_plan(plan: Plan, console: Console | None = None) -> None:
         )
     console.print(s)
 
+    per = "" if plan.world_size == 1 else f" per GPU, {plan.parallel.label}"
     m = Table(
-        title=f"Estimated peak GPU memory ({plan.memory.tokens_per_micro_batch:,} tokens per micro-batch)"
+        title=f"Estimated peak GPU memory{per} ({plan.memory.tokens_per_micro_batch:,} tokens per micro-batch)"
     )
     m.add_column("component")
     m.add_column("GiB", justify="right")
@@ -59,10 +60,16 @@ def render_plan(plan: Plan, console: Console | None = None) -> None:
     m.add_row("+ CUDA context / workspaces", f"{CONTEXT_BYTES / GIB:.2f}")
     if plan.memory.host_offload_bytes:
         m.add_row(
-            "host (CPU) pinned memory for offloaded activations",
+            "host (CPU) pinned memory for offloaded activations"
+            + (" (per GPU)" if plan.local_ranks > 1 else ""),
             f"{plan.memory.host_offload_bytes / GIB:.2f}",
         )
     console.print(m)
+    if plan.local_ranks > 1 and plan.host_memory:
+        console.print(
+            f"host memory: {plan.host_memory / GIB:.0f} GiB shared by {plan.local_ranks} GPUs of a machine: "
+            f"{plan.host_memory / plan.local_ranks / GIB:.1f} GiB each"
+        )
     if plan.gpu_bytes:
         fits = plan.memory.fits(plan.gpu_bytes)
         verdict = "[green]fits[/green]" if fits else "[bold red]does NOT fit[/bold red]"

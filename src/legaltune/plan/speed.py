@@ -32,7 +32,8 @@ class RunSpeedPlan:
     checkpoint_layers: int | None = None
     choice: str = ""
     plan: Plan | None = None
-    host_available: float | None = None
+    host_available: float | None = None  # this process's share of the machine's host memory
+    host_ranks: int = 1  # the processes of this run on this machine, which share it
     on_cuda: bool = False
     optimizer: str = ""  # what the Trainer runs (optimization.optim, or its fused form on CUDA)
     problems: list[str] = field(default_factory=list)  # each stops the run unless overridden
@@ -65,6 +66,7 @@ class RunSpeedPlan:
             "peak_gib": round(self.plan.memory.peak_bytes / GIB, 3) if self.plan else None,
             "host_offload_gib": round(self.host_offload_bytes / GIB, 3),
             "host_available_gib": round(self.host_available / GIB, 1) if self.host_available else None,
+            "host_ranks": self.host_ranks,
             "problems": self.problems,
             "notes": self.notes,
         }
@@ -119,9 +121,11 @@ def plan_run(
     host_memory: float | None,
     world_size: int = 1,
     varlen: bool | None = None,
+    local_ranks: int = 1,
 ) -> RunSpeedPlan:
     """The run's speed plan from the config, the prepared training rows' ``lengths`` and the
-    machine (``gpu_memory``/``host_memory`` in bytes, None where unknown)."""
+    machine (``gpu_memory``/``host_memory`` in bytes, None where unknown; ``host_memory`` is the
+    machine's, shared by its ``local_ranks`` processes of a ``world_size`` run)."""
     from legaltune.data.pack import largest_micro_batch
 
     padding_free, why = padding_free_choice(cfg, on_cuda=on_cuda, attn=attn, varlen=varlen)
@@ -130,7 +134,8 @@ def plan_run(
         padding_free,
         why,
         micro,
-        host_available=host_memory,
+        host_available=host_memory / local_ranks if host_memory else host_memory,
+        host_ranks=local_ranks,
         on_cuda=on_cuda,
         optimizer=optimizer_name(cfg, use_cuda=on_cuda),
     )
@@ -140,6 +145,7 @@ def plan_run(
             cfg,
             gpu_memory=budget,
             world_size=world_size,
+            local_ranks=local_ranks,
             train_examples=len(lengths),
             host_memory=host_memory,
             micro_batch=micro if micro[0] else None,
@@ -153,11 +159,19 @@ def plan_run(
     for lint in plan.lints:
         if lint.level == "error":
             result.problems.append(f"{lint.key}: {lint.message} — {lint.reason}")
-    host = result.host_offload_bytes
-    if on_cuda and host_memory and host > HOST_REFUSE_FRACTION * host_memory:
+    host, share = result.host_offload_bytes, result.host_available
+    if on_cuda and share and host > HOST_REFUSE_FRACTION * share:
+        of = (
+            f"the {share / GIB:.0f} GiB available"
+            if local_ranks == 1
+            else (
+                f"this process's {share / GIB:.0f} GiB share of the {host_memory / GIB:.0f} GiB available to the "
+                f"{local_ranks} processes on this machine"
+            )
+        )
         result.problems.append(
-            f"host memory: offloaded activations would pin {host / GIB:.0f} GiB of the {host_memory / GIB:.0f} GiB "
-            f"available (over {HOST_REFUSE_FRACTION:.0%}) and the OOM killer would stop the run — lower "
+            f"host memory: offloaded activations would pin {host / GIB:.0f} GiB of {of} "
+            f"(over {HOST_REFUSE_FRACTION:.0%}) and the OOM killer would stop the run — lower "
             "training.per_device_train_batch_size or model.max_seq_length, or set lora.use_gradient_checkpointing: "
             "true (recompute on the GPU, no host memory)"
         )

@@ -59,10 +59,20 @@ def host_memory_available() -> float | None:
 HOST_FRACTION = 0.5
 
 
-def attention_host_allowance() -> float | None:
-    """speed.offload_attention auto: the pinned host bytes a forward may park (None: unknown)."""
+def host_memory_per_rank() -> float | None:
+    """This process's share of the host RAM available now: the machine's, divided among the ranks a
+    launcher started on it (LOCAL_WORLD_SIZE; 1 outside one), which all pin and allocate at once."""
+    from legaltune.distributed.env import local_world_size
+
     available = host_memory_available()
-    return None if available is None else HOST_FRACTION * available
+    return None if available is None else available / local_world_size()
+
+
+def attention_host_allowance() -> float | None:
+    """speed.offload_attention auto: the pinned host bytes a forward may park (None: unknown), out of
+    this process's share of the machine (:func:`host_memory_per_rank`)."""
+    share = host_memory_per_rank()
+    return None if share is None else HOST_FRACTION * share
 
 
 __all__ = [
@@ -71,6 +81,7 @@ __all__ = [
     "attention_host_allowance",
     "compile_wanted",
     "host_memory_available",
+    "host_memory_per_rank",
     "liger_available",
     "offload_attention_wanted",
     "pinned_bytes",

@@ -24,6 +24,8 @@ from trl import SFTConfig, SFTTrainer
 from legaltune.config.schema import Config
 from legaltune.data.pack import BatchCollator
 from legaltune.data.prepare import PreparedData, prepare_data
+from legaltune.distributed.env import local_world_size, world_size
+from legaltune.distributed.strategy import distributed_args, keep_lora_reduction_fp32
 from legaltune.evaluate.gen_metrics import greater_is_better
 from legaltune.model.tokenizer import load_tokenizer
 from legaltune.plan.speed import RunSpeedPlan, optimizer_name, plan_run
@@ -89,6 +91,7 @@ def build_args(
     dtype: torch.dtype,
     padding_free: bool = False,
     optim: str | None = None,
+    distributed: dict[str, Any] | None = None,
 ) -> SFTConfig:
     """SFTConfig carrying every training, optimization, data-loading and logging parameter of the config."""
     t, o, d, lg = cfg.training, cfg.optimization, cfg.data, cfg.logging
@@ -158,6 +161,7 @@ def build_args(
             kwargs["warmup_steps"] = t.warmup_ratio
     else:
         kwargs["warmup_steps"] = t.warmup_steps or 0
+    kwargs.update(distributed or {})  # DDP / FSDP2 (legaltune.distributed.strategy)
     return SFTConfig(**kwargs)
 
 
@@ -196,6 +200,8 @@ def _plan_speed(cfg: Config, lengths: list[int], model: Any | None) -> RunSpeedP
         attn=attn,
         gpu_memory=gpu,
         host_memory=host_memory_available(),
+        world_size=world_size(),
+        local_ranks=local_world_size(),
     )
 
 
@@ -342,6 +348,9 @@ def _train(
             print(speed_report.summary(), *speed_report.notes, sep="\n  ")
     use_cuda = next(model.parameters()).is_cuda
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    dist = distributed_args(cfg, model, world_size=world_size(), on_cuda=use_cuda)
+    if show_progress and dist.strategy != "single":
+        print(dist.summary(), *dist.notes, sep="\n  ")
     args = build_args(
         cfg,
         run_dir,
@@ -349,6 +358,7 @@ def _train(
         dtype=dtype,
         padding_free=speed_plan.padding_free,
         optim=speed_plan.optimizer,
+        distributed=dist.trainer_args,
     )
     eval_ds = _to_dataset(data.eval) if method is None else method.eval_dataset(data)
     if eval_ds is None and cfg.logging.eval_strategy != "no":
@@ -375,6 +385,8 @@ def _train(
 
         # over the fused head SFTTrainer just put on the model: two vocabulary GEMMs a step, not three
         fuse_speed_lm_head(model)
+    if dist.strategy == "fsdp":
+        keep_lora_reduction_fp32(trainer)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
     carried = checkpoint.state if checkpoint is not None else {}
     trainer.checkpoint_hint = hint
