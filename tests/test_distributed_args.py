@@ -117,3 +117,70 @@ def test_4bit_with_uint8_storage_is_allowed_under_fsdp_and_any_storage_under_ddp
 def test_unknown_strategy_is_named():
     with pytest.raises(ConfigError, match="distributed.strategy"):
         _cfg(distributed={"strategy": "deepspeed"})
+
+
+def _ckpt(tmp_path, **state):
+    from legaltune.run.checkpoint import Checkpoint
+
+    path = tmp_path / "checkpoint-4"
+    path.mkdir(parents=True, exist_ok=True)
+    return Checkpoint(path, 4, sealed=True, state=state)
+
+
+def test_resume_on_the_same_number_of_processes_says_nothing(tmp_path):
+    from legaltune.distributed.resume_check import check_world_size
+
+    cfg = _cfg(training={"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2})
+    ckpt = _ckpt(tmp_path, world_size=4, gradient_accumulation_steps=2)
+    assert check_world_size(ckpt, {}, cfg, 4) == []
+
+
+def test_resume_on_other_processes_keeping_the_effective_batch_continues(tmp_path):
+    from legaltune.distributed.resume_check import check_world_size
+
+    ckpt = _ckpt(tmp_path, world_size=4, gradient_accumulation_steps=2)
+    cfg = _cfg(
+        training={"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4},
+        data={"group_by_length": False},
+    )
+    notes = check_world_size(ckpt, {}, cfg, 2)
+    assert "trained by 4 processes, this run has 2" in notes[0] and "stays 16" in notes[0]
+
+
+def test_resume_changing_the_effective_batch_is_refused_with_the_fix(tmp_path):
+    from legaltune.distributed.resume_check import check_world_size
+
+    ckpt = _ckpt(tmp_path, world_size=4, gradient_accumulation_steps=2)
+    cfg = _cfg(
+        training={"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2},
+        data={"group_by_length": False},
+    )
+    with pytest.raises(
+        UserError, match=r"effective batch of 16 .*effective batch of 8.*gradient_accumulation_steps=4"
+    ):
+        check_world_size(ckpt, {}, cfg, 2)
+    # 4 → 3 processes: no GA keeps 16; only the original count continues the run
+    with pytest.raises(UserError) as err:
+        check_world_size(ckpt, {}, cfg, 3)
+    assert "--nproc 4" in str(err.value) and "gradient_accumulation_steps=" not in str(err.value)
+
+
+def test_resume_regrouping_length_groups_is_refused(tmp_path):
+    from legaltune.distributed.resume_check import check_world_size
+
+    ckpt = _ckpt(tmp_path, world_size=2, gradient_accumulation_steps=1)
+    cfg = _cfg(
+        training={"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}
+    )  # group_by_length on
+    with pytest.raises(UserError, match="group_by_length"):
+        check_world_size(ckpt, {}, cfg, 1)
+
+
+def test_checkpoints_without_a_recorded_world_size_count_their_rng_files(tmp_path):
+    from legaltune.distributed.resume_check import checkpoint_world_size
+
+    ckpt = _ckpt(tmp_path)
+    assert checkpoint_world_size(ckpt) == 1
+    for r in range(3):
+        (ckpt.path / f"rng_state_{r}.pth").write_bytes(b"")
+    assert checkpoint_world_size(ckpt) == 3

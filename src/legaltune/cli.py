@@ -12,7 +12,9 @@ import sys
 from typing import Any
 
 from legaltune.config.fields import ConfigError
+from legaltune.distributed.env import rank_prefix
 from legaltune.distributed.launch import add_launch_args
+from legaltune.distributed.sync import ReportedByRankZero
 from legaltune.errors import UserError
 
 # Exit codes (documented in README "Exit codes"):
@@ -195,6 +197,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if wants_launch(args):
         return launch(args, args.argv)
+    from legaltune.distributed.env import is_main
     from legaltune.run.lock import check_free
     from legaltune.run.session import check_before_data, refuse_flags
 
@@ -206,9 +209,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     resume: str | bool | None = args.resume if args.resume != "" else True
     refuse_flags(resume, args.weights_only)
-    found = check_before_data(cfg, resume)  # in milliseconds: before torch and transformers load
-    if found is not None:
-        check_free(found[0].lock)
+    if is_main():  # the other ranks of a distributed run would race rank 0, which is already writing
+        found = check_before_data(cfg, resume)  # in milliseconds: before torch and transformers load
+        if found is not None:
+            check_free(found[0].lock)
     from legaltune.train.trainer import run_training
 
     result = run_training(
@@ -216,6 +220,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if result.nothing_to_do:
         return EXIT_OK  # the notice said so: the run had finished
+    if not is_main():
+        return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
     print(f"run directory: {result.run_dir}")
     print(f"adapter: {result.adapter_dir}")
     if result.eval_loss_after is not None:
@@ -745,14 +751,16 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # re-executed per rank by --nproc
     try:
         return args.func(args)
+    except ReportedByRankZero:
+        return EXIT_USAGE  # rank 0 of this distributed run printed why
     except (UserError, ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
         # Domain errors carry their own "what and how to fix" text; a traceback adds nothing.
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {rank_prefix()}{exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
         if not _user_os_error(exc):
             return _internal(exc)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {rank_prefix()}{exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -44,4 +44,9 @@ def is_main() -> bool:
     return rank() == 0
 
 
-__all__ = ["is_distributed", "is_main", "local_rank", "local_world_size", "rank", "world_size"]
+def rank_prefix() -> str:
+    """'[rank 3] ' before a message of a distributed run's process (each prints its own errors)."""
+    return f"[rank {rank()}] " if is_distributed() else ""
+
+
+__all__ = ["is_distributed", "is_main", "local_rank", "local_world_size", "rank", "rank_prefix", "world_size"]

@@ -146,6 +146,9 @@ class AtomicCheckpoints:
             with disk_errors(final, "checkpoint", self.checkpoint_hint):
                 if main and staging.exists():
                     shutil.rmtree(staging)
+                if self.args.world_size > 1:  # type: ignore[attr-defined]
+                    # the other ranks write their RNG state into the staging directory: not before it is fresh
+                    self.accelerator.wait_for_everyone()  # type: ignore[attr-defined]
                 self._staging_root = staging
                 try:
                     super()._save_checkpoint(model, trial)  # type: ignore[misc]
@@ -190,6 +193,9 @@ class AtomicCheckpoints:
         pending = float(tr_loss.item()) if tr_loss is not None else 0.0  # steps not logged yet
         state: dict[str, Any] = {
             "step": self.state.global_step,  # type: ignore[attr-defined]
+            # processes that trained it; each wrote its own rng_state_<rank>.pth (a resume checks the count)
+            "world_size": self.args.world_size,  # type: ignore[attr-defined]
+            "gradient_accumulation_steps": self.args.gradient_accumulation_steps,  # type: ignore[attr-defined]
             "loss_sum": self.carried_loss_sum + getattr(self, "_total_loss_scalar", 0.0) + pending,
         }
         if hasattr(self, "trained_tokens_seen"):

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from legaltune.config.schema import Config
+from legaltune.distributed.env import world_size
+from legaltune.distributed.resume_check import GA_KEY, check_world_size
 from legaltune.errors import UserError
 from legaltune.run.atomic import write_text_atomic
 from legaltune.run.checkpoint import STAGING_PREFIX, Checkpoint, inspect_checkpoint
@@ -37,6 +39,10 @@ MAY_CHANGE = {
     "logging.report_to",
     "data.dataloader_num_workers",
     "data.dataloader_pin_memory",
+    "distributed.backend",
+    "distributed.timeout_minutes",
+    "distributed.find_unused_parameters",
+    GA_KEY,  # only where it keeps the effective batch over another number of processes (check_world_size)
 }
 
 
@@ -105,7 +111,7 @@ def prepare(
             f"{summary.get('max_steps', '?')}; its adapter is {run.adapter}"
         )
         return point
-    _check_same_config(run, cfg)
+    saved = _check_same_config(run, cfg)
     for message in _remove_unfinished_writes(run):
         tell(message)
     found = [inspect_checkpoint(p) for _, p in run.checkpoint_dirs()]
@@ -134,6 +140,17 @@ def prepare(
             "the result will differ from an uninterrupted run"
         )
     point.checkpoint = chosen
+    if chosen is not None:
+        for message in check_world_size(chosen, saved, cfg, world_size()):
+            tell(message)
+    elif (
+        saved.get(GA_KEY, cfg.training.gradient_accumulation_steps)
+        != cfg.training.gradient_accumulation_steps
+    ):
+        raise UserError(
+            f"{GA_KEY}: {saved[GA_KEY]!r} in the run, {cfg.training.gradient_accumulation_steps!r} now; with no "
+            "checkpoint to continue, the run starts again as configured: use its own config"
+        )
     if chosen is None:
         tell(f"{run.path} has no complete checkpoint: training it again from step 0")
     elif weights_only and not chosen.problems:
@@ -196,14 +213,15 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
-def _check_same_config(run: RunDir, cfg: Config) -> None:
-    """A resume trains the run's own config: differing keys are an error naming them."""
+def _check_same_config(run: RunDir, cfg: Config) -> dict[str, Any]:
+    """A resume trains the run's own config: differing keys are an error naming them. Returns the
+    run's config, flattened."""
     import yaml
 
     from legaltune.config.load import config_to_dict
 
     if not run.config.is_file():
-        return
+        return {}
     try:
         saved = _flat(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {})
     except (OSError, yaml.YAMLError) as exc:
@@ -222,6 +240,7 @@ def _check_same_config(run: RunDir, cfg: Config) -> None:
             + f". A resume continues the same run: use its own config (legaltune train {run.config} --resume "
             f"{run.path}), or start a new run without --resume"
         )
+    return saved
 
 
 def trim_metrics(run: RunDir, step: int) -> list[str]:

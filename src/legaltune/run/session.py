@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from legaltune.config.schema import Config
+from legaltune.distributed import sync
+from legaltune.distributed.env import is_main
 from legaltune.errors import UserError
 from legaltune.run import resume as resume_mod
 from legaltune.run.atomic import disk_errors, staged_dir, write_json_atomic
@@ -118,11 +120,20 @@ def new_session(cfg: Config, data_stats: dict[str, Any], notice: Callable[[str],
 
 
 def write_adapter(trainer: Any, tokenizer: Any, run: RunDir, *, interrupted: bool, hint: str) -> Path:
-    """adapter/ (finished) or adapter-partial/ (interrupted), each appearing only when complete."""
+    """adapter/ (finished) or adapter-partial/ (interrupted), each appearing only when complete.
+
+    In a run of several processes every rank calls the Trainer's ``save_model`` (under FSDP it gathers
+    the sharded adapter) into the temporary directory rank 0 made; rank 0 writes it and renames it."""
     target = run.partial_adapter if interrupted else run.adapter
+    if not is_main():
+        trainer.save_model(sync.broadcast_from_main(None))
+        sync.barrier()
+        return target
     with staged_dir(target, "adapter", hint) as tmp:
+        sync.broadcast_from_main(str(tmp))
         trainer.save_model(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        sync.barrier()  # every rank is done with the directory before it is renamed
     if not interrupted and run.partial_adapter.exists():
         shutil.rmtree(run.partial_adapter)  # superseded by the finished adapter
     return target

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from legaltune.distributed.sync import any_rank
 from legaltune.run.atomic import disk_errors
 
 
@@ -47,7 +48,9 @@ class MetricsCallback(TrainerCallback):
     """Appends one JSON line per log event to RUN/metrics.jsonl and drives the progress bar.
 
     The bar shows loss, learning rate and tokens/s; tqdm adds the ETA. ``trained_tokens`` (tokens
-    with a label) comes from the trainer's counter, ``tokens`` from transformers' input-token count.
+    with a label) comes from the trainer's counter, ``tokens`` from transformers' input-token count,
+    both over every rank of a distributed run; ``peak_memory_gib`` is the largest of any rank.
+    ``write`` false (ranks other than 0): nothing is written or shown.
     """
 
     def __init__(
@@ -57,8 +60,10 @@ class MetricsCallback(TrainerCallback):
         show_progress: bool = True,
         elapsed_offset: float = 0.0,
         disk_hint: str = "",
+        write: bool = True,
     ):
         self.path = path
+        self.write = write
         self.trainer_ref = trainer_ref
         self.show_progress = show_progress
         self.elapsed_offset = elapsed_offset  # training time of the sessions before a resume
@@ -74,9 +79,11 @@ class MetricsCallback(TrainerCallback):
         return {"elapsed_s": self.elapsed_s()}  # saved in each checkpoint, restored on resume
 
     def on_train_begin(self, args, state, control, **kw):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._t0 = self._last_time = time.perf_counter()
         self._last_tokens = int(state.num_input_tokens_seen or 0)
+        if not self.write:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.show_progress:
             self.bar = tqdm(
                 total=state.max_steps,
@@ -91,6 +98,8 @@ class MetricsCallback(TrainerCallback):
             self.bar.update(state.global_step - self.bar.n)
 
     def on_log(self, args, state, control, logs=None, **kw):
+        if not self.write:
+            return
         logs = dict(logs or {})
         now = time.perf_counter()
         tokens = int(state.num_input_tokens_seen or 0)
@@ -115,7 +124,8 @@ class MetricsCallback(TrainerCallback):
         trainer = self.trainer_ref
         if trainer is not None and hasattr(trainer, "trained_tokens_seen"):
             row["trained_tokens"] = trainer.trained_tokens_seen()
-        row["peak_memory_gib"] = round(peak_memory_gib(), 3)
+        peak = getattr(trainer, "peak_memory_all_ranks", None)
+        row["peak_memory_gib"] = round(peak() if peak is not None else peak_memory_gib(), 3)
         row["elapsed_s"] = round(self.elapsed_offset + now - self._t0, 2)
         row["time"] = round(time.time(), 3)  # wall clock, to line runs up with other logs
         with (
@@ -171,6 +181,8 @@ class InterruptCallback(TrainerCallback):
         return {"interrupted": self.requested}  # a stop asked by Ctrl-C is not the end of the schedule
 
     def on_step_end(self, args, state, control, **kw):
+        # every rank stops after the same step: a Ctrl-C may reach the ranks between two different steps
+        self.requested = any_rank(self.requested)
         if self.requested:
             control.should_save = True
             control.should_training_stop = True

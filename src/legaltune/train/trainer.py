@@ -24,7 +24,9 @@ from trl import SFTConfig, SFTTrainer
 from legaltune.config.schema import Config
 from legaltune.data.pack import BatchCollator
 from legaltune.data.prepare import PreparedData, prepare_data
-from legaltune.distributed.env import local_world_size, world_size
+from legaltune.distributed import sync
+from legaltune.distributed.env import is_distributed, is_main, local_world_size, world_size
+from legaltune.distributed.quiet import quiet_libraries
 from legaltune.distributed.strategy import distributed_args, keep_lora_reduction_fp32
 from legaltune.evaluate.gen_metrics import greater_is_better
 from legaltune.model.tokenizer import load_tokenizer
@@ -34,17 +36,31 @@ from legaltune.run.checkpoint import AtomicCheckpoints
 from legaltune.run.session import Session
 from legaltune.speed.state import speed_report as speed_report_of
 from legaltune.speed.varlen import disable_varlen_attention, enable_varlen_attention
-from legaltune.train.callbacks import FastForwardScheduler, InterruptCallback, MetricsCallback
+from legaltune.train.callbacks import (
+    FastForwardScheduler,
+    InterruptCallback,
+    MetricsCallback,
+    peak_memory_gib,
+)
 from legaltune.train.compile_cache import use_compile_cache
 from legaltune.train.generation_eval import generation_eval_callback
 
 
-class _CountsTrainedTokens:
-    """Mixin: counts trained (labelled) tokens for metrics.jsonl."""
+class _RunCounters:
+    """Mixin: trained (labelled) tokens and peak memory for metrics.jsonl and checkpoints, over every
+    rank of a distributed run.
+
+    Each rank counts its own tokens; the ranks add them up at each log and each checkpoint (both are
+    reached by every rank at the same step), and average the step losses not logged yet, which
+    the Trainer keeps per rank and rank 0 alone would otherwise save as the whole run's.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._trained_tokens = torch.zeros((), dtype=torch.long)
+        self._trained_tokens = torch.zeros((), dtype=torch.long)  # this rank, this session
+        self._tokens_before = 0  # the whole run's count at the checkpoint resumed from
+        self._tokens_all_ranks = 0
+        self._peak_all_ranks = 0.0
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # type: ignore[override]
         labels = inputs.get("labels")
@@ -54,14 +70,42 @@ class _CountsTrainedTokens:
         return super().training_step(model, inputs, num_items_in_batch)  # type: ignore[misc]
 
     def trained_tokens_seen(self) -> int:
-        return int(self._trained_tokens.item())
+        """The whole run's trained tokens (distributed: as of the last log or checkpoint)."""
+        if is_distributed():
+            return self._tokens_all_ranks
+        return self._tokens_before + int(self._trained_tokens.item())
+
+    def peak_memory_all_ranks(self) -> float:
+        return self._peak_all_ranks if is_distributed() else peak_memory_gib()
 
     def set_trained_tokens(self, n: int) -> None:
         """Resume: the count of the steps before the checkpoint."""
-        self._trained_tokens = torch.tensor(n, dtype=torch.long)
+        self._tokens_before = self._tokens_all_ranks = n
+        self._trained_tokens = torch.zeros((), dtype=torch.long)
+
+    def _sync_ranks(self, *, losses: bool) -> None:
+        if not is_distributed():
+            return
+        self._tokens_all_ranks = self._tokens_before + sync.reduce_sum(int(self._trained_tokens.item()))
+        self._peak_all_ranks = sync.reduce_max(peak_memory_gib())
+        tr_loss = getattr(self, "_tr_loss", None)
+        if losses and tr_loss is not None:
+            tr_loss.copy_(torch.tensor(sync.reduce_sum_float(float(tr_loss.item())) / world_size()))
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        self._sync_ranks(losses=False)
+        super().log(logs, *args, **kwargs)  # type: ignore[misc]
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        self._sync_ranks(losses=True)
+        super()._save_checkpoint(model, trial)  # type: ignore[misc]
+
+    def _finalize_training(self, *args: Any, **kwargs: Any) -> Any:
+        self._sync_ranks(losses=True)  # the Trainer adds the unlogged losses of this rank alone
+        return super()._finalize_training(*args, **kwargs)  # type: ignore[misc]
 
 
-class LegalSFTTrainer(AtomicCheckpoints, _CountsTrainedTokens, SFTTrainer):
+class LegalSFTTrainer(AtomicCheckpoints, _RunCounters, SFTTrainer):
     """TRL's SFTTrainer (its fused LM head computes the loss without full logits)."""
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):  # type: ignore[override]
@@ -73,7 +117,7 @@ class LegalSFTTrainer(AtomicCheckpoints, _CountsTrainedTokens, SFTTrainer):
             super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
 
 
-class LegalLMHeadTrainer(AtomicCheckpoints, _CountsTrainedTokens, Trainer):
+class LegalLMHeadTrainer(AtomicCheckpoints, _RunCounters, Trainer):
     """For runs that put LoRA on lm_head: TRL's fused head reads lm_head.weight directly and so refuses
     an adapter there; transformers' Trainer computes the loss from the adapted head's logits, with the
     same token-count normalisation across accumulated micro-batches."""
@@ -177,6 +221,10 @@ class PlanError(ValueError):
         )
 
 
+def _wants_cuda(cfg: Config) -> bool:
+    return torch.cuda.is_available() and cfg.model.device_map not in ("cpu",)
+
+
 def _plan_speed(cfg: Config, lengths: list[int], model: Any | None) -> RunSpeedPlan:
     """The run's speed plan on this machine (GPU 0, or where a given model already is)."""
     from legaltune.model.load import resolve_attn
@@ -187,7 +235,7 @@ def _plan_speed(cfg: Config, lengths: list[int], model: Any | None) -> RunSpeedP
         on_cuda, device = first.is_cuda, first.device
         attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
     else:
-        on_cuda = torch.cuda.is_available() and cfg.model.device_map not in ("cpu",)
+        on_cuda = _wants_cuda(cfg)
         device = torch.device("cuda", torch.cuda.current_device()) if on_cuda else None
         attn = resolve_attn(cfg.model.attn_implementation)
     gpu = torch.cuda.get_device_properties(device).total_memory if on_cuda else None
@@ -246,26 +294,36 @@ def run_training(
     error lint or host memory that would not fit raises :class:`PlanError` then, unless
     ``allow_plan_errors`` (the CLI's ``--ignore-plan-errors``). ``notice`` receives what resume and
     the lock did (default: printed to stderr)."""
+    from legaltune.distributed import rundir
     from legaltune.run import session as sessions
     from legaltune.train.after_sft import after_sft
     from legaltune.train.preflight import check_environment
 
     say = notice or (lambda m: print(f"note: {m}", file=sys.stderr))
+    if not is_main():
+        say, show_progress = (lambda m: None), False  # rank 0 speaks for the run
+        quiet_libraries()
     sessions.refuse_flags(resume, weights_only)
     check_environment(cfg)
     # dpo / orpo / grpo: what differs from SFT (None for sft); its init adapter's LoRA settings become
     # cfg.lora before a resumed run's config is compared with this one
     method = after_sft(cfg, say)
-    found = sessions.check_before_data(cfg, resume)
-    session = sessions.resume_session(cfg, found, weights_only=weights_only, notice=say) if found else None
+    given = model_and_tokenizer[0] if model_and_tokenizer else None
+    sync.join(cfg, on_cuda=next(given.parameters()).is_cuda if given is not None else _wants_cuda(cfg))
+    if resume:
+        session = rundir.resume_session(cfg, resume, weights_only=weights_only, notice=say)
+    else:
+        session = None
+        rundir.refuse_existing(cfg)
     if session is not None and session.finished:
         run = session.run
         return TrainResult(run.path, run.adapter, None, {}, None, None, False, nothing_to_do=True)
     try:
         # Tokenize and check the data before spending time on the weights: bad data fails in seconds.
         tokenizer = model_and_tokenizer[1] if model_and_tokenizer else load_tokenizer(cfg.model)
+        # on every rank (deterministic, no files written), then compared
         data = prepare_data(cfg, tokenizer) if method is None else method.prepare(tokenizer)
-        given = model_and_tokenizer[0] if model_and_tokenizer else None
+        rundir.check_same_data(data.train, data.eval)
         lengths = [len(r["input_ids"]) for r in data.train] if method is None else method.plan_lengths(data)
         speed_plan = _plan_speed(cfg, lengths, given)
         if method is not None:
@@ -275,8 +333,8 @@ def run_training(
         if speed_plan.problems and not allow_plan_errors:
             raise PlanError(speed_plan.problems)
         if session is None:
-            session = sessions.new_session(cfg, data.stats.to_dict(), say)
-        else:
+            session = rundir.new_session(cfg, data.stats.to_dict(), say)
+        elif is_main():
             write_json_atomic(session.run.data_stats, data.stats.to_dict(), "data stats", allow_nan=True)
         return _train(
             cfg,
@@ -393,8 +451,9 @@ def _train(
     trainer.resume_weights_only = weights_only
     trainer.carried_loss_sum = float(carried.get("loss_sum", 0.0))
     trainer.set_trained_tokens(int(carried.get("trained_tokens", 0)))
+    main = is_main()  # rank 0 writes metrics.jsonl and TensorBoard; every rank trains and checkpoints
     metrics_cb = MetricsCallback(
-        run.metrics, trainer, show_progress, float(carried.get("elapsed_s", 0.0)), disk_hint=hint
+        run.metrics, trainer, show_progress, float(carried.get("elapsed_s", 0.0)), disk_hint=hint, write=main
     )
     interrupt = InterruptCallback()
     # before early stopping: it reads the generation scores this adds to each evaluation's metrics
@@ -403,7 +462,7 @@ def _train(
         trainer.add_callback(cb)
     if weights_only:
         trainer.add_callback(FastForwardScheduler())
-    if "tensorboard" in cfg.logging.report_to:
+    if "tensorboard" in cfg.logging.report_to and main:
         from torch.utils.tensorboard import SummaryWriter
 
         tensorboard = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard)))
@@ -437,6 +496,11 @@ def _train(
 
     interrupted = interrupt.requested
     adapter_dir = sessions.write_adapter(trainer, tokenizer, run, interrupted=interrupted, hint=hint)
+    result = TrainResult(
+        run_dir, adapter_dir, data, train_metrics, before, after, interrupted, trainer.model, tokenizer
+    )
+    if not main:
+        return result
     summary = {
         "status": "interrupted" if interrupted else "finished",
         "step": trainer.state.global_step,
@@ -450,22 +514,13 @@ def _train(
         "speed": speed_report.to_dict() if speed_report is not None else None,
         "plan": speed_plan.to_dict(),
         **({"method": method.summary()} if method is not None else {}),
+        "distributed": dist.to_dict(),
     }
     sessions.write_summary(run, summary, hint)
     from legaltune.report.html import write_report
 
     write_report(run_dir)  # loss curves, lr, tokens/s, memory; `legaltune eval` refreshes it
-    return TrainResult(
-        run_dir,
-        adapter_dir,
-        data,
-        train_metrics,
-        before,
-        after,
-        interrupted,
-        trainer.model,
-        tokenizer,
-    )
+    return result
 
 
 def _finish_from_checkpoint(trainer: Any, checkpoint: Any) -> dict[str, Any]:
