@@ -184,6 +184,18 @@ def main(model_dir: str, out_path: str) -> None:
         "moved": moved,
         "notes": d.notes,
     }
+    # a Ctrl-C that reached rank 1 only: every rank saves and stops after this step
+    from transformers import TrainerControl
+
+    from legaltune.train.callbacks import InterruptCallback
+
+    stops = []
+    for flagged in ({1}, set()):
+        cb, control = InterruptCallback(), TrainerControl()
+        cb.requested = rank in flagged
+        cb.on_step_end(None, None, control)
+        stops.append(bool(control.should_training_stop and control.should_save and cb.requested))
+    result["interrupt_stops"] = stops
     gathered = [None] * world
     dist.all_gather_object(gathered, result)
     if rank == 0:

@@ -358,6 +358,8 @@ def test_speed_engine_under_fsdp2_and_ddp_on_cpu(work):
         # the same model under DDP, with the search for unused parameters off as the strategy chose
         assert r["ddp_find_unused_parameters"] is False and r["ddp_compiled_layers"] == 2
         assert r["ddp_param_diff"] < 1e-5
+        # a Ctrl-C that reached one rank stops all of them after the same step; none, none
+        assert r["interrupt_stops"] == [True, False]
     assert time.monotonic() - started < 900
 
 

@@ -141,6 +141,7 @@ def _plan_from_data(cfg: Any, args: argparse.Namespace) -> int:
         gpu_memory=gpu,
         host_memory=parse_size(args.host_memory) if args.host_memory else host_memory_available(),
         world_size=args.world_size,
+        local_ranks=max(1, min(args.gpus_per_node or args.world_size, args.world_size)),
         varlen=True if args.gpu_memory else None,
     )
     if args.json:

@@ -16,17 +16,15 @@ def needs_bitsandbytes(optim: str) -> bool:
 
 def check_environment(cfg: Config) -> None:
     """Raise a UserError naming the config key when this machine cannot run what the config asks."""
-    import os
-
     import torch
 
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1:
-        # every process would take the run's lock and write its files; rank 0 owning the run directory
-        # (and the others waiting for it) is not built yet
+    from legaltune.distributed.env import world_size
+
+    if world_size() > 1 and cfg.training.method != "sft":
+        # their trainers (reference adapter, sampling) have not been run on several processes here
         raise UserError(
-            f"legaltune train runs as one process per run (WORLD_SIZE={world}): the run directory admits one "
-            "writer. Train on one GPU (CUDA_VISIBLE_DEVICES=0 legaltune train CONFIG)"
+            f"training.method {cfg.training.method} trains on one process; several processes (torchrun, "
+            "--nproc) are built and tested for sft. Run it on one GPU (CUDA_VISIBLE_DEVICES=0 legaltune train CONFIG)"
         )
     optim = cfg.optimization.optim
     if needs_bitsandbytes(optim):
