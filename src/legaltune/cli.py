@@ -563,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ignore-plan-errors",
         action="store_true",
         help="train even when the plan has errors (e.g. warm-up >= total steps, memory that does not fit); "
-        "by default they stop the run before any weight loads",
+        "without it they stop the run before any weight loads",
     )
     add_launch_args(p)
     p.set_defaults(func=cmd_train)

@@ -45,7 +45,7 @@ def add_launch_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="train on N processes on this machine (one per GPU), launched through torchrun",
     )
-    g.add_argument("--nnodes", type=int, default=1, metavar="N", help="machines in the run (default 1)")
+    g.add_argument("--nnodes", type=int, default=1, metavar="N", help="machines in the run")
     g.add_argument(
         "--node-rank",
         type=int,
@@ -61,7 +61,7 @@ def add_launch_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--rdzv-id",
         default="legaltune",
-        help="run id shared by all machines (c10d rendezvous; default legaltune)",
+        help="run id shared by all machines (c10d rendezvous)",
     )
 
 
