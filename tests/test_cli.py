@@ -150,3 +150,35 @@ def test_data_check_with_data_and_model_flags(tmp_path):
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(proc.stdout)
     assert stats["train"]["records"] == 1 and stats["train"]["examples"] == 1
+
+
+def test_exit_codes_internal_failure_and_interrupt(monkeypatch, capsys):
+    """A bug is exit 3 with its traceback and a line saying it is one; Ctrl-C is 130; bad input 2."""
+    import legaltune.cli as cli
+
+    def boom(args):
+        raise RuntimeError("an internal invariant broke")
+
+    def ctrl_c(args):
+        raise KeyboardInterrupt
+
+    parser = cli.build_parser
+
+    def with_func(func):
+        def build():
+            p = parser()
+            p._subparsers._group_actions[0].choices["config"].set_defaults(func=func)
+            return p
+
+        return build
+
+    monkeypatch.setattr(cli, "build_parser", with_func(boom))
+    assert main(["config"]) == cli.EXIT_INTERNAL == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: an internal invariant broke" in err
+    assert "internal error (RuntimeError): this is a legaltune bug" in err
+    monkeypatch.setattr(cli, "build_parser", with_func(ctrl_c))
+    assert main(["config"]) == cli.EXIT_INTERRUPTED == 130
+    monkeypatch.setattr(cli, "build_parser", parser)
+    assert main(["config", "configs/demo.yaml", "--set", "lora.r=0"]) == cli.EXIT_USAGE == 2
+    assert "Traceback" not in capsys.readouterr().err
