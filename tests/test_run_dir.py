@@ -232,3 +232,19 @@ def test_seal_lists_every_file_with_its_size(tmp_path):
         "trainer_state.json": (d / "trainer_state.json").stat().st_size,
     }
     assert inspect_checkpoint(d).problems == {} and inspect_checkpoint(d).training_done is False
+
+
+def test_rotation_keeps_the_newest_and_the_best(tmp_path):
+    from legaltune.run.checkpoint import rotate
+
+    run, _ = _run(tmp_path)
+    for s in (1, 2, 3, 4, 5):
+        _checkpoint(run, s)
+    rotate(run.checkpoints, 2, str(run.checkpoint(2)))
+    assert [s for s, _ in run.checkpoint_dirs()] == [2, 5]
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == [
+        "checkpoint-2",
+        "checkpoint-5",
+    ]  # no leftovers
+    rotate(run.checkpoints, None, None)  # no limit: nothing deleted
+    assert [s for s, _ in run.checkpoint_dirs()] == [2, 5]

@@ -6,7 +6,7 @@ does (``_save_checkpoint``: adapter, optimizer, scheduler, RNG, trainer_state.js
 duration of the save. The mixin then adds legaltune_state.json (whole-run counters), fsyncs every
 file, writes the seal ``legaltune_checkpoint.json`` (every file and its size) and renames the
 directory to ``checkpoints/checkpoint-N``. A kill at any moment leaves either the finished
-checkpoint or a ``.tmp-`` directory that resume removes; a full disk leaves the previous
+checkpoint or a ``.tmp-`` directory that resume removes (rotation renames before it deletes, too); a full disk leaves the previous
 checkpoints and a ``DiskFullError`` naming the path.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from legaltune.run.atomic import disk_errors, fsync_dir, fsync_tree, replace_dir
+from legaltune.run.layout import RunDir
 
 SEAL = "legaltune_checkpoint.json"
 STATE = "legaltune_state.json"
@@ -123,6 +124,26 @@ def publish(written: Path, final: Path) -> None:
     replace_dir(written, final)
 
 
+def rotate(root: Path, limit: int | None, best: str | None) -> None:
+    """save_total_limit, by the Trainer's rule (oldest first; the newest and the best are kept), each
+    deletion a rename to a temporary name first: a kill mid-delete never leaves half a checkpoint-N."""
+    if not limit or limit <= 0:
+        return
+    found = RunDir(root.parent).checkpoint_dirs()
+    if len(found) <= limit:
+        return
+    protected = {found[-1][1]} | ({Path(best)} if best else set())
+    remaining, keep = len(found), max(limit, len(protected))
+    for _, path in found:
+        if remaining <= keep:
+            break
+        if path not in protected:
+            doomed = path.with_name(f"{STAGING_PREFIX}deleting-{path.name}")
+            path.rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            remaining -= 1
+
+
 class AtomicCheckpoints:
     """Trainer mixin: sealed, atomically renamed checkpoints; whole-run train loss; weights-only resume."""
 
@@ -170,14 +191,7 @@ class AtomicCheckpoints:
                 shutil.rmtree(staging, ignore_errors=True)  # frees the space a failed save took
             raise
         if main:
-            from transformers.trainer_utils import rotate_checkpoints
-
-            rotate_checkpoints(
-                output_dir=str(root),
-                save_total_limit=self.args.save_total_limit,  # type: ignore[attr-defined]
-                best_model_checkpoint=self.state.best_model_checkpoint,  # type: ignore[attr-defined]
-                use_mtime=False,
-            )
+            rotate(root, self.args.save_total_limit, self.state.best_model_checkpoint)  # type: ignore[attr-defined]
 
     def _repoint_best(self, root: Path, staging: Path, written: Path) -> None:
         """The Trainer recorded the best checkpoint under the staging name; record its final name."""
