@@ -43,6 +43,7 @@ from legaltune.train.callbacks import (
     peak_memory_gib,
 )
 from legaltune.train.compile_cache import use_compile_cache
+from legaltune.train.data_order import EpochSeededOrder, ResumedEpochOrder
 from legaltune.train.generation_eval import generation_eval_callback
 
 
@@ -105,7 +106,7 @@ class _RunCounters:
         return super()._finalize_training(*args, **kwargs)  # type: ignore[misc]
 
 
-class LegalSFTTrainer(AtomicCheckpoints, _RunCounters, SFTTrainer):
+class LegalSFTTrainer(AtomicCheckpoints, EpochSeededOrder, _RunCounters, SFTTrainer):
     """TRL's SFTTrainer (its fused LM head computes the loss without full logits)."""
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):  # type: ignore[override]
@@ -117,7 +118,7 @@ class LegalSFTTrainer(AtomicCheckpoints, _RunCounters, SFTTrainer):
             super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
 
 
-class LegalLMHeadTrainer(AtomicCheckpoints, _RunCounters, Trainer):
+class LegalLMHeadTrainer(AtomicCheckpoints, EpochSeededOrder, _RunCounters, Trainer):
     """For runs that put LoRA on lm_head: TRL's fused head reads lm_head.weight directly and so refuses
     an adapter there; transformers' Trainer computes the loss from the adapted head's logits, with the
     same token-count normalisation across accumulated micro-batches."""
@@ -458,7 +459,13 @@ def _train(
     interrupt = InterruptCallback()
     # before early stopping: it reads the generation scores this adds to each evaluation's metrics
     gen_eval = generation_eval_callback(cfg, data, trainer.log)
-    for cb in (metrics_cb, interrupt, *([gen_eval] if gen_eval else []), *(extra_callbacks or [])):
+    for cb in (
+        metrics_cb,
+        interrupt,
+        ResumedEpochOrder(),
+        *([gen_eval] if gen_eval else []),
+        *(extra_callbacks or []),
+    ):
         trainer.add_callback(cb)
     if weights_only:
         trainer.add_callback(FastForwardScheduler())
