@@ -135,3 +135,17 @@ def test_cli_show_search_and_errors():
     proc = _cli("search", "thời giờ làm việc bình thường", "-k", "2", "--json")
     hits = json.loads(proc.stdout)
     assert [h["rank"] for h in hits] == [1, 2] and hits[0]["article"] == "105"
+
+
+def test_support_threshold_is_the_calibrated_one(corpus):
+    """SUPPORT_THRESHOLD is what `legaltune corpus calibrate` picks on the bundled sample (docs/corpus.md)."""
+    from legaltune.corpus.calibrate import auc, calibrate
+    from legaltune.corpus.support import SUPPORT_THRESHOLD
+
+    result = calibrate(BUNDLED, corpus)
+    assert (result.records, result.scored, result.not_cited) == (164, 164, [])
+    assert result.threshold == SUPPORT_THRESHOLD == 0.75
+    assert auc(result.positives, result.random_negatives) > 0.99
+    assert auc(result.positives, result.hard_negatives) > 0.9
+    row = next(r for r in result.table if r["threshold"] == SUPPORT_THRESHOLD)
+    assert row["fpr_random"] == 0.0 and row["tpr"] > 0.85
