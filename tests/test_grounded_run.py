@@ -59,6 +59,14 @@ def test_demo_compares_base_and_tuned_grounding(tmp_path, tokenizer):
     for side in ("base", "tuned"):
         summary, per = scores[side]
         assert len(per) == 2 and summary["citation_check"]["answers"] == 2
+    # the demo's goal, counted per question: the reference's article cited, the answer ended
+    for side in ("base", "tuned"):
+        per = scores[side][1]
+        right = sum(1 for p in per if (p["citation_f1_article_level"] or 0) > 0)
+        stopped = sum(p["stopped"] for p in per)
+        assert f"{right} / 2" in text and f"{stopped} / 2" in text
+    assert "questions whose answer cites a reference article" in text
+    assert "answers ended at end-of-turn" in text
     # the tuned side leaves the adapter on afterwards (the base side ran inside disable_adapter())
     lora_layers = [m for m in res.trainer_model.modules() if hasattr(m, "lora_A")]
     assert lora_layers and not any(m.disable_adapters for m in lora_layers)

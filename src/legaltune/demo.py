@@ -22,6 +22,7 @@ def compare_grounding(
     against the references and checked against the law corpus. Prints one table; returns the scores."""
     from legaltune.corpus import build_corpus
     from legaltune.corpus.verify import Verifier
+    from legaltune.evaluate.citations import extract_citations
     from legaltune.evaluate.run_eval import prompt_text, score_answers, split_turn
     from legaltune.generate import generate_answers
 
@@ -57,6 +58,19 @@ def compare_grounding(
         ("token_f1", "syllable F1"),
     ):
         table.add_row(label, *(_pct(scores[s][0].get(key)) for s in ("base", "tuned")))
+    # the goal of the demo: the right article, and an answer that ends at end-of-turn
+    cited = [i for i, ref in enumerate(refs) if extract_citations(ref)]
+    table.add_row(
+        "questions whose answer cites a reference article",
+        *(
+            f"{sum(1 for i in cited if (scores[s][1][i]['citation_f1_article_level'] or 0) > 0)} / {len(cited)}"
+            for s in ("base", "tuned")
+        ),
+    )
+    table.add_row(
+        "answers ended at end-of-turn",
+        *(f"{sum(p['stopped'] for p in scores[s][1])} / {len(refs)}" for s in ("base", "tuned")),
+    )
     table.add_row(
         "citations checked / written",
         *(
@@ -66,6 +80,12 @@ def compare_grounding(
     )
     console.print(table)
     return scores
+
+
+def _params(model: Any) -> str:
+    """``135M-parameter``: the base model's size, for the closing note."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return f"{sum(p.numel() for p in base.parameters() if not p.requires_grad) / 1e6:.0f}M-parameter"
 
 
 def _pct(v: float | None) -> str:
@@ -119,8 +139,8 @@ def run_demo(cfg: Config, console: Console | None = None, *, max_new_tokens: int
         for c in tuned.get("citation_checks", []):
             console.print(f"  {escape(c['line'])}")
     console.print(
-        "\n(A 135M-parameter model after a few CPU steps learns the data's form — the loss drops — but not fluent "
-        "Vietnamese law; run configs/llama31-8b-recommended.yaml on a GPU for a useful assistant.)"
+        f"\n(A {_params(result.trainer_model)} model after a few CPU steps learns the data's form — the loss drops — "
+        "not Vietnamese law; run configs/llama31-8b-recommended.yaml on a GPU for a useful assistant.)"
     )
     console.print(
         f"\nrun directory: {result.run_dir}  (adapter/, config.yaml, data_stats.json, metrics.jsonl, report.html, tensorboard/)"
