@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from legaltune.plan.lint import Lint
 from legaltune.plan.memory import CONTEXT_BYTES, GIB
-
-if TYPE_CHECKING:
-    from legaltune.plan.core import Plan
+from legaltune.plan.result import Lint, Plan
 
 # bitsandbytes' optimizers, whose 8-bit states and their step are not DTensor-aware everywhere
 _BNB_OPTIMIZERS = ("adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit")

@@ -6,23 +6,11 @@ Each lint names the key, what it found, and *why* it matters, so that a user can
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from legaltune.config.schema import RL_LEARNING_RATE
-
-if TYPE_CHECKING:
-    from legaltune.plan.core import Plan
+from legaltune.plan.distributed_lints import distributed_lints
+from legaltune.plan.result import Lint, Plan
 
 SEVEN = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-
-
-@dataclass(frozen=True)
-class Lint:
-    level: str  # "error" | "warn" | "info"
-    key: str
-    message: str
-    reason: str
 
 
 def lint_plan(plan: Plan) -> list[Lint]:
@@ -162,7 +150,5 @@ def lint_plan(plan: Plan) -> list[Lint]:
             f"estimated {plan.memory.peak_bytes / 2**30:.1f} GiB (+1 GiB context) does not fit {plan.gpu_bytes / 2**30:.0f} GiB",
             "lower per_device_train_batch_size or max_seq_length, turn on checkpointing, or load_in_4bit",
         )
-    from legaltune.plan.distributed_lints import distributed_lints  # it imports this module's Lint
-
     out.extend(distributed_lints(plan))
     return out

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from legaltune.plan.core import Plan
 from legaltune.plan.memory import CONTEXT_BYTES, GIB
+from legaltune.plan.result import Plan
 
 _LEVEL_STYLE = {"error": "bold red", "warn": "yellow", "info": "cyan"}
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from legaltune.config.schema import Config
-from legaltune.plan.core import Plan, make_plan
+from legaltune.plan.core import make_plan
 from legaltune.plan.memory import GIB
+from legaltune.plan.result import Plan
 
 # Pinned pages cannot be swapped: past this share of the host memory available at start, a run is
 # refused before its weights load instead of being killed by the OOM killer mid-step.
