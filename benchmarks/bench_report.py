@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from legaltune.model.arch import Arch
 
+from bench_plan import row_estimate
 from bench_rows import ROWS, split_variant
-from bench_settings import ATTN, GIB, LORA_R, OPTIM, PLAN_TARGET_PCT, QLORA_SUFFIX, SEVEN_PROJECTIONS
+from bench_settings import GIB, PLAN_TARGET_PCT, QLORA_SUFFIX
 
 # --------------------------------------------------------------------------------------------
 # Parent side: compare with the plan, report
@@ -31,48 +32,6 @@ def flops_per_token(arch: Arch, seq: int) -> float:
     return 2.0 * (2 * non_embedding + attention)
 
 
-def row_estimate(
-    arch: Arch, variant: str, seq: int, batch: int, compute_bytes: int, checkpoint_layers: int | None = None
-) -> Any:
-    """legaltune's memory estimate (MemoryEstimate) for this row at this shape; ``checkpoint_layers``
-    as a partial checkpointing policy checkpointed them (None: the row's mode on every layer)."""
-    from legaltune.plan.memory import estimate_memory
-    from legaltune.plan.params import count_params
-
-    base, qlora = split_variant(variant)
-    row = ROWS[base]
-    return estimate_memory(
-        arch,
-        count_params(arch, LORA_R, list(SEVEN_PROJECTIONS)),
-        batch_size=batch,
-        seq_len=seq,
-        compute_bytes=compute_bytes,
-        load_in_4bit=qlora,
-        load_in_8bit=False,
-        double_quant=True,
-        optim=OPTIM,
-        checkpointing=row.checkpointing,
-        attn_implementation=ATTN,
-        r=LORA_R,
-        speed=row.speed,
-        fused_head=row.fused_head,
-        checkpoint_layers=checkpoint_layers,
-    )
-
-
-def auto_checkpoint_layers(
-    arch: Arch, variant: str, seq: int, batch: int, compute_bytes: int, budget: float
-) -> int:
-    """What ``speed: auto`` checkpoints for this row and shape on a GPU of ``budget`` bytes."""
-    from legaltune.plan.core import choose_checkpoint_layers
-
-    def estimate(n: int) -> Any:
-        return row_estimate(arch, variant, seq, batch, compute_bytes, n)
-
-    layers, _why = choose_checkpoint_layers(estimate, arch.layers, budget)
-    return arch.layers if layers is None else layers
-
-
 def plan_fields(
     arch: Arch,
     variant: str,
@@ -85,7 +44,7 @@ def plan_fields(
     """legaltune's plan estimate of the peak for this row and shape, and its error against the measurement."""
     base, qlora = split_variant(variant)
     row = ROWS[base]
-    est = row_estimate(arch, variant, seq, batch, compute_bytes, checkpoint_layers)
+    est = row_estimate(arch, row, qlora, seq, batch, compute_bytes, checkpoint_layers)
     gap = row.plan_gap_qlora if qlora and row.plan_gap_qlora is not None else row.plan_gap
     plan_gib = est.peak_bytes / GIB
     # Positive error = the plan overestimates the measured peak.

@@ -16,6 +16,7 @@ from typing import Any
 
 # Nothing heavy at module level: an Unsloth child must import unsloth before torch/transformers.
 from bench_model import build_random_model
+from bench_plan import auto_checkpoint_layers
 from bench_settings import ATTN, COMPLETE, FAILED, LORA_ALPHA, LORA_R, QLORA_SUFFIX, SEED, SEVEN_PROJECTIONS
 
 # --------------------------------------------------------------------------------------------
@@ -265,16 +266,15 @@ def setup_auto(ctx: Ctx) -> Any:
     their activations. Without a GPU every layer is checkpointed (no budget to plan against)."""
     import torch
     from bench_model import plan_arch
-    from bench_report import auto_checkpoint_layers
 
     arch = plan_arch(ctx.arch, ctx.layers)
     layers = arch.layers
     if ctx.device == "cuda" and ctx.shapes:
         seq, batch = max(ctx.shapes, key=lambda shape: shape[0] * shape[1])
         budget = torch.cuda.get_device_properties(0).total_memory
-        layers = auto_checkpoint_layers(
-            arch, ctx.variant, seq, batch, 4 if ctx.dtype == "float32" else 2, budget
-        )
+        base, qlora = split_variant(ctx.variant)
+        compute_bytes = 4 if ctx.dtype == "float32" else 2
+        layers = auto_checkpoint_layers(arch, ROWS[base], qlora, seq, batch, compute_bytes, budget)
     print(f"speed auto: {layers}/{arch.layers} layers checkpointed (plan)", file=sys.stderr)
     return setup_speed(ctx, checkpointing="unsloth", checkpoint_layers=layers)
 
