@@ -304,7 +304,7 @@ def child_main(args: argparse.Namespace) -> int:
     trainable = [p for p in model.parameters() if p.requires_grad]
     info["trainable_params"] = sum(p.numel() for p in trainable)
     if row.speed:  # what the plan should model: the layers legaltune's checkpointing wraps
-        from legaltune.model.offload import checkpointed_layers
+        from legaltune.speed.offload import checkpointed_layers
 
         info["checkpoint_layers"] = checkpointed_layers(model)
     # Fused AdamW (one kernel for all LoRA tensors) on CUDA, as optim adamw_torch_fused; CPU: default.

@@ -156,7 +156,7 @@ def setup_probe(ctx: Ctx, *, checkpointing: bool | str, compile_layers: bool = F
     """Speed-lever probes (x-* rows): Liger kernels (incl. fused linear CE) under legaltune's LoRA and
     checkpointing modes, optionally with every decoder layer compiled. Measurement only: the speed
     layer that productises the winners is the speed issue's work."""
-    from legaltune.model.offload import find_decoder_layers
+    from legaltune.speed.layers import find_decoder_layers
 
     base = ctx.base_model()
     _apply_liger(base)
@@ -193,7 +193,7 @@ def setup_speed(
     TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
     ``fused_lm_head=True``, as SFTTrainer's compute_loss does)."""
     from legaltune.config.schema import SpeedConfig
-    from legaltune.model.offload import find_decoder_layers
+    from legaltune.speed.layers import find_decoder_layers
 
     speed = SpeedConfig(
         mode="fast", kernels=kernels, compile=compile_layers, offload_attention=offload_attention

@@ -36,8 +36,8 @@ def main(model_dir: str, out_path: str) -> None:
     from legaltune.config.load import build_config
     from legaltune.distributed.strategy import distributed_args
     from legaltune.model.lora import apply_lora
-    from legaltune.model.offload import find_decoder_layers
     from legaltune.plan.core import make_plan
+    from legaltune.speed.layers import find_decoder_layers
     from legaltune.speed.state import checkpointing_mode, speed_report
 
     dist.init_process_group("gloo")

@@ -16,8 +16,8 @@ from legaltune.api import FastLanguageModel
 from legaltune.compat import SFTTrainer, TrainingArguments, to_sft_config
 from legaltune.model import embedded
 from legaltune.model.arch import load_arch
-from legaltune.model.offload import is_offloaded
 from legaltune.plan.params import count_params
+from legaltune.speed.offload import is_offloaded
 from legaltune.speed.state import checkpointing_mode
 from tests.test_model_load import tiny_llama
 

@@ -11,12 +11,13 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-from legaltune.model.offload import enable_offloaded_checkpointing, find_decoder_layers
 from legaltune.speed.apply import apply_speed
 from legaltune.speed.compile import compile_layers
 from legaltune.speed.kernels import kernel_kind
+from legaltune.speed.layers import find_decoder_layers
 from legaltune.speed.lm_head import head_covered, token_block
 from legaltune.speed.lora_linear import fuse_lora_linears, mark_recompute_skips
+from legaltune.speed.offload import enable_offloaded_checkpointing
 from legaltune.speed.split_layer import layer_halves
 from legaltune.speed.state import checkpointing_mode
 from tests.conftest import randomize_lora_b

@@ -12,8 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from legaltune.config.schema import SEVEN_PROJECTIONS, LoraConfig
 from legaltune.model.arch import Arch
 from legaltune.model.lora import TargetModuleError, apply_lora
-from legaltune.model.offload import is_offloaded
 from legaltune.plan.params import count_params
+from legaltune.speed.offload import is_offloaded
 from legaltune.speed.state import checkpointing_mode
 
 

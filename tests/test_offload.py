@@ -11,11 +11,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from legaltune.config.schema import LoraConfig
 from legaltune.model.lora import apply_lora
-from legaltune.model.offload import (
+from legaltune.speed.layers import find_decoder_layers
+from legaltune.speed.offload import (
     _Offloader,
     disable_offloaded_checkpointing,
     enable_offloaded_checkpointing,
-    find_decoder_layers,
     is_offloaded,
 )
 from legaltune.speed.state import checkpointing_mode

@@ -17,11 +17,12 @@ from peft import LoraConfig, get_peft_model
 from legaltune.config.schema import LoraConfig as LegalLoraConfig
 from legaltune.config.schema import SpeedConfig
 from legaltune.model.lora import apply_lora
-from legaltune.model.offload import _offloaded_forward, checkpointed_layers, find_decoder_layers
 from legaltune.speed.apply import apply_speed
 from legaltune.speed.compile import is_compiled
 from legaltune.speed.kernels import kernel_kind
+from legaltune.speed.layers import find_decoder_layers
 from legaltune.speed.lora_linear import RECOMPUTE_SKIPS, fuse_lora_linears, is_fused
+from legaltune.speed.offload import _offloaded_forward, checkpointed_layers
 from legaltune.speed.state import checkpointing_mode, speed_report
 from tests.conftest import loss_and_grads, make_tiny_llama, randomize_lora_b
 
@@ -318,7 +319,7 @@ def test_compile_decision_is_shared_by_the_engine_and_the_plan():
 def test_checkpoint_around_compiled_layers_matches_reference(offload):
     """Checkpointing wraps the compiled forward (the recompute runs the compiled graph again):
     loss and adapter gradients equal the uncompiled, unchecked reference, over two steps."""
-    from legaltune.model.offload import enable_offloaded_checkpointing
+    from legaltune.speed.offload import enable_offloaded_checkpointing
 
     ref, fast, report = _fast_compiled()
     enable_offloaded_checkpointing(fast, offload=offload)

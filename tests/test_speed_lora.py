@@ -157,8 +157,8 @@ def test_compile_op_passes_opcheck_and_matches_the_eager_function(with_bias):
 def _compiled_step_graphs(*, split: bool) -> list:
     """The FX graphs dynamo hands the backend in one training step of a fused, compiled model
     (with ``split``: offload-checkpointed with attention/MLP halves)."""
-    from legaltune.model.offload import enable_offloaded_checkpointing
     from legaltune.speed.compile import compile_layers
+    from legaltune.speed.offload import enable_offloaded_checkpointing
     from legaltune.speed.split_layer import layer_halves
 
     graphs = []
@@ -189,8 +189,8 @@ def test_compiled_layer_calls_the_opaque_op_not_a_traced_addmm():
 def test_recompute_keeps_dequantized_4bit_weights_for_the_backward_that_follows(monkeypatch):
     # A 4-bit weight dequantized during a checkpoint recompute is reused by that layer's backward
     # (which follows at once) instead of being dequantized again; at most two are kept.
-    from legaltune.model import offload
     from legaltune.speed import lora_math as ll
+    from legaltune.speed import recompute
 
     dense = {}
     calls = []
@@ -219,7 +219,7 @@ def test_recompute_keeps_dequantized_4bit_weights_for_the_backward_that_follows(
     torch.testing.assert_close(out, x @ dense[id(weights[0])].t() + 0.5 * (x @ a.t()) @ b.t())
     expected = backward(weights[0], xa)  # dequantizes again
     assert len(calls) == 2
-    with offload._recomputing():
+    with recompute.recomputing():
         xas = [forward(w)[1] for w in weights]
     assert len(calls) == 5 and len(ll._RECOMPUTE_WEIGHTS) == 2  # the first one was dropped
     torch.testing.assert_close(backward(weights[0], xas[0]), expected)

@@ -14,9 +14,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCau
 from legaltune.config.schema import LoraConfig as LtLoraConfig
 from legaltune.config.schema import SpeedConfig
 from legaltune.model.lora import apply_lora
-from legaltune.model.offload import _dense, enable_offloaded_checkpointing, find_decoder_layers
 from legaltune.speed.compile import compile_layers
+from legaltune.speed.layers import find_decoder_layers
 from legaltune.speed.lora_linear import fuse_lora_linears, mark_recompute_skips
+from legaltune.speed.offload import _dense, enable_offloaded_checkpointing
 from legaltune.speed.split_layer import layer_halves
 from legaltune.speed.state import checkpointing_mode
 from tests.conftest import randomize_lora_b

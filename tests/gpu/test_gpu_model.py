@@ -16,7 +16,8 @@ import torch
 from legaltune.config.schema import LoraConfig, ModelConfig, QuantizationConfig
 from legaltune.model.load import load_model
 from legaltune.model.lora import apply_lora
-from legaltune.model.offload import find_decoder_layers, is_offloaded
+from legaltune.speed.layers import find_decoder_layers
+from legaltune.speed.offload import is_offloaded
 from legaltune.speed.state import checkpointing_mode
 
 pytestmark = [

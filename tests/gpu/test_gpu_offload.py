@@ -11,7 +11,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from legaltune.model.offload import enable_offloaded_checkpointing, find_decoder_layers
+from legaltune.speed.layers import find_decoder_layers
+from legaltune.speed.offload import enable_offloaded_checkpointing
 from legaltune.speed.state import checkpointing_mode
 from tests.conftest import loss_and_grads, randomize_lora_b
 from tests.gpu.test_gpu_speed import PROJ, _llama

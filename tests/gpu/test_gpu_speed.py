@@ -142,8 +142,8 @@ def test_compiled_nf4_layers_match_eager_without_keeping_dequantized_weights(tmp
     offloaded checkpointing the recompute also skips the down_proj GEMM."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from legaltune.model.offload import enable_offloaded_checkpointing
     from legaltune.speed.lora_linear import RECOMPUTE_SKIPS, mark_recompute_skips
+    from legaltune.speed.offload import enable_offloaded_checkpointing
 
     torch._dynamo.reset()
     path = random_llama(tmp_path / "m", hidden=1024, layers=4, vocab=512)

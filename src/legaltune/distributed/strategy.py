@@ -13,7 +13,7 @@ from torch import nn
 
 from legaltune.config.schema import Config
 from legaltune.errors import UserError
-from legaltune.model.offload import find_decoder_layers
+from legaltune.speed.layers import find_decoder_layers
 
 # Config attributes that name a mixture of experts: an expert no token of a batch was routed to gets
 # no gradient, so adapters on experts need DDP's search for unused parameters.

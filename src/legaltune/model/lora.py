@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from legaltune.model.offload import enable_offloaded_checkpointing
+from legaltune.speed.offload import enable_offloaded_checkpointing
 from legaltune.speed.policy import attention_host_allowance, offload_attention_wanted
 from legaltune.speed.state import checkpointing_mode, set_checkpointing, set_speed_report
 

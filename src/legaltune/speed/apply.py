@@ -11,10 +11,10 @@ import logging
 
 from torch import nn
 
-from legaltune.model.offload import find_decoder_layers
 from legaltune.speed.compile import compile_layers, compile_supported
 from legaltune.speed.families import family_notices
 from legaltune.speed.kernels import apply_kernels
+from legaltune.speed.layers import find_decoder_layers
 from legaltune.speed.lora_linear import fuse_lora_linears, mark_recompute_skips
 from legaltune.speed.policy import compile_wanted, liger_available
 from legaltune.speed.state import SpeedReport

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from legaltune.model.offload import find_decoder_layers
+from legaltune.speed.layers import find_decoder_layers
 
 _COMPILED = "_legaltune_compiled"
 _COMPILED_FN = "_legaltune_compiled_fn"

@@ -30,6 +30,7 @@ from torch import nn
 
 from legaltune.speed.compile import compile_supported
 from legaltune.speed.families import FUSED_HEAD, model_types
+from legaltune.speed.layers import base_model
 from legaltune.speed.lora_math import mm_fp32
 from legaltune.speed.state import speed_report
 
@@ -299,7 +300,7 @@ def fuse_speed_lm_head(model: nn.Module) -> bool:
     """After SFTTrainer installed its head: :func:`fuse_lm_head` on the model (PEFT-wrapped or not)
     if it carries the speed engine (a speed report, mode not off) on CUDA with Triton; the speed
     report records it. What `legaltune train` and the seed's ``SFTTrainer`` call."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     report = speed_report(base)
     if report is None or report.mode == "off" or not report.on_cuda or not compile_supported():
         return False

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from legaltune.model.offload import find_decoder_layers
 from legaltune.speed.families import RECOMPUTE_SKIP, class_names
+from legaltune.speed.layers import find_decoder_layers
 from legaltune.speed.lora_group import lora_group_op
 from legaltune.speed.lora_math import (
     RECOMPUTE_SKIPS,

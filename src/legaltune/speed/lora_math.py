@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from legaltune.model.offload import in_recompute
 from legaltune.speed.nf4 import dequantize_nf4
+from legaltune.speed.recompute import in_recompute
 
 # GEMMs skipped during recomputes, a process-wide count (tests and profiling read it)
 RECOMPUTE_SKIPS = [0]

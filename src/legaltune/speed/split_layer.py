@@ -29,9 +29,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from legaltune.model.offload import Halves
 from legaltune.speed.compile import compile_backend, mark_token_dims
 from legaltune.speed.families import SPLIT, class_names, family_for_class
+from legaltune.speed.layers import Halves
 from legaltune.speed.lora_group import grouped_projections
 
 # The families of the registry with SPLIT: pre-norm decoder layers (input_layernorm -> self_attn ->

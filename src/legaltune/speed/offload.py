@@ -21,9 +21,7 @@ checkpointing on top.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import types
 import weakref
 from collections.abc import Callable
@@ -33,7 +31,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from legaltune.speed.layers import Halves, base_model, find_decoder_layers
 from legaltune.speed.policy import MIN_OFFLOAD_BYTES, pinned_bytes
+from legaltune.speed.recompute import checkpoint_contexts
 from legaltune.speed.state import set_checkpointing
 
 logger = logging.getLogger(__name__)
@@ -43,47 +43,6 @@ MIN_BACKLOG_BYTES = 256 << 20
 _INNER = "_legaltune_inner_forward"
 _OFFLOADER = "_legaltune_offloader"
 _HALVES = "_legaltune_halves"
-_LAYER_PATHS = (
-    "model.layers",
-    "model.decoder.layers",
-    "model.language_model.layers",
-    "transformer.h",
-    "layers",
-)
-
-
-# (attention half, MLP half) of a decoder layer: see enable_offloaded_checkpointing(split=...)
-Halves = tuple[Callable[..., Any], Callable[..., Any]]
-
-_RECOMPUTE = threading.local()
-
-
-def in_recompute() -> bool:
-    """True while backward recomputes a layer checkpointed by legaltune (this thread): the fused
-    LoRA projections whose output the recompute never uses skip their GEMM then."""
-    return getattr(_RECOMPUTE, "active", False)
-
-
-@contextlib.contextmanager
-def _recomputing(num_threads: int | None = None) -> Any:
-    before = in_recompute()
-    _RECOMPUTE.active = True
-    # Backward (and so the recompute) runs on autograd's device thread, which takes its intra-op
-    # thread count from the last torch.set_num_threads of any thread: the DataLoader's pin-memory
-    # thread sets 1. A compiled layer guards on that count, so the recompute would compile a second
-    # graph for it; the forward's count is restored here.
-    if num_threads is not None and torch.get_num_threads() != num_threads:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        _RECOMPUTE.active = before
-
-
-def _checkpoint_contexts() -> tuple[Any, Any]:
-    """``checkpoint``'s context_fn (called in forward): nothing around the forward, the recompute
-    flag and the forward's thread count around the recompute."""
-    return contextlib.nullcontext(), _recomputing(torch.get_num_threads())
 
 
 class _Packed:
@@ -325,27 +284,6 @@ class _Offloader:
         self.read_aheads += len(reads)
 
 
-def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The repeated decoder blocks of a (possibly PEFT-wrapped) causal LM."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for path in _LAYER_PATHS:
-        obj: Any = base
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
-            return obj
-    raise ValueError(
-        f"offloaded checkpointing: cannot find the decoder layers of {type(base).__name__} "
-        f"(looked for {', '.join(_LAYER_PATHS)}); set lora.use_gradient_checkpointing: true for this model"
-    )
-
-
-def _hf_model(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 # The wrappers are plain functions bound to one instance with types.MethodType, not closures: a
 # bound method is re-bound by copy.deepcopy, so a copied model runs its own layers, not the original's.
 def _offloaded_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -377,14 +315,14 @@ def _offloaded_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
         with torch.autograd.graph.saved_tensors_hooks(offloader.pack, offloader.unpack):
             mid = attention(layer, args[0], **kwargs)
             offloader.flush()
-            out = checkpoint(mlp, layer, mid, use_reentrant=False, context_fn=_checkpoint_contexts)
+            out = checkpoint(mlp, layer, mid, use_reentrant=False, context_fn=checkpoint_contexts)
         offloader.flush()
         offloader._split_bytes = offloader._pinned - before
         return out
     if offloader is None:  # recompute-only layer (a partial checkpointing policy)
-        return checkpoint(inner, *args, use_reentrant=False, context_fn=_checkpoint_contexts, **kwargs)
+        return checkpoint(inner, *args, use_reentrant=False, context_fn=checkpoint_contexts, **kwargs)
     with torch.autograd.graph.saved_tensors_hooks(offloader.pack, offloader.unpack):
-        out = checkpoint(inner, *args, use_reentrant=False, context_fn=_checkpoint_contexts, **kwargs)
+        out = checkpoint(inner, *args, use_reentrant=False, context_fn=checkpoint_contexts, **kwargs)
     offloader.flush()
     return out
 
@@ -480,7 +418,7 @@ def enable_offloaded_checkpointing(
     :func:`disable_offloaded_checkpointing` turn it off.
     """
     all_layers = find_decoder_layers(model)
-    hf = _hf_model(model)
+    hf = base_model(model)
     if is_offloaded(model):
         return
     count = len(all_layers) if layers is None else max(0, min(layers, len(all_layers)))
@@ -508,7 +446,7 @@ def enable_offloaded_checkpointing(
 
 def disable_offloaded_checkpointing(model: nn.Module) -> None:
     """Undo :func:`enable_offloaded_checkpointing` on this instance (no-op if it is not active)."""
-    hf = _hf_model(model)
+    hf = base_model(model)
     wrapped = checkpointed_layers(model)
     for layer in find_decoder_layers(model):
         _unwrap_layer(layer)
@@ -523,7 +461,5 @@ __all__ = [
     "checkpointed_layers",
     "disable_offloaded_checkpointing",
     "enable_offloaded_checkpointing",
-    "find_decoder_layers",
-    "in_recompute",
     "is_offloaded",
 ]
