@@ -229,7 +229,7 @@ def test_recompute_keeps_dequantized_4bit_weights_for_the_backward_that_follows(
     assert len(calls) == 6 and not ll._RECOMPUTE_WEIGHTS  # both reused, and released
 
 
-@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True, "all"])
 def test_grouped_op_passes_opcheck_and_matches_its_members_one_by_one(with_bias):
     """q/k/v-style projections sharing an input, as one op: schema, fake shapes and autograd pass
     opcheck, and outputs and gradients (input, every A and B) equal the members' own fused ops."""
@@ -242,9 +242,11 @@ def test_grouped_op_passes_opcheck_and_matches_its_members_one_by_one(with_bias)
     widths, ranks, scales = (12, 4, 4), (4, 4, 2), [0.5, 0.5, 2.0]
     ws = [torch.randn(n, 16, generator=gen) for n in widths]
     biases = [torch.randn(12, generator=gen) if with_bias else None, None, None]
+    if with_bias == "all":  # Qwen2's q/k/v: every member biased
+        biases = [torch.randn(n, generator=gen) for n in widths]
     a_s = [torch.randn(r, 16, generator=gen, requires_grad=True) for r in ranks]
     b_s = [torch.randn(n, r, generator=gen, requires_grad=True) for n, r in zip(widths, ranks, strict=True)]
-    args = (x, ws, biases, a_s, b_s, scales, torch.float32)
+    args = (x, ws, biases, a_s, b_s, scales, torch.float32, [None, None, None])
     torch.library.opcheck(op, args)
     out = op(*args)[0]
     refs = [

@@ -13,6 +13,8 @@ from torch import nn
 
 from legaltune.speed.compile import compile_layers, compile_supported
 from legaltune.speed.families import family_notices
+from legaltune.speed.fp8 import fp8_gemm_label
+from legaltune.speed.fp8_linear import fp8_linear_count
 from legaltune.speed.kernels import apply_kernels
 from legaltune.speed.layers import find_decoder_layers
 from legaltune.speed.lora_linear import fuse_lora_linears, mark_recompute_skips
@@ -50,6 +52,9 @@ def apply_speed(
     if mode == "off":
         return report
     report.fused_lora = fuse_lora_linears(model)
+    report.fp8_linears = fp8_linear_count(model)
+    if report.fp8_linears:
+        report.fp8_gemm = fp8_gemm_label(next(model.parameters()).device)
     report.recompute_skips = mark_recompute_skips(model)
     first = next(model.parameters())
     on_cuda = first.is_cuda

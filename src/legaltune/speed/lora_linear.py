@@ -10,6 +10,8 @@ the ``tokens × r`` product ``x A^T``. Adapter gradients are accumulated in fp32
 
 For a 4-bit (bitsandbytes NF4) base, the weight is dequantized to the compute dtype right before
 each matmul and dropped after it, forward and backward — the dense GEMM then runs at full speed.
+For an FP8 base (``quantization.load_in_fp8``) the frozen forward and input-gradient GEMMs run in
+FP8 (:mod:`legaltune.speed.fp8`); the adapters are unchanged.
 
 This is plain PyTorch: the same code runs on the CPU (and is tested there against PEFT's forward).
 Anything this path does not cover (DoRA, several active adapters, disabled/merged adapters, mixed
@@ -26,6 +28,7 @@ from torch import nn
 
 from legaltune.speed.families import RECOMPUTE_SKIP, class_names
 from legaltune.speed.layers import find_decoder_layers
+from legaltune.speed.fp8 import is_fp8
 from legaltune.speed.lora_group import lora_group_op
 from legaltune.speed.lora_math import (
     RECOMPUTE_SKIPS,
@@ -126,7 +129,8 @@ def _fused_forward(module: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any
     if x_lora is None and torch.compiler.is_compiling():
         # registered by fuse_lora_linears (outside any trace: dynamo must not trace a registration)
         op = torch.ops.legaltune.lora_linear.default
-        return op(x, weight, bias, lora_a, lora_b, scale, dtype, base.out_features, skip)[0]
+        weight_scale = quant_state if is_fp8(weight) else None
+        return op(x, weight, bias, lora_a, lora_b, scale, dtype, base.out_features, skip, weight_scale)[0]
     return LoraLinearFunction.apply(
         x,
         x_lora,
@@ -143,7 +147,7 @@ def _fused_forward(module: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any
 
 
 def fuse_lora_linears(model: nn.Module) -> int:
-    """Route every PEFT LoRA linear layer (dense or 4-bit base) of this model instance through :class:`LoraLinearFunction`.
+    """Route every PEFT LoRA linear layer (dense, 4-bit or FP8 base) of this model instance through :class:`LoraLinearFunction`.
 
     Returns how many layers were switched. Only instance attributes change: PEFT's class, other
     models and saving/merging are untouched; :func:`unfuse_lora_linears` undoes it.

@@ -1,6 +1,9 @@
 """The LoRA linear's arithmetic: forward and backward of ``x W^T + b + s · (x A^T) B^T`` on 2-D
 tensors, with the frozen GEMM accumulating onto the adapters' product, 4-bit weights dequantized
-just in time, and fp32 adapter gradients. A leaf of the speed engine: the autograd Function
+just in time, FP8 weights multiplied in FP8 (:mod:`legaltune.speed.fp8`), and fp32 adapter gradients.
+
+``quant_state`` is what the frozen weight needs besides itself: None (dense), a bitsandbytes 4-bit
+state, or for an ``float8_e4m3fn`` weight its per-output-channel fp32 scale. A leaf of the speed engine: the autograd Function
 (:mod:`legaltune.speed.lora_linear`), the opaque op for compiled layers
 (:mod:`legaltune.speed.lora_op`) and the grouped op (:mod:`legaltune.speed.lora_group`) all call it.
 """
@@ -12,6 +15,7 @@ from typing import Any
 
 import torch
 
+from legaltune.speed.fp8 import dequantize_weight, fp8_compute_dtype, fp8_input_grad, fp8_linear, is_fp8
 from legaltune.speed.nf4 import dequantize_nf4
 from legaltune.speed.recompute import in_recompute
 
@@ -22,6 +26,8 @@ RECOMPUTE_SKIPS = [0]
 def dense_weight(weight: torch.Tensor, quant_state: Any, dtype: torch.dtype) -> torch.Tensor:
     if quant_state is None:
         return weight if weight.dtype == dtype else weight.to(dtype)
+    if is_fp8(weight):
+        return dequantize_weight(weight, quant_state, dtype)
     kept = _RECOMPUTE_WEIGHTS.pop(id(weight), None)
     if kept is not None and kept[0]() is weight and kept[1].dtype == dtype:
         return kept[1]
@@ -41,7 +47,7 @@ def forward_weight(weight: torch.Tensor, quant_state: Any, dtype: torch.dtype) -
     """:func:`dense_weight` for a forward: a 4-bit weight dequantized during a recompute is also
     kept for the backward that follows."""
     dense = dense_weight(weight, quant_state, dtype)
-    if quant_state is not None and in_recompute():
+    if quant_state is not None and not is_fp8(weight) and in_recompute():
         _RECOMPUTE_WEIGHTS.pop(id(weight), None)
         while len(_RECOMPUTE_WEIGHTS) >= _RECOMPUTE_WEIGHTS_KEPT:
             del _RECOMPUTE_WEIGHTS[next(iter(_RECOMPUTE_WEIGHTS))]
@@ -88,6 +94,13 @@ def lora_forward(
     # finished output is a separate memory-bound pass reading and writing all of it (the H100
     # profile: 72 ms of an 8192-token Llama-3.1-8B step).
     b = lora_b.to(dtype).t()
+    if is_fp8(weight):
+        # _scaled_mm writes its own output (no C operand to accumulate onto): the adapters' product
+        # is added by the skinny GEMM's epilogue instead (beta = 1)
+        out = fp8_linear(x2, weight, quant_state, dtype)
+        if bias is not None:
+            out.add_(bias.to(dtype))
+        return out.addmm_(xa, b, alpha=scale), xa
     out = torch.mm(xa, b * scale) if bias is None else torch.addmm(bias.to(dtype), xa, b, alpha=scale)
     w = forward_weight(weight, quant_state, dtype)
     out.addmm_(x2, w.t())
@@ -117,7 +130,13 @@ def lora_backward(
     grad_b = mm_fp32(g.t(), xa).mul_(scale)
     grad_a = mm_fp32(gb.t(), xl2)
     grad_x = grad_xl = None
-    if need_x:
+    if need_x and is_fp8(weight):
+        grad_x = fp8_input_grad(g, weight, quant_state, dtype)
+        if separate_lora_input:
+            grad_xl = gb @ a
+        else:
+            grad_x.addmm_(gb, a)
+    elif need_x:
         w = dense_weight(weight, quant_state, dtype)
         if separate_lora_input:
             grad_x, grad_xl = g @ w, gb @ a
@@ -128,6 +147,8 @@ def lora_backward(
 
 
 def compute_dtype(x: torch.Tensor, weight: torch.Tensor, quant_state: Any) -> torch.dtype:
+    if is_fp8(weight):
+        return fp8_compute_dtype(x, quant_state.dtype)
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     if quant_state is not None:
@@ -140,6 +161,8 @@ def quant_state_of(weight: torch.Tensor) -> Any:
     parameter object itself (PyTorch hands a tensor's Python object back unchanged), so the state
     set on it by bitsandbytes is there; a packed weight without it would be silently misread."""
     state = getattr(weight, "quant_state", None)
+    if is_fp8(weight):
+        raise RuntimeError("legaltune::lora_linear got an FP8 weight without its weight_scale")
     if state is None and weight.dtype == torch.uint8:
         raise RuntimeError(
             "legaltune::lora_linear got a packed 4-bit weight without its quant_state; set "

@@ -12,7 +12,8 @@ residual adds) is still fused by inductor around the op.
 
 The ops are registered on first use (not at import): ``legaltune::lora_linear`` and
 ``legaltune::lora_linear_backward``. They cover dense and bitsandbytes 4-bit bases without LoRA
-dropout (dropout keeps the traced Function). A 4-bit weight enters the op as its packed uint8
+dropout (dropout keeps the traced Function), and FP8 bases (``weight_scale``: the weight's
+per-output-channel scales, an explicit input so that compiled graphs see it). A 4-bit weight enters the op as its packed uint8
 parameter; the op reads the quantization state from that parameter object when it runs, and
 dequantizes inside the op, so a compiled graph never saves a dequantized weight for backward (the
 traced Function's compiled graph did: 53.5 GiB instead of 40 for Llama-3.1-8B).
@@ -31,8 +32,9 @@ from legaltune.speed.lora_math import lora_backward, lora_forward, quant_state_o
 @functools.cache
 def lora_linear_op() -> Any:
     """The forward op (registered once per process); call
-    ``op(x, W, bias, A, B, scale, dtype, out_features, skip_in_recompute)``, which returns ``(out, x A^T)`` and is
-    differentiable in x, A and B. ``W`` is a dense weight or a bitsandbytes 4-bit parameter."""
+    ``op(x, W, bias, A, B, scale, dtype, out_features, skip_in_recompute, weight_scale=None)``, which
+    returns ``(out, x A^T)`` and is differentiable in x, A and B. ``W`` is a dense weight, a
+    bitsandbytes 4-bit parameter, or an FP8 weight with its ``weight_scale``."""
 
     @torch.library.custom_op("legaltune::lora_linear", mutates_args=())
     def lora_linear(
@@ -45,9 +47,10 @@ def lora_linear_op() -> Any:
         dtype: torch.dtype,
         out_features: int,
         skip_in_recompute: bool,
+        weight_scale: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-        state = quant_state_of(weight)
+        state = weight_scale if weight_scale is not None else quant_state_of(weight)
         out, xa = lora_forward(
             x2,
             x2,
@@ -64,7 +67,7 @@ def lora_linear_op() -> Any:
         return out.view(*x.shape[:-1], out.shape[-1]), xa
 
     @lora_linear.register_fake
-    def _(x, weight, bias, lora_a, lora_b, scale, dtype, out_features, skip_in_recompute):  # noqa: ANN001, ANN202
+    def _(x, weight, bias, lora_a, lora_b, scale, dtype, out_features, skip_in_recompute, weight_scale=None):  # noqa: ANN001, ANN202
         tokens = x.numel() // x.shape[-1]
         return x.new_empty((*x.shape[:-1], out_features), dtype=dtype), x.new_empty(
             (tokens, lora_a.shape[0]), dtype=dtype
@@ -81,6 +84,7 @@ def lora_linear_op() -> Any:
         scale: float,
         dtype: torch.dtype,
         need_x: bool,
+        weight_scale: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g = grad.reshape(-1, grad.shape[-1]).to(dtype)
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
@@ -89,7 +93,7 @@ def lora_linear_op() -> Any:
             x2,
             xa,
             weight,
-            quant_state_of(weight),
+            weight_scale if weight_scale is not None else quant_state_of(weight),
             lora_a,
             lora_b,
             scale,
@@ -102,20 +106,20 @@ def lora_linear_op() -> Any:
         return grad_x, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype)
 
     @lora_linear_backward.register_fake
-    def _(grad, x, xa, weight, lora_a, lora_b, scale, dtype, need_x):  # noqa: ANN001, ANN202
+    def _(grad, x, xa, weight, lora_a, lora_b, scale, dtype, need_x, weight_scale=None):  # noqa: ANN001, ANN202
         grad_x = x.new_empty(x.shape) if need_x else x.new_empty(0)
         return grad_x, torch.empty_like(lora_a), torch.empty_like(lora_b)
 
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
-        x, weight, _bias, lora_a, lora_b, scale, dtype, _out_features, _skip = inputs
-        ctx.save_for_backward(x, output[1], weight, lora_a, lora_b)
+        x, weight, _bias, lora_a, lora_b, scale, dtype, _out_features, _skip, weight_scale = inputs
+        ctx.save_for_backward(x, output[1], weight, lora_a, lora_b, weight_scale)
         ctx.scale, ctx.dtype = scale, dtype
 
     def backward(ctx: Any, grad: torch.Tensor, _grad_xa: Any) -> tuple[Any, ...]:
-        x, xa, weight, lora_a, lora_b = ctx.saved_tensors
+        x, xa, weight, lora_a, lora_b, weight_scale = ctx.saved_tensors
         need_x = ctx.needs_input_grad[0]
         grad_x, grad_a, grad_b = lora_linear_backward(
-            grad, x, xa, weight, lora_a, lora_b, ctx.scale, ctx.dtype, need_x
+            grad, x, xa, weight, lora_a, lora_b, ctx.scale, ctx.dtype, need_x, weight_scale
         )
         return (
             grad_x if need_x else None,
@@ -123,6 +127,7 @@ def lora_linear_op() -> Any:
             None,
             grad_a if ctx.needs_input_grad[3] else None,
             grad_b if ctx.needs_input_grad[4] else None,
+            None,
             None,
             None,
             None,

@@ -1,8 +1,9 @@
 """Which PEFT LoRA layers the fused path covers, and the marker it leaves on them.
 
 The fused path computes exactly what PEFT's forward would only for one active adapter, no DoRA or
-other variant, no LoRA bias, linear A/B, over a plain ``nn.Linear`` or a bitsandbytes 4-bit base
-whose weight is frozen; everything else keeps PEFT's own forward.
+other variant, no LoRA bias, linear A/B, over a plain ``nn.Linear``, a bitsandbytes 4-bit base or
+legaltune's FP8 base (:class:`~legaltune.speed.fp8_linear.Fp8Linear`) whose weight is frozen;
+everything else keeps PEFT's own forward.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from legaltune.speed.fp8_linear import Fp8Linear
+
 FUSED = "_legaltune_fused_lora"
 
 
 def base_weight(base: nn.Module) -> tuple[torch.Tensor, Any] | None:
-    """(weight, quant_state) of a plain ``nn.Linear`` or a bitsandbytes 4-bit base; None otherwise.
+    """(weight, quant_state) of a plain ``nn.Linear``, a bitsandbytes 4-bit base (its state) or an
+    :class:`Fp8Linear` (its per-channel scales); None otherwise.
 
-    Anything else keeps PEFT's forward: subclasses with their own forward (FP8 and other quantized
+    Anything else keeps PEFT's forward: other subclasses with their own forward (other quantized
     linears whose weight needs its scales), 8-bit bases, a base with an accelerate hook (offloaded
     weights live on ``meta`` until the hook runs), and bases whose weight or bias is trained (the
     fused node computes no gradient for them: ``lora.bias: all`` / ``lora_only``).
@@ -34,6 +38,8 @@ def base_weight(base: nn.Module) -> tuple[torch.Tensor, Any] | None:
         return weight, quant_state
     if type(base) is nn.Linear:
         return weight, None
+    if type(base) is Fp8Linear:
+        return weight, base.weight_scale
     return None
 
 

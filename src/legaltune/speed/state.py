@@ -28,6 +28,8 @@ class SpeedReport:
     swiglu: int = 0
     geglu: int = 0  # Gemma's tanh-GELU-gated MLPs
     compiled_layers: int = 0
+    fp8_linears: int = 0  # frozen base linears in FP8 (quantization.load_in_fp8)
+    fp8_gemm: str = ""  # how their GEMMs run: torch._scaled_mm, or the dequantizing reference
     checkpointing: str = ""
     fused_head: bool = False  # TRL's LM head with the gradient computed in forward (speed/lm_head.py)
     on_cuda: bool = False
@@ -42,6 +44,8 @@ class SpeedReport:
             parts.append(f"Liger RMSNorm×{self.rms_norm} {gate}×{self.geglu or self.swiglu}")
         elif self.rms_norm or self.swiglu or self.geglu:
             parts.append(f"RMSNorm/{gate} in PyTorch (Liger's kernels need CUDA and liger-kernel)")
+        if self.fp8_linears:
+            parts.append(f"{self.fp8_linears} FP8 base linears ({self.fp8_gemm})")
         if self.compiled_layers:
             parts.append(f"{self.compiled_layers} compiled layers")
         if self.checkpointing:
