@@ -137,8 +137,8 @@ def test_grouped_op_over_fp8_members_matches_them_one_by_one():
 def test_compiled_layers_over_fp8_call_the_ops_and_match_eager(split):
     """Compiled (aot_eager) layers over FP8 bases: the projections enter the graphs as the opaque
     ops (grouped in split halves), and loss and adapter gradients equal the eager fused model's."""
-    from legaltune.speed.offload import enable_offloaded_checkpointing
     from legaltune.speed.compile import compile_layers
+    from legaltune.speed.offload import enable_offloaded_checkpointing
     from legaltune.speed.split_layer import layer_halves
 
     _dense, eager = _models()

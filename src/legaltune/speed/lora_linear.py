@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from legaltune.speed.families import RECOMPUTE_SKIP, class_names
-from legaltune.speed.layers import find_decoder_layers
 from legaltune.speed.fp8 import is_fp8
+from legaltune.speed.layers import find_decoder_layers
 from legaltune.speed.lora_group import lora_group_op
 from legaltune.speed.lora_math import (
     RECOMPUTE_SKIPS,
