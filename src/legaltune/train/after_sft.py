@@ -160,17 +160,3 @@ class AfterSFT:
             "init_adapter": str(self.adapter.path) if self.adapter else None,
             "reference": self.reference,
         }
-
-
-def after_sft(cfg: Config, notice: Any = None) -> AfterSFT | None:
-    """The method object of ``training.method`` (None for sft)."""
-    method = cfg.training.method
-    if method in ("dpo", "orpo"):
-        from legaltune.train.preference import PreferenceMethod
-
-        return PreferenceMethod(cfg, notice)
-    if method == "grpo":
-        from legaltune.train.grpo import GrpoMethod
-
-        return GrpoMethod(cfg, notice)
-    return None

@@ -297,7 +297,7 @@ def run_training(
     the lock did (default: printed to stderr)."""
     from legaltune.distributed import rundir
     from legaltune.run import session as sessions
-    from legaltune.train.after_sft import after_sft
+    from legaltune.train.methods import after_sft
     from legaltune.train.preflight import check_environment
 
     say = notice or (lambda m: print(f"note: {m}", file=sys.stderr))
