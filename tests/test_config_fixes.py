@@ -21,6 +21,7 @@ SET_FLAG = re.compile(r"--set (\S+)")
 # one bad config per rule; each must raise a problem whose fix suggests pasteable lines
 BAD = {
     "both quantizations": {"quantization": {"load_in_4bit": True, "load_in_8bit": True}},
+    "fp8 and 4-bit": {"quantization": {"load_in_fp8": True, "load_in_4bit": True}},
     "max_steps 0": {"training": {"max_steps": 0}},
     "min_lr_rate without its scheduler": {"training": {"min_lr_rate": 0.1}},
     "early stopping without best model": {"training": {"early_stopping_patience": 2}},

@@ -51,13 +51,21 @@ class FastLanguageModel:
         dtype: torch.dtype | str | None = None,
         load_in_4bit: bool = QuantizationConfig.load_in_4bit,
         load_in_8bit: bool = QuantizationConfig.load_in_8bit,
+        load_in_fp8: bool | str = QuantizationConfig.load_in_fp8,
         attn_implementation: str = ModelConfig.attn_implementation,
         device_map: str | dict[str, Any] | None = ModelConfig.device_map,
         trust_remote_code: bool = ModelConfig.trust_remote_code,
         **kwargs: Any,
     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        """Load ``model_name`` (hub id, local dir, .gguf, or ``smollm2-135m-instruct``) and its tokenizer."""
+        """Load ``model_name`` (hub id, local dir, .gguf, or ``smollm2-135m-instruct``) and its tokenizer.
+
+        ``load_in_fp8=True``: the decoder projections in FP8 (``quantization.load_in_fp8``, docs/fp8.md)."""
         _reject_unknown("from_pretrained", kwargs)
+        if load_in_fp8 not in (True, False):
+            raise ValueError(
+                f"load_in_fp8={load_in_fp8!r}: legaltune implements load_in_fp8=True (per-token activation and "
+                "per-channel weight scales) or False; Unsloth's block-wise 'block' scaling is not implemented"
+            )
         from legaltune.model.load import load_model
 
         model_cfg = ModelConfig(
@@ -68,7 +76,9 @@ class FastLanguageModel:
             device_map=device_map,
             trust_remote_code=trust_remote_code,
         )
-        quant_cfg = QuantizationConfig(load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
+        quant_cfg = QuantizationConfig(
+            load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit, load_in_fp8=bool(load_in_fp8)
+        )
         model, tokenizer = load_model(model_cfg, quant_cfg)
         model.max_seq_length = max_seq_length
         return model, tokenizer

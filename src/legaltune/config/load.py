@@ -181,6 +181,14 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
             "load_in_4bit and load_in_8bit are both true",
             "choose one: quantization.load_in_8bit: false (4-bit QLoRA) or quantization.load_in_4bit: false",
         )
+    q = cfg.quantization
+    if q.load_in_fp8 and (q.load_in_4bit or q.load_in_8bit):
+        bits = "load_in_4bit" if q.load_in_4bit else "load_in_8bit"
+        bad(
+            "quantization.load_in_fp8",
+            f"load_in_fp8 and {bits} are both true: the frozen base is stored one way",
+            f"choose one: quantization.{bits}: false (FP8 base, Hopper) or quantization.load_in_fp8: false",
+        )
     check_distributed(cfg, bad)
     # warmup_ratio has the default (seed 003's 5 %); a user who writes warmup_steps means the count,
     # and a --set of one replaces the other written in the file.

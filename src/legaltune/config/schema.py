@@ -98,7 +98,7 @@ class ModelConfig:
 
 @dataclass
 class QuantizationConfig:
-    """Quantization (seed §1.4, §7.2): QLoRA loads the frozen base in 4 or 8 bits through bitsandbytes."""
+    """Quantization (seed §1.4, §7.2): QLoRA loads the frozen base in 4 or 8 bits through bitsandbytes; load_in_fp8 stores it in FP8 (docs/fp8.md)."""
 
     load_in_4bit: bool = opt(
         False,
@@ -107,6 +107,14 @@ class QuantizationConfig:
     )
     load_in_8bit: bool = opt(
         False, "Load the frozen base weights in 8-bit (LLM.int8). Needs CUDA.", seed="000: False."
+    )
+    load_in_fp8: bool = opt(
+        False,
+        "Store the frozen decoder-layer projections in FP8 (float8_e4m3, one scale per output channel) and run "
+        "their forward and input-gradient GEMMs in FP8 with per-token activation scales (torch._scaled_mm). "
+        "Needs a GPU with FP8 tensor cores (compute capability 8.9+: H100/H200, L4/L40, RTX 40xx, B200) and "
+        "bfloat16 compute; on a CPU a dequantizing reference path runs (memory saving only). LoRA adapters stay "
+        "in the compute dtype; merge/export merge them into the 16-bit base. See docs/fp8.md.",
     )
     bnb_4bit_quant_type: str = opt("nf4", "4-bit data type.", choices=("nf4", "fp4"))
     bnb_4bit_use_double_quant: bool = opt(True, "Also quantize the 4-bit scales (saves ~0.4 bit/param).")

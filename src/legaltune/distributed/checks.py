@@ -21,6 +21,13 @@ def check_distributed(cfg: Config, bad: Bad) -> None:
             "fsdp cannot shard an 8-bit (LLM.int8) base: FSDP2 shards floating-point weights only",
             "set distributed.strategy: ddp (each GPU holds the 8-bit base), or quantization.load_in_4bit instead",
         )
+    if q.load_in_fp8:
+        bad(
+            "quantization.load_in_fp8",
+            "fsdp with an FP8 base is not supported yet: sharding the float8 weights apart from their "
+            "per-channel scales is untested",
+            "set distributed.strategy: ddp (each GPU holds the FP8 base, ~1 byte per weight), or quantization.load_in_fp8: false",
+        )
     if q.load_in_4bit and q.bnb_4bit_quant_storage != "uint8":
         bad(
             "quantization.bnb_4bit_quant_storage",

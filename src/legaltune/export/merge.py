@@ -41,7 +41,9 @@ class RunInfo:
     adapter_dir: Path
     base: str  # a local directory, or a hub id when no such directory exists
     tokenizer_dir: Path | str
-    quantized: str | None  # "4-bit" / "8-bit" when training loaded the base through bitsandbytes
+    quantized: (
+        str | None
+    )  # "4-bit" / "8-bit" (bitsandbytes) or "FP8 (float8_e4m3)" as training loaded the base
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -76,7 +78,7 @@ def _resolve_base(name: str) -> str:
 
 
 def _training_quantization(config_yaml: Path) -> str | None:
-    """Read quantization.load_in_4bit / load_in_8bit from the run's resolved config, if there is one."""
+    """Read quantization.load_in_4bit / load_in_8bit / load_in_fp8 from the run's resolved config, if there is one."""
     import yaml
 
     if not config_yaml.is_file():
@@ -87,6 +89,8 @@ def _training_quantization(config_yaml: Path) -> str | None:
         return "4-bit"
     if quant.get("load_in_8bit"):
         return "8-bit"
+    if quant.get("load_in_fp8"):
+        return "FP8 (float8_e4m3)"
     return None
 
 
@@ -123,7 +127,7 @@ def _warn_quantized(info: RunInfo) -> None:
             f"the adapter was trained against a {info.quantized} quantized base, but is merged into "
             "full-precision base weights. Training optimised B·A for dequant(Q(W)) + B·A; the merged "
             "model computes W + B·A, which differs by the quantization error W − dequant(Q(W)) in "
-            "every layer. The difference is usually small, but evaluate the merged model rather than "
+            "every layer (an FP8-trained adapter merges into the 16-bit base the same way). The difference is usually small, but evaluate the merged model rather than "
             "assuming it reproduces the QLoRA model's outputs exactly."
         ),
         stacklevel=3,

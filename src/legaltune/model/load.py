@@ -128,6 +128,10 @@ def _check_quantization(quant_cfg: QuantizationConfig) -> None:
     """Refuse impossible quantization requests before anything is fetched or loaded."""
     if quant_cfg.load_in_4bit and quant_cfg.load_in_8bit:
         raise ValueError("load_in_4bit and load_in_8bit are both set; choose one")
+    if quant_cfg.load_in_fp8 and (quant_cfg.load_in_4bit or quant_cfg.load_in_8bit):
+        raise ValueError(
+            "load_in_fp8 and a bitsandbytes quantization (load_in_4bit/load_in_8bit) are both set; choose one"
+        )
     if not (quant_cfg.load_in_4bit or quant_cfg.load_in_8bit):
         return
     bits = "4-bit" if quant_cfg.load_in_4bit else "8-bit"
@@ -141,6 +145,58 @@ def _check_quantization(quant_cfg: QuantizationConfig) -> None:
             f"{bits} quantization needs bitsandbytes, which is not installed: pip install bitsandbytes "
             "(or pip install 'legaltune[gpu]')"
         )
+
+
+def check_fp8(device: str, dtype: torch.dtype) -> None:
+    """``quantization.load_in_fp8`` on this machine: FP8 tensor cores and bf16 compute on a GPU; a CPU
+    runs the dequantizing reference path (said once, so nobody expects FP8 speed there)."""
+    if device != "cuda":
+        print(
+            "quantization.load_in_fp8 on CPU: FP8 weights are dequantized for every matmul (memory saving "
+            "only, no speed-up; FP8 GEMMs need a GPU with compute capability 8.9+)",
+            file=sys.stderr,
+        )
+        return
+    index = torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    if (major, minor) < (8, 9):
+        name = torch.cuda.get_device_name(index)
+        raise ValueError(
+            f"quantization.load_in_fp8 needs FP8 tensor cores (compute capability 8.9+: H100/H200, L4/L40, "
+            f"RTX 40xx, B200); this GPU is {name} (compute capability {major}.{minor}). Set "
+            "quantization.load_in_fp8: false (bf16), or quantization.load_in_4bit: true to save memory"
+        )
+    if dtype != torch.bfloat16:
+        raise ValueError(
+            f"quantization.load_in_fp8 computes in bfloat16 (its FP8 GEMMs write bf16 outputs), but model.dtype "
+            f"resolves to {str(dtype).removeprefix('torch.')}: set model.dtype: bfloat16 (or auto)"
+        )
+
+
+def _quantize_fp8(model: PreTrainedModel) -> None:
+    from legaltune.speed.fp8_linear import fp8_linear_count, quantize_model_fp8
+    from legaltune.speed.layers import find_decoder_layers
+
+    before = sum(p.numel() * p.element_size() for p in model.parameters())
+    try:
+        count = quantize_model_fp8(model)
+    except ValueError:  # no decoder layers where transformers' causal LMs keep them
+        raise ValueError(
+            f"quantization.load_in_fp8: cannot find the decoder layers of {type(model).__name__} (FP8 is applied "
+            "to their projections); set quantization.load_in_fp8: false for this model"
+        ) from None
+    if not count:
+        raise ValueError(
+            f"quantization.load_in_fp8: {type(model).__name__}'s decoder layers "
+            f"({len(find_decoder_layers(model))}) hold no plain nn.Linear projections to store in FP8; "
+            "set quantization.load_in_fp8: false for this model"
+        )
+    after = sum(p.numel() * p.element_size() for p in model.parameters())
+    print(
+        f"quantization.load_in_fp8: {fp8_linear_count(model)} decoder projections in float8_e4m3 "
+        f"(weights {before / 2**30:.2f} → {after / 2**30:.2f} GiB)",
+        file=sys.stderr,
+    )
 
 
 def _device_map(device_map: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
@@ -222,10 +278,13 @@ _prepare_tokenizer = prepare_tokenizer  # the name model/tokenizer.py imports
 def load_model(
     model_cfg: ModelConfig, quant_cfg: QuantizationConfig
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load ``model_cfg.model_name`` in the resolved dtype (optionally 4/8-bit) and its tokenizer."""
+    """Load ``model_cfg.model_name`` in the resolved dtype (optionally 4/8-bit, or with FP8 decoder
+    projections) and its tokenizer."""
     _check_quantization(quant_cfg)
     device_map = _device_map(model_cfg.device_map)
     dtype = resolve_dtype(model_cfg.dtype, _compute_device(model_cfg.device_map))
+    if quant_cfg.load_in_fp8:
+        check_fp8(_compute_device(model_cfg.device_map), dtype)
     attn = resolve_attn(model_cfg.attn_implementation)
     path = resolve_model_path(model_cfg.model_name, model_cfg.trust_remote_code)
     is_hub = not Path(path).is_dir()
@@ -258,6 +317,8 @@ def load_model(
             raise hub_error(model_cfg.model_name, exc) from exc
         raise
 
+    if quant_cfg.load_in_fp8:
+        _quantize_fp8(model)
     prepare_tokenizer(tokenizer, model_cfg.max_seq_length)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
