@@ -40,6 +40,9 @@ OPTIMIZER_STATE_BYTES = {
 }
 # NF4: 4 bits + one 8-bit absmax per 64 weights + one fp32 scale per 256 absmax (double quant).
 NF4_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}
+# FP8 (quantization.load_in_fp8): one byte per projection weight and one fp32 scale per output channel.
+FP8_WEIGHT_BYTES = 1.0
+FP8_SCALE_BYTES = 4.0
 # HF's loss path keeps bf16 logits, an fp32 upcast, and the fp32 softmax/grad: ~12 bytes per vocab entry.
 LOGITS_BYTES_PER_ENTRY = 12.0
 # The layer being recomputed in backward also holds its gradient transients: ~35 % on top of its
@@ -135,6 +138,21 @@ def layer_host_bytes(
     return 2 * layer_input + sum(pinned_bytes(b) for b in saved)
 
 
+def fp8_transient_bytes(arch: Arch, tokens: int) -> float:
+    """What the running FP8 projection adds to the peak (uncalibrated: not yet measured on a GPU).
+
+    Forward: its input quantized to e4m3 (1 byte per element) with one fp32 scale per token. Backward:
+    the output gradient, scaled and quantized (1 byte per element, one scale per token), and the
+    weight's transposed e4m3 copy that cuBLASLt's column-major operand needs. The widest projection
+    (the MLP's, I wide) bounds each; forward's and backward's are not alive at once, but the model
+    counts both (the larger error is the safe one)."""
+    shapes = arch.linear_shapes().values()
+    widest_in = max(i for i, _ in shapes)
+    widest_out = max(o for _, o in shapes)
+    largest = max(i * o for i, o in shapes)
+    return tokens * (widest_in + widest_out + 2 * FP8_SCALE_BYTES) + largest * FP8_WEIGHT_BYTES
+
+
 def _fused_head_bytes(arch: Arch, tokens: int) -> float:
     """TRL's chunked LM head (what `legaltune train` uses): one fp32 tile of ≤ 4,096 tokens ×
     ≤ 32,768 vocabulary entries, plus the fp32 gradient of the final hidden states."""
@@ -160,6 +178,7 @@ def estimate_memory(
     checkpoint_layers: int | None = None,
     attention_layers: int = 0,
     parallel: Parallel = SINGLE,
+    load_in_fp8: bool = False,
 ) -> MemoryEstimate:
     """Estimate peak allocated GPU memory for one training step (worst case: every row at seq_len).
 
@@ -169,6 +188,7 @@ def estimate_memory(
     ``attention_layers``: of the offloaded layers, the first N keep their attention half (its
     activations offloaded too: more host memory, same GPU peak within the model's accuracy).
     ``parallel``: the bytes of one GPU of a DDP or FSDP run (legaltune.plan.sharding).
+    ``load_in_fp8``: the decoder projections stored in e4m3 with per-channel scales (docs/fp8.md).
     """
     tokens = batch_size * seq_len
     linear = arch.layers * sum(i * o for i, o in arch.linear_shapes().values())
@@ -184,6 +204,11 @@ def estimate_memory(
         linear_weights = linear * 1.0 + rows * 4
         weights = linear_weights + rest * compute_bytes
         wname = "weights (int8 + row scales)"
+    elif load_in_fp8:
+        rows = arch.layers * sum(o for _, o in arch.linear_shapes().values())
+        linear_weights = linear * FP8_WEIGHT_BYTES + rows * FP8_SCALE_BYTES
+        weights = linear_weights + rest * compute_bytes
+        wname = f"weights (FP8 e4m3 projections + channel scales; embeddings/norms/head in {compute_bytes * 8}-bit)"
     else:
         weights = params.total_base * compute_bytes
         wname = f"weights ({compute_bytes * 8}-bit)"
@@ -247,7 +272,7 @@ def estimate_memory(
         optimizer_bytes=float(opt_bytes),
         optimizer_name=optim,
         compute_bytes=compute_bytes,
-        quantized=load_in_4bit or load_in_8bit,
+        quantized=load_in_4bit or load_in_8bit or load_in_fp8,
         parallel=parallel,
     )
     components |= {
@@ -255,4 +280,8 @@ def estimate_memory(
         "attention workspace": float(attn),
         ("LM head tiles (chunked loss)" if fused_head else "logits + loss"): float(logits),
     }
+    if load_in_fp8:
+        components["FP8 GEMM transients (quantized activations, transposed weight)"] = fp8_transient_bytes(
+            arch, tokens
+        )
     return MemoryEstimate(components, tokens, host, notes)
