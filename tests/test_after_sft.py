@@ -188,3 +188,22 @@ def test_speed_engine_changes_nothing_in_a_dpo_step(tmp_path, sft_run, tokenizer
     x, y = (load_file(str(r.run_dir / "adapter" / "adapter_model.safetensors")) for r in runs.values())
     for k in x:
         torch.testing.assert_close(x[k], y[k], atol=1e-5, rtol=1e-4)
+
+
+def test_records_without_a_rejected_answer_are_counted_aloud(tmp_path, sft_run, tokenizer):
+    """A DPO config copied from an SFT one keeps its QA eval file (and a mixed train file): the pairs
+    the trainer cannot use are said, with their files and counts, not skipped in silence."""
+    from legaltune.train.methods import after_sft
+
+    qa = sft_run.parent.parent / "train.jsonl"
+    mixed = tmp_path / "mixed.jsonl"
+    pairs = (sft_run.parent.parent / "pairs.jsonl").read_text()
+    mixed.write_text(pairs + qa.read_text().splitlines(keepends=True)[0])
+    said: list[str] = []
+    cfg = method_cfg(tmp_path, sft_run, "dpo", data={"train_file": str(mixed), "eval_file": str(qa)})
+    data = after_sft(cfg, said.append).prepare(tokenizer)
+    assert len(data.train) == len(PAIRS) and not data.eval
+    train_note = next(m for m in said if m.startswith("data.train_file"))
+    assert str(mixed) in train_note and "1 records have no 'rejected'" in train_note
+    eval_note = next(m for m in said if m.startswith("data.eval_file"))
+    assert f"{len(RECORDS)} records have no 'rejected'" in eval_note and "no pair to evaluate" in eval_note

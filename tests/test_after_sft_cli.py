@@ -84,10 +84,12 @@ def test_sft_then_dpo_from_the_command_line(tmp_path, tokenizer):
         )
     )
     dpo_cfg = sft_config(tmp_path, model, pairs, method="dpo", init_adapter=str(sft_run))
-    done = legaltune("train", str(dpo_cfg))
+    # the QA eval file an SFT config names stays on the command line, as when a user copies one
+    done = legaltune("train", str(dpo_cfg), "--set", f"data.eval_file={qa}")
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout + done.stderr
     assert "reference: the init adapter, frozen" in out and "speed: auto" in out
+    assert f"{len(RECORDS)} records have no 'rejected' answer" in done.stderr
     run = next((tmp_path / "runs").glob("dpo-*"))
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

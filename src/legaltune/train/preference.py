@@ -69,7 +69,25 @@ class PreferenceMethod(AfterSFT):
         )
 
     def prepare(self, tokenizer: Any) -> PreparedPairs:
-        return prepare_pairs(self.cfg, tokenizer)
+        data = prepare_pairs(self.cfg, tokenizer)
+        d, st = self.cfg.data, data.stats
+        if st.train.not_pairs:
+            self.say(
+                f"data.train_file {d.train_file}: {st.train.not_pairs} records have no 'rejected' answer and are "
+                f"not trained on ({st.train.pairs} pairs are)"
+            )
+        if st.eval.not_pairs:
+            # a config copied from an SFT one keeps its QA eval file: the trainer's evaluation needs pairs
+            where = (
+                f"the trainer evaluates the {st.eval.pairs} pairs only"
+                if data.eval
+                else "the trainer has no pair to evaluate (its evaluation is off)"
+            )
+            self.say(
+                f"data.eval_file {d.eval_file}: {st.eval.not_pairs} records have no 'rejected' answer, so {where}; "
+                "`legaltune eval --run RUN --data FILE` scores the run's answers on QA records"
+            )
+        return data
 
     def eval_dataset(self, data: PreparedPairs) -> Any:
         return _dataset(data.eval, orpo_row if self.name == "orpo" else None)
