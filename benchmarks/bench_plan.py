@@ -21,6 +21,7 @@ class PlannedRow(Protocol):
     checkpointing: bool | str
     speed: bool
     fused_head: bool
+    fp8: bool
 
 
 def row_estimate(
@@ -53,6 +54,7 @@ def row_estimate(
         speed=row.speed,
         fused_head=row.fused_head,
         checkpoint_layers=checkpoint_layers,
+        load_in_fp8=row.fp8,
     )
 
 

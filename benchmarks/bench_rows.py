@@ -188,19 +188,28 @@ def setup_speed(
     attention_module: bool = False,
     per_tensor: bool = False,
     trl_head: bool = False,
+    fp8: bool = False,
+    fp8_eager_quantize: bool = False,
 ) -> Any:
     """legaltune's speed engine as `legaltune train` runs it: apply_lora with a speed config, then
     TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
-    ``fused_lm_head=True``, as SFTTrainer's compute_loss does)."""
+    ``fused_lm_head=True``, as SFTTrainer's compute_loss does). ``fp8``: the base's decoder
+    projections in FP8 first (``quantization.load_in_fp8``, as load_model converts them);
+    ``fp8_eager_quantize``: the activations' per-token quantization in eager ops, not compiled."""
     from legaltune.config.schema import SpeedConfig
     from legaltune.speed.layers import find_decoder_layers
 
     speed = SpeedConfig(
         mode="fast", kernels=kernels, compile=compile_layers, offload_attention=offload_attention
     )
-    model = _legaltune_lora(
-        ctx, ctx.base_model(), checkpointing, speed=speed, checkpoint_layers=checkpoint_layers
-    )
+    base = ctx.base_model()
+    if fp8:
+        from legaltune.speed import fp8 as fp8_math
+        from legaltune.speed.fp8_linear import quantize_model_fp8
+
+        print(f"fp8: {quantize_model_fp8(base)} decoder projections in float8_e4m3", file=sys.stderr)
+        fp8_math.COMPILED_QUANTIZE[0] = not fp8_eager_quantize
+    model = _legaltune_lora(ctx, base, checkpointing, speed=speed, checkpoint_layers=checkpoint_layers)
     if bnb_dequant:  # session 4's dequantization: bitsandbytes', and none kept from the recompute
         import bitsandbytes.functional as bnbf
 
@@ -304,8 +313,9 @@ def _legaltune_lora(
     )
 
 
-def setup_unsloth(ctx: Ctx, *, checkpointing: bool | str) -> Any:
-    """Unsloth's FastLanguageModel from the saved local directory (it cannot take an in-memory model)."""
+def setup_unsloth(ctx: Ctx, *, checkpointing: bool | str, load_in_fp8: bool = False) -> Any:
+    """Unsloth's FastLanguageModel from the saved local directory (it cannot take an in-memory model);
+    ``load_in_fp8``: Unsloth's FP8 base (TorchAO), passed only when asked (older Unsloth lacks it)."""
     import torch
     from unsloth import FastLanguageModel
 
@@ -314,6 +324,7 @@ def setup_unsloth(ctx: Ctx, *, checkpointing: bool | str) -> Any:
         max_seq_length=ctx.max_seq,
         dtype=torch.bfloat16,
         load_in_4bit=ctx.qlora,
+        **({"load_in_fp8": True} if load_in_fp8 else {}),
     )
     model = FastLanguageModel.get_peft_model(
         model,
@@ -351,6 +362,7 @@ class Row:
     plan_gap_qlora: str | None = None  # the same for the 4-bit variant (None = as plan_gap)
     fused_head: bool = False  # the step calls model(..., fused_lm_head=True) (TRL's head, as in training)
     speed: bool = False  # legaltune's speed engine: the plan models its activations (speed=True)
+    fp8: bool = False  # FP8 base projections (plan: load_in_fp8); no 4-bit variant
     # Import while the previous row measures. Not Unsloth: its import must come before
     # transformers and already creates a CUDA context, which must wait for the GPU to be free.
     prestart: bool = True
@@ -369,6 +381,9 @@ ROWS: dict[str, Row] = {
     "legaltune-lean": Row(functools.partial(setup_speed, checkpointing="unsloth"), "unsloth", "legaltune speed engine, every layer offload-checkpointed", ("trl",), fused_head=True, speed=True),
     "legaltune-auto": Row(setup_auto, "unsloth", "legaltune speed engine, speed: auto (the plan picks the checkpointed layers for this GPU and the largest shape)", ("trl",), fused_head=True, speed=True),
     "hf+liger": Row(setup_hf_liger, True, "hf + Liger-Kernel (RMSNorm, RoPE, SwiGLU, fused linear CE)", ("liger_kernel.transformers",), plan_gap=FUSED_CE, plan_gap_qlora=f"{FUSED_CE}; {KBIT_UPCAST}"),
+    "legaltune-fast+fp8": Row(functools.partial(setup_speed, checkpointing=False, fp8=True), False, "legaltune-fast over FP8 base projections (quantization.load_in_fp8: torch._scaled_mm, per-token activation scales)", ("trl",), fused_head=True, speed=True, fp8=True),
+    "legaltune-lean+fp8": Row(functools.partial(setup_speed, checkpointing="unsloth", fp8=True), "unsloth", "legaltune-lean over FP8 base projections (quantization.load_in_fp8)", ("trl",), fused_head=True, speed=True, fp8=True),
+    "unsloth+fp8": Row(functools.partial(setup_unsloth, checkpointing="unsloth", load_in_fp8=True), "unsloth", "Unsloth FastLanguageModel with load_in_fp8=True (TorchAO FP8 base), offloaded checkpointing", ("unsloth", "torchao"), from_dir=True, plan_gap=FUSED_CE, prestart=False, fp8=True),
     "unsloth-nockpt": Row(functools.partial(setup_unsloth, checkpointing=False), False, "Unsloth FastLanguageModel, no checkpointing", ("unsloth",), from_dir=True, plan_gap=FUSED_CE, prestart=False),
     # probes for the speed layer (run with --rows x-...): not in the default set
     "x-liger-offload": Row(functools.partial(setup_probe, checkpointing="unsloth"), "unsloth", "probe: Liger kernels + legaltune offloaded checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
@@ -390,6 +405,7 @@ ROWS: dict[str, Row] = {
     "x-lean-ondemand": Row(functools.partial(setup_speed, checkpointing="unsloth", read_ahead=False), "unsloth", "probe: legaltune-lean with each offloaded input copied back only when backward needs it", ("trl",), fused_head=True, speed=True),
     "x-lean-compiled": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=True), "unsloth", "probe: legaltune-lean with compile forced on (differs from legaltune-lean over 4-bit)", ("trl",), fused_head=True, speed=True),
     "x-fast-compiled": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=True), False, "probe: legaltune-fast with compile forced on (differs from legaltune-fast over 4-bit)", ("trl",), fused_head=True, speed=True),
+    "x-fast-fp8-eager-quant": Row(functools.partial(setup_speed, checkpointing=False, fp8=True, fp8_eager_quantize=True), False, "probe: legaltune-fast+fp8 quantizing activations in eager ops instead of one compiled kernel", ("trl",), fused_head=True, speed=True, fp8=True),
     "x-liger-compile-nockpt": Row(functools.partial(setup_probe, checkpointing=False, compile_layers=True), False, "probe: Liger kernels + compiled decoder layers, no checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
 }
 # fmt: on
@@ -415,9 +431,14 @@ def expand_variants(rows: str | None, qlora: bool, only_qlora: bool = False) -> 
         raise SystemExit(
             f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(ROWS)} (each also as <row>{QLORA_SUFFIX})"
         )
+    fp8_qlora = [n for n in names if split_variant(n)[1] and ROWS[split_variant(n)[0]].fp8]
+    if fp8_qlora:
+        raise SystemExit(
+            f"--rows: {', '.join(fp8_qlora)}: an FP8 row has no 4-bit variant (one base, stored one way)"
+        )
     variants = list(dict.fromkeys(names))
     if qlora or only_qlora:
-        variants += [f"{n}{QLORA_SUFFIX}" for n in names if not n.endswith(QLORA_SUFFIX)]
+        variants += [f"{n}{QLORA_SUFFIX}" for n in names if not n.endswith(QLORA_SUFFIX) and not ROWS[n].fp8]
     if only_qlora:
         variants = [v for v in variants if split_variant(v)[1]]
     return list(dict.fromkeys(variants))
