@@ -95,7 +95,7 @@ def test_repeated_citations_are_checked_once_with_all_their_sentences(verifier):
 
 def test_eval_scores_carry_the_corpus_checks(verifier):
     from legaltune.evaluate.run_eval import score_answers
-    from legaltune.generate import Answer
+    from legaltune.generate.answers import Answer
 
     refs = [
         "Theo điểm a khoản 1 Điều 35 Bộ luật Lao động 2019, ít nhất 45 ngày.",

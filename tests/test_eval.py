@@ -145,7 +145,7 @@ def test_eval_end_to_end(run):
 def test_loss_is_token_weighted_and_batch_independent(run):
     from legaltune.data.prepare import prepare_data
     from legaltune.evaluate.run_eval import token_loss
-    from legaltune.generate import load_run
+    from legaltune.generate.load import load_run
 
     model, tokenizer, cfg = load_run(run)
     rows = prepare_data(cfg, tokenizer).eval
@@ -220,7 +220,7 @@ def test_trained_run_loss_matches_the_trainer(tmp_path, tokenizer):
 
 def test_progress_moves_per_answer_not_per_batch(tokenizer):
     """The bar advances when each answer of a batch ends, and counts every answer once."""
-    from legaltune.generate import _CountFinished, generate_answers
+    from legaltune.generate.answers import _CountFinished, generate_answers
 
     calls: list[int] = []
     counter = _CountFinished([7], calls.append)

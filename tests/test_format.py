@@ -90,7 +90,7 @@ def _gemma_like(tokenizer):
 
 
 def test_gemma_template_trains_model_turns_with_end_of_turn(tokenizer):
-    from legaltune.generate import stop_token_ids
+    from legaltune.generate.answers import stop_token_ids
 
     tok = _gemma_like(tokenizer)
     fmt = ChatFormatter(tok, template=load_template("gemma"))

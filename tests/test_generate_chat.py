@@ -33,7 +33,7 @@ def run(tmp_path_factory, tokenizer) -> Path:
 
 @pytest.fixture(scope="module")
 def gen(run):
-    from legaltune.evaluate.batch import load_generator
+    from legaltune.generate.load import load_generator
 
     return load_generator(run_dir=run)
 
@@ -43,7 +43,7 @@ def lines(path: Path) -> list[str]:
 
 
 def test_generate_writes_rows_and_resumes(run, gen, tmp_path):
-    from legaltune.evaluate.batch import generate_file
+    from legaltune.generate.file import generate_file
 
     inp, out = write_jsonl(tmp_path / "q.jsonl", QUESTIONS), tmp_path / "a.jsonl"
     kw = {"max_new_tokens": 3, "batch_size": 2, "show_progress": False}
@@ -79,7 +79,7 @@ def test_generate_writes_rows_and_resumes(run, gen, tmp_path):
 
 
 def test_generate_refuses_to_mix_models_and_checks_input(run, gen, tmp_path):
-    from legaltune.evaluate.batch import generate_file
+    from legaltune.generate.file import generate_file
 
     inp, out = write_jsonl(tmp_path / "q.jsonl", QUESTIONS[:1]), tmp_path / "a.jsonl"
     generate_file(inp, out, model_name=str(run.parent / "base"), max_new_tokens=2, show_progress=False)
@@ -96,7 +96,7 @@ def test_generate_refuses_to_mix_models_and_checks_input(run, gen, tmp_path):
 
 
 def test_chat_over_a_pipe(gen, monkeypatch):
-    import legaltune.chat as chat
+    import legaltune.generate.chat as chat
 
     seen: list[list[dict[str, str]]] = []
     real = chat._prompt_ids
@@ -134,7 +134,7 @@ def test_chat_over_a_pipe(gen, monkeypatch):
 
 
 def _quiet_chat(gen, text, out, status, **kw):
-    from legaltune.chat import chat_loop
+    from legaltune.generate.chat import chat_loop
 
     return chat_loop(
         gen.model,
@@ -161,7 +161,7 @@ def test_chat_without_streaming_writes_each_answer_once(gen):
 
 
 def test_chat_drops_oldest_turns_beyond_the_context(gen, monkeypatch):
-    from legaltune.chat import _prompt_ids, chat_loop
+    from legaltune.generate.chat import _prompt_ids, chat_loop
 
     q = "Điều 35 quy định gì?"
     system = [{"role": "system", "content": gen.system_prompt}]
@@ -186,7 +186,7 @@ def test_chat_drops_oldest_turns_beyond_the_context(gen, monkeypatch):
 def test_rows_without_context_get_law_text_as_in_training(gen):
     import dataclasses
 
-    from legaltune.evaluate.batch import row_messages
+    from legaltune.generate.rows import row_messages
 
     grounded = dataclasses.replace(gen, context_fill="cited", _filler=None, _verifier=None)
     cited = row_messages(
@@ -242,7 +242,7 @@ def test_chat_marks_citations_and_puts_law_text_before_the_question(gen):
     ],
 )
 def test_generate_checks_every_row_before_loading_a_model(tmp_path, monkeypatch, bad_row, expected):
-    from legaltune.evaluate import batch
+    from legaltune.generate import file as batch
 
     def no_load(*a, **k):
         raise AssertionError("the model was loaded before the input was checked")

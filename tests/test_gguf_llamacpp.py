@@ -49,8 +49,9 @@ def run(tmp_path_factory, embedded_dir) -> Path:
 @pytest.fixture(scope="module")
 def expected(run):
     """legaltune's own greedy answer for the question, and the prompt it formats for it."""
-    from legaltune.evaluate.batch import load_generator, row_messages
-    from legaltune.generate import generate_answers
+    from legaltune.generate.answers import generate_answers
+    from legaltune.generate.load import load_generator
+    from legaltune.generate.rows import row_messages
 
     gen = load_generator(run_dir=run)
     convo = row_messages({"question": QUESTION}, gen)

@@ -76,8 +76,9 @@ def test_models_and_health(client, server, run):
 def test_answer_is_legaltunes_own_greedy_answer(client, run):
     """The server formats the prompt as the run was trained and decodes greedily: its answer is exactly
     what `legaltune generate` writes for the same question, for the tuned and the base variant."""
-    from legaltune.evaluate.batch import load_generator, row_messages
-    from legaltune.generate import generate_answers
+    from legaltune.generate.answers import generate_answers
+    from legaltune.generate.load import load_generator
+    from legaltune.generate.rows import row_messages
 
     gen = load_generator(run_dir=run)
     convo = row_messages({"question": QUESTION}, gen)
@@ -107,7 +108,7 @@ CITING = 'Repeat this text exactly: "Điều 35 Bộ luật Lao động 2019"'
 
 @pytest.fixture(scope="module")
 def verifier(run):
-    from legaltune.evaluate.batch import load_generator
+    from legaltune.generate.load import load_generator
 
     return load_generator(run_dir=run).verifier()
 

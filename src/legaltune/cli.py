@@ -300,7 +300,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from legaltune.evaluate.batch import generate_file
+    from legaltune.generate.file import generate_file
 
     done = generate_file(
         args.input,
@@ -331,7 +331,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from legaltune.chat import run_chat
+    from legaltune.generate.chat import run_chat
 
     return run_chat(
         args.run,

@@ -22,9 +22,10 @@ def compare_grounding(
     against the references and checked against the law corpus. Prints one table; returns the scores."""
     from legaltune.corpus import build_corpus
     from legaltune.corpus.verify import Verifier
+    from legaltune.data.turns import prompt_text, split_turn
     from legaltune.evaluate.citations import extract_citations
-    from legaltune.evaluate.run_eval import prompt_text, score_answers, split_turn
-    from legaltune.generate import generate_answers
+    from legaltune.evaluate.run_eval import score_answers
+    from legaltune.generate.answers import generate_answers
 
     records = result.data.eval_records
     turns = [split_turn(r["messages"]) for r in records]

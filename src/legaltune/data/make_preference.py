@@ -162,9 +162,10 @@ def model_negatives(
     from legaltune.corpus import build_corpus
     from legaltune.corpus.verify import Verifier
     from legaltune.data.prepare import prepare_data
+    from legaltune.data.turns import prompt_text, split_turn
     from legaltune.evaluate.citations import citation_scores
-    from legaltune.evaluate.run_eval import prompt_text, split_turn
-    from legaltune.generate import generate_answers, load_run
+    from legaltune.generate.answers import generate_answers
+    from legaltune.generate.load import load_run
 
     model, tokenizer, cfg = load_run(run_dir)
     # the questions exactly as the run was trained on them (system prompt, context, template)

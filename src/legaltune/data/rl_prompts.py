@@ -17,8 +17,8 @@ from legaltune.config.schema import Config
 from legaltune.data.format import ChatFormatter
 from legaltune.data.prepare import DataStats, PreparedData, prepare_data
 from legaltune.data.sources import DataError
+from legaltune.data.turns import prompt_text, split_turn
 from legaltune.evaluate.citations import extract_citations
-from legaltune.evaluate.run_eval import prompt_text, split_turn
 
 
 @dataclass

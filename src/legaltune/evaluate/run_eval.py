@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from legaltune.data.turns import prompt_text, split_turn
 from legaltune.evaluate.citations import aggregate_citation_scores, citation_scores
 from legaltune.evaluate.metrics import bleu, exact_match, rouge_l, syllables, token_f1
 from legaltune.run.atomic import write_json_atomic
@@ -79,21 +80,13 @@ def _loss_rows(prep: Any, records: list[dict[str, Any]], cfg: Any, limited: bool
     return rows
 
 
-def split_turn(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str, str]:
-    """(prompt, question, reference): the final assistant turn is the reference, all before it the prompt."""
-    k = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    prompt = messages[:k]
-    question = next(m["content"] for m in reversed(prompt) if m["role"] == "user")
-    return prompt, question, messages[k]["content"]
-
-
 def _generate(
     model: Any, tokenizer: Any, prompts: list[Any], gen: dict[str, Any], desc: str, show: bool, seed: int
 ) -> list[Any]:
     import torch
     from tqdm.auto import tqdm
 
-    from legaltune.generate import generate_answers
+    from legaltune.generate.answers import generate_answers
 
     torch.manual_seed(seed)  # sampled runs repeat; base and tuned draw from the same stream start
     # Longest prompts first so that each batch pads little; answers go back to question order.
@@ -109,11 +102,6 @@ def _generate(
             for j, ans in zip(idx, answers, strict=True):
                 out[j] = ans
     return out
-
-
-def prompt_text(prompt: list[dict[str, str]]) -> str:
-    """The conversation an answer replies to, as citation checks read it (system prompt left out)."""
-    return "\n".join(m["content"] for m in prompt if m["role"] != "system")
 
 
 def score_answers(
@@ -286,7 +274,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate RUN_DIR's adapter (and its base) on held-out data; write RUN_DIR/eval.json and return it."""
     from legaltune.data.prepare import prepare_data
-    from legaltune.generate import load_run
+    from legaltune.generate.load import load_run
     from legaltune.run.layout import RunError, find_adapter
 
     if limit is not None and limit < 1:

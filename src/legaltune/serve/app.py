@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from legaltune.evaluate.batch import Generator
+from legaltune.generate.load import Generator
 from legaltune.serve.citations import CitationChecker
 from legaltune.serve.engine import Busy, Closed, Engine, Sampling, Ticket
 from legaltune.serve.prompt import PromptError, prompt_ids

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from legaltune.evaluate.batch import Generator
+from legaltune.generate.load import Generator
 
 CitationChecker = Callable[[str, str], list[dict[str, Any]]]
 

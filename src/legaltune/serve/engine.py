@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from legaltune.generate import stop_token_ids
+from legaltune.generate.answers import stop_token_ids
 from legaltune.serve.rows import CANCELLED, Row, RowStopper
 
 

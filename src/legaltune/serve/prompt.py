@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from legaltune.data.schemas import user_prompt
-from legaltune.evaluate.batch import Generator, row_messages
+from legaltune.generate.load import Generator
+from legaltune.generate.rows import row_messages
 from legaltune.serve.protocol import Message
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from legaltune.evaluate.batch import Generator, load_generator
+from legaltune.generate.load import Generator, load_generator
 from legaltune.serve.citations import CitationChecker, corpus_checker
 from legaltune.serve.engine import Engine, Variant
 

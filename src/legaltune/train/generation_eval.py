@@ -17,8 +17,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from legaltune.data.turns import prompt_text, split_turn
 from legaltune.evaluate.gen_metrics import GEN_METRICS
-from legaltune.evaluate.run_eval import prompt_text, score_answers, split_turn
+from legaltune.evaluate.run_eval import score_answers
 
 
 def spread_subset(records: list[Any], n: int) -> list[Any]:
@@ -57,7 +58,7 @@ class GenerationEvalCallback(TrainerCallback):
         self.history: list[dict[str, float]] = []
 
     def scores(self, model: Any, tokenizer: Any) -> dict[str, float]:
-        from legaltune.generate import generate_answers
+        from legaltune.generate.answers import generate_answers
 
         t0 = time.perf_counter()
         answers = generate_answers(model, tokenizer, self.prompts, **self.gen)

@@ -63,7 +63,7 @@ class GrpoMethod(AfterSFT):
     def make_trainer(self, model: Any, args: Any, tokenizer: Any, data: PreparedPrompts, eval_ds: Any) -> Any:
         from legaltune.corpus import build_corpus
         from legaltune.corpus.verify import Verifier
-        from legaltune.generate import stop_token_ids
+        from legaltune.generate.answers import stop_token_ids
 
         g = self.cfg.grpo
         fmt = data.formatter

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -118,33 +117,3 @@ def generate_answers(
         tokenizer.padding_side = side
         model.train(was_training)
     return out
-
-
-def load_run(run_dir: str | Path, base_model: str | None = None) -> tuple[Any, Any, Any]:
-    """(model with the run's adapter, tokenizer, resolved config) for inference on CPU or GPU.
-
-    ``run_dir`` is a finished run, or an adapter / checkpoint directory inside a run (see
-    legaltune.run.layout.find_adapter). The tokenizer is the one training saved beside the adapter
-    (the base's when there is none); ``base_model`` replaces the base weights' location.
-    """
-    import dataclasses
-
-    from legaltune.config.load import load_config
-    from legaltune.model.load import load_model, prepare_tokenizer
-    from legaltune.run.adapter import attach_adapter, load_saved_tokenizer
-    from legaltune.run.layout import RunError, find_adapter
-
-    ref = find_adapter(run_dir)
-    if ref.run is None or not ref.run.config.is_file():
-        raise RunError(
-            f"{ref.adapter_dir} is an adapter outside a run directory (no config.yaml beside it): "
-            "pass the run directory that legaltune train wrote"
-        )
-    cfg = load_config(ref.run.config)
-    if base_model is not None:  # the base moved (another machine, a local copy of a hub model)
-        cfg.model = dataclasses.replace(cfg.model, model_name=base_model)
-    base, tokenizer = load_model(cfg.model, cfg.quantization)
-    if ref.tokenizer_dir is not None:
-        tokenizer = load_saved_tokenizer(ref.tokenizer_dir)
-        prepare_tokenizer(tokenizer, cfg.model.max_seq_length)
-    return attach_adapter(base, ref.adapter_dir), tokenizer, cfg

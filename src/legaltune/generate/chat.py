@@ -17,7 +17,8 @@ import torch
 from transformers import TextStreamer
 
 from legaltune.data.schemas import user_prompt
-from legaltune.generate import stop_token_ids
+from legaltune.generate.answers import stop_token_ids
+from legaltune.generate.load import load_generator
 
 HELP = (
     "commands: /reset (forget the conversation), /system TEXT (set the system prompt; '/system -' removes "
@@ -197,8 +198,6 @@ def run_chat(
 
     A run trained with ``data.context_fill`` gets the best BM25 articles before each question (or
     ``context_fill`` says otherwise); ``verify`` marks each answer's citations against the corpus."""
-    from legaltune.evaluate.batch import load_generator
-
     gen = load_generator(run_dir, model_name, context_fill=context_fill)
     law_context = None
     if gen.context_fill != "none" and gen.use_context:
