@@ -74,3 +74,39 @@ def loss_and_grads(model, ids):
     out.loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     return out.logits.detach().float(), out.loss.detach().float(), grads
+
+
+@pytest.fixture
+def fp8_backend():
+    """Force the FP8 GEMM backend for one test (``fp8_backend("scaled_mm")``), restored afterwards."""
+    from legaltune.speed import fp8
+
+    def force(name: str | None) -> None:
+        fp8.BACKEND[0] = name
+
+    yield force
+    fp8.BACKEND[0] = None
+
+
+def phrase_batches(steps: int, vocab: int, device: str = "cuda", seed: int = 11) -> list:
+    """A learnable stream for loss-curve comparisons: (4 × 256) batches of repeated random phrases,
+    so the loss falls well below log(vocab)."""
+    gen = torch.Generator(device).manual_seed(seed)
+    phrases = torch.randint(0, vocab, (16, 32), device=device, generator=gen)
+    return [
+        phrases[torch.randint(0, 16, (4, 8), device=device, generator=gen)].reshape(4, -1)
+        for _ in range(steps)
+    ]
+
+
+def loss_curve(model, batches: list, lr: float = 2e-3) -> list[float]:
+    """The loss of every AdamW step of ``model`` (its trainable parameters) over ``batches``."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for ids in batches:
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses

@@ -10,17 +10,6 @@ from legaltune.speed.fp8_linear import Fp8Linear, fp8_linear_count, quantize_mod
 from tests.conftest import make_tiny_llama
 
 
-@pytest.fixture
-def backend():
-    """Force an FP8 GEMM backend for one test (``backend("scaled_mm")``), restored afterwards."""
-
-    def force(name: str | None) -> None:
-        fp8.BACKEND[0] = name
-
-    yield force
-    fp8.BACKEND[0] = None
-
-
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -57,8 +46,8 @@ ERROR_TABLE = [
 
 @pytest.mark.parametrize("tokens,d_in,d_out,bound", ERROR_TABLE)
 @pytest.mark.parametrize("kind", ["reference", "scaled_mm"])
-def test_layer_error_table_vs_the_fp32_layer(tokens, d_in, d_out, bound, kind, backend):
-    backend(kind)
+def test_layer_error_table_vs_the_fp32_layer(tokens, d_in, d_out, bound, kind, fp8_backend):
+    fp8_backend(kind)
     gen = torch.Generator().manual_seed(tokens + d_in)
     lin = torch.nn.Linear(d_in, d_out, bias=True)
     with torch.no_grad():
@@ -77,7 +66,7 @@ def test_layer_error_table_vs_the_fp32_layer(tokens, d_in, d_out, bound, kind, b
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_scaled_mm_call_computes_what_the_reference_computes(dtype, backend):
+def test_scaled_mm_call_computes_what_the_reference_computes(dtype, fp8_backend):
     """The torch._scaled_mm path (CPU kernel; layouts checked as CUDA requires them) against the
     dequantize-then-matmul reference: the same quantized operands, so equal up to sum order."""
     gen = torch.Generator().manual_seed(1)
@@ -86,7 +75,7 @@ def test_scaled_mm_call_computes_what_the_reference_computes(dtype, backend):
     g = torch.randn(40, 96, generator=gen).to(dtype)
     got = {}
     for kind in ("scaled_mm", "reference"):
-        backend(kind)
+        fp8_backend(kind)
         got[kind] = (fp8.fp8_linear(x, w8, scale, dtype), fp8.fp8_input_grad(g, w8, scale, dtype))
     tol = {torch.float32: 1e-5, torch.bfloat16: 8e-3}[dtype]
     for a, b in zip(got["scaled_mm"], got["reference"], strict=True):
@@ -129,3 +118,15 @@ def test_quantize_model_converts_decoder_projections_only():
     with torch.no_grad():
         out = model(input_ids=ids).logits
     assert 1e-4 < _rel(out, ref) < 0.05
+
+
+def test_quantizing_a_peft_model_converts_base_layers_not_adapters():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        make_tiny_llama(97, layers=1, seed=5), LoraConfig(r=4, target_modules=["q_proj", "up_proj"])
+    )
+    assert quantize_model_fp8(model) == 7
+    q = model.get_base_model().model.layers[0].self_attn.q_proj
+    assert isinstance(q.base_layer, Fp8Linear) and type(q.lora_A["default"]) is torch.nn.Linear
+    assert q.lora_A["default"].weight.dtype == torch.float32 and q.lora_A["default"].weight.requires_grad

@@ -57,19 +57,12 @@ def random_llama(path: Path, *, hidden: int = 256, layers: int = 2, vocab: int =
 
 def train_steps(model, steps: int = 3, seq: int = 64) -> list[float]:
     """A few AdamW steps on random tokens; returns the losses."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3)
+    from tests.conftest import loss_curve
+
     model.train()
-    losses = []
     gen = torch.Generator(device="cuda").manual_seed(0)
-    for _ in range(steps):
-        ids = torch.randint(3, 512, (2, seq), device="cuda", generator=gen)
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses
+    batches = [torch.randint(3, 512, (2, seq), device="cuda", generator=gen) for _ in range(steps)]
+    return loss_curve(model, batches, lr=1e-3)
 
 
 def _cfg(path: Path, **kw) -> ModelConfig:

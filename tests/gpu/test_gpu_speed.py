@@ -18,7 +18,7 @@ from legaltune.speed.apply import apply_speed
 from legaltune.speed.compile import compile_layers
 from legaltune.speed.kernels import apply_kernels, kernel_kind
 from legaltune.speed.lora_linear import fuse_lora_linears
-from tests.conftest import loss_and_grads, randomize_lora_b
+from tests.conftest import loss_and_grads, loss_curve, phrase_batches, randomize_lora_b
 from tests.gpu.test_gpu_model import random_llama
 
 pytestmark = [
@@ -261,24 +261,8 @@ def test_fifty_steps_fast_vs_reference_loss_curves_within_2_percent():
     fast = copy.deepcopy(ref)
     report = apply_speed(fast, mode="fast")
     assert report.fused_lora == 4 * len(PROJ)
-    gen = torch.Generator("cuda").manual_seed(11)
-    # a learnable stream: repeated random phrases, so the loss falls well below log(vocab)
-    phrases = torch.randint(0, 1024, (16, 32), device="cuda", generator=gen)
-    batches = [
-        phrases[torch.randint(0, 16, (4, 8), device="cuda", generator=gen)].reshape(4, -1) for _ in range(50)
-    ]
-    curves = []
-    for model in (ref, fast):
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
-        losses = []
-        for ids in batches:
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-        curves.append(losses)
-    ref_curve, fast_curve = curves
+    batches = phrase_batches(50, 1024)
+    ref_curve, fast_curve = (loss_curve(model, batches) for model in (ref, fast))
     assert ref_curve[-1] < 0.7 * ref_curve[0], "the reference did not learn; the comparison would be empty"
     worst = max(abs(f - r) / r for f, r in zip(fast_curve, ref_curve, strict=True))
     print(f"loss {ref_curve[0]:.3f} → {ref_curve[-1]:.3f}; worst relative gap {worst:.4f}")

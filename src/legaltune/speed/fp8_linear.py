@@ -93,13 +93,23 @@ class Fp8Linear(nn.Linear):
 
 def quantize_model_fp8(model: nn.Module) -> int:
     """Replace every plain ``nn.Linear`` inside the decoder layers of this model instance by an
-    :class:`Fp8Linear` (the dense weight is freed as each is converted); returns how many."""
+    :class:`Fp8Linear` (the dense weight is freed as each is converted); returns how many.
+
+    On a PEFT model only the frozen ``base_layer`` of each LoRA layer is converted, never the
+    adapters (load_model converts before LoRA is attached; this keeps a later call safe)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     from legaltune.speed.layers import find_decoder_layers
 
     count = 0
     for layer in find_decoder_layers(model):
+        adapters = {id(m) for t in layer.modules() if isinstance(t, BaseTunerLayer) for m in t.modules()}
         for parent in list(layer.modules()):
+            if id(parent) in adapters and not isinstance(parent, BaseTunerLayer):
+                continue  # inside a LoRA layer: its adapters' ModuleDicts
             for name, child in list(parent.named_children()):
+                if isinstance(parent, BaseTunerLayer) and name != "base_layer":
+                    continue
                 if type(child) is nn.Linear:
                     with torch.no_grad():
                         setattr(parent, name, Fp8Linear.from_linear(child))
