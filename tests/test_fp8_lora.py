@@ -105,7 +105,9 @@ def test_op_with_weight_scale_passes_opcheck_and_matches_the_eager_function(with
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
-def test_grouped_op_over_fp8_members_matches_them_one_by_one():
+@pytest.mark.parametrize("kind", ["reference", "scaled_mm"])
+def test_grouped_op_over_fp8_members_matches_them_one_by_one(kind, fp8_backend):
+    fp8_backend(kind)  # scaled_mm: the CPU kernel, with the CUDA layout rules on column slices
     from legaltune.speed.lora_group import lora_group_op
     from legaltune.speed.lora_op import lora_linear_op
 

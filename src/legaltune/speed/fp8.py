@@ -130,15 +130,15 @@ def scaled_mm(
     """``(a8 · scale_a) @ (b8 · scale_b)`` by ``torch._scaled_mm`` with row-wise scales.
 
     The layout rules of the CUDA kernel are checked here on every device (the CPU kernel accepts
-    more), so a CPU test of the call catches what would fail on the GPU: ``a8`` row-major,
-    ``b8`` column-major, both contraction and output sizes multiples of 16, fp32 scales of shape
+    more), so a CPU test of the call catches what would fail on the GPU: ``b8`` column-major
+    (``a8`` is made row-major), contraction and output sizes multiples of 16, fp32 scales of shape
     ``[M, 1]`` and ``[1, N]``."""
     m, k = a8.shape
     n = b8.shape[1]
-    if a8.stride(1) != 1 or b8.stride(0) != 1:
-        raise RuntimeError(
-            f"FP8 GEMM layout: a {tuple(a8.stride())} must be row-major, b {tuple(b8.stride())} column-major"
-        )
+    if a8.stride(1) != 1:  # an activation quantized from a column slice: copy (a weight must never need one)
+        a8 = a8.contiguous()
+    if b8.stride(0) != 1:
+        raise RuntimeError(f"FP8 GEMM layout: b {tuple(b8.stride())} must be column-major")
     if k % ALIGN or n % ALIGN:
         raise RuntimeError(f"FP8 GEMM sizes: {m}×{k} @ {k}×{n}; in and out must be multiples of {ALIGN}")
     if scale_a.shape != (m, 1) or scale_b.shape != (1, n):
