@@ -94,7 +94,7 @@ def test_repeated_citations_are_checked_once_with_all_their_sentences(verifier):
 
 
 def test_eval_scores_carry_the_corpus_checks(verifier):
-    from legaltune.evaluate.run_eval import score_answers
+    from legaltune.evaluate.score import score_answers
     from legaltune.generate.answers import Answer
 
     refs = [

@@ -166,7 +166,8 @@ def test_loss_is_token_weighted_and_batch_independent(run):
 def test_limit_and_data_file(run, tmp_path):
     from rich.console import Console
 
-    from legaltune.evaluate.run_eval import evaluate_run, render_eval
+    from legaltune.evaluate.run_eval import evaluate_run
+    from legaltune.evaluate.table import render_eval
 
     other = write_jsonl(tmp_path / "other.jsonl", list(reversed(EVAL_RECORDS)))
     result = evaluate_run(

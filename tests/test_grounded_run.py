@@ -73,7 +73,8 @@ def test_demo_compares_base_and_tuned_grounding(tmp_path, tokenizer):
 
 
 def test_eval_scores_corpus_context_questions_apart(tmp_path, tokenizer):
-    from legaltune.evaluate.run_eval import evaluate_run, render_eval
+    from legaltune.evaluate.run_eval import evaluate_run
+    from legaltune.evaluate.table import render_eval
     from tests.conftest import make_tiny_llama
 
     base_dir = tmp_path / "base"

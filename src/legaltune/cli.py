@@ -278,7 +278,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from legaltune.evaluate.run_eval import evaluate_run, render_eval
+    from legaltune.evaluate.run_eval import evaluate_run
+    from legaltune.evaluate.table import render_eval
     from legaltune.report.html import write_report
 
     result = evaluate_run(

@@ -24,7 +24,7 @@ def compare_grounding(
     from legaltune.corpus.verify import Verifier
     from legaltune.data.turns import prompt_text, split_turn
     from legaltune.evaluate.citations import extract_citations
-    from legaltune.evaluate.run_eval import score_answers
+    from legaltune.evaluate.score import score_answers
     from legaltune.generate.answers import generate_answers
 
     records = result.data.eval_records

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# name (without "eval_") → (key of legaltune.evaluate.run_eval.score_answers' summary, +1 higher is better, -1 lower)
+# name (without "eval_") → (key of legaltune.evaluate.score.score_answers' summary, +1 higher is better, -1 lower)
 GEN_METRICS: dict[str, tuple[str, int]] = {
     "gen_citation_f1": ("citation_f1", 1),
     "gen_citation_f1_article": ("citation_f1_article_level", 1),

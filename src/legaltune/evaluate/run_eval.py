@@ -11,14 +11,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.nn.functional import cross_entropy
+
+from legaltune.data.format import IGNORE
+from legaltune.data.pack import BatchCollator
 from legaltune.data.turns import prompt_text, split_turn
-from legaltune.evaluate.citations import aggregate_citation_scores, citation_scores
-from legaltune.evaluate.metrics import bleu, exact_match, rouge_l, syllables, token_f1
+from legaltune.evaluate.score import by_context, score_answers
+from legaltune.generate.answers import answer_longest_first
 from legaltune.run.atomic import write_json_atomic
 from legaltune.run.layout import EVAL as EVAL_FILE
 
@@ -42,12 +46,6 @@ def token_loss(
     model: Any, rows: list[dict[str, Any]], *, batch_size: int, pad_token_id: int
 ) -> tuple[float, int]:
     """(summed token loss / trained tokens, trained tokens) over tokenized rows (packed or not)."""
-    import torch  # here, not at module level: the report imports this module's table helpers
-    from torch.nn.functional import cross_entropy
-
-    from legaltune.data.format import IGNORE
-    from legaltune.data.pack import BatchCollator
-
     collate = BatchCollator(pad_token_id=pad_token_id)
     device = next(model.parameters()).device
     total, count = 0.0, 0
@@ -80,147 +78,6 @@ def _loss_rows(prep: Any, records: list[dict[str, Any]], cfg: Any, limited: bool
     return rows
 
 
-def _generate(
-    model: Any, tokenizer: Any, prompts: list[Any], gen: dict[str, Any], desc: str, show: bool, seed: int
-) -> list[Any]:
-    import torch
-    from tqdm.auto import tqdm
-
-    from legaltune.generate.answers import generate_answers
-
-    torch.manual_seed(seed)  # sampled runs repeat; base and tuned draw from the same stream start
-    # Longest prompts first so that each batch pads little; answers go back to question order.
-    order = sorted(range(len(prompts)), key=lambda i: -sum(len(m["content"]) for m in prompts[i]))
-    out: list[Any] = [None] * len(prompts)
-    size = gen["batch_size"]
-    with tqdm(total=len(prompts), desc=desc, unit="q", disable=not show, dynamic_ncols=True) as bar:
-        for i in range(0, len(order), size):
-            idx = order[i : i + size]
-            answers = generate_answers(
-                model, tokenizer, [prompts[j] for j in idx], **gen, on_answer=bar.update
-            )
-            for j, ans in zip(idx, answers, strict=True):
-                out[j] = ans
-    return out
-
-
-def score_answers(
-    answers: list[Any],
-    refs: list[str],
-    *,
-    verifier: Any = None,
-    contexts: list[str] | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(summary, per-question rows) for answers against references.
-
-    With a ``verifier`` (:class:`legaltune.corpus.verify.Verifier`) every citation of every answer is
-    also resolved against the law corpus (``contexts``: the conversation each answer replies to, where
-    a citation naming no law takes its law from): hallucinated and supported rates beside P/R/F1.
-    """
-    texts = [a.text for a in answers]
-    per = []
-    checks = []
-    for i, (a, ref) in enumerate(zip(answers, refs, strict=True)):
-        c = citation_scores(a.text, ref)
-        ca = citation_scores(a.text, ref, level="article")
-        row = {
-            "answer": a.text,
-            "new_tokens": a.new_tokens,
-            "syllables": len(syllables(a.text)),
-            "stopped": a.stopped,
-            "exact_match": exact_match(a.text, ref),
-            "token_f1": round(token_f1(a.text, ref), 4),
-            "rouge_l": round(rouge_l(a.text, ref), 4),
-            "citation_precision": c["precision"],
-            "citation_recall": c["recall"],
-            "citation_f1": c["f1"],
-            "citation_f1_article_level": ca["f1"],
-        }
-        if verifier is not None:
-            found = verifier.check(a.text, contexts[i] if contexts else "")
-            checks.append(found)
-            row["citation_checks"] = [x.to_dict() for x in found]
-        per.append(row)
-    cit = aggregate_citation_scores(zip(texts, refs, strict=True))
-    cit_article = aggregate_citation_scores(zip(texts, refs, strict=True), level="article")
-    summary = {
-        "exact_match": statistics.fmean(p["exact_match"] for p in per),
-        "token_f1": statistics.fmean(p["token_f1"] for p in per),
-        "rouge_l": statistics.fmean(p["rouge_l"] for p in per),
-        "bleu": bleu(texts, refs),
-        "citation_precision": cit["precision"],
-        "citation_recall": cit["recall"],
-        "citation_f1": cit["f1"],
-        # clause/point ignored: the right article with a wrong clause counts
-        "citation_precision_article_level": cit_article["precision"],
-        "citation_recall_article_level": cit_article["recall"],
-        "citation_f1_article_level": cit_article["f1"],
-        "mean_new_tokens": statistics.fmean(p["new_tokens"] for p in per),
-        "mean_syllables": statistics.fmean(p["syllables"] for p in per),
-        "stopped_rate": statistics.fmean(float(p["stopped"]) for p in per),
-        "citations": cit,
-        "citations_article_level": cit_article,
-    }
-    if verifier is not None:
-        from legaltune.corpus.verify import summarize_checks
-
-        check = summarize_checks(checks)
-        summary |= {
-            "hallucinated_rate": check["hallucinated_rate"],
-            "hallucinated_article_rate": check["hallucinated_article_rate"],
-            "supported_rate": check["supported_rate"],
-            "citation_check": check,
-        }
-    return summary, per
-
-
-_SUBSET_KEYS = (
-    "citation_f1",
-    "citation_precision_article_level",
-    "citation_recall_article_level",
-    "citation_f1_article_level",
-    "hallucinated_rate",
-    "supported_rate",
-    "token_f1",
-)
-
-
-def _by_context(per: list[dict[str, Any]], refs: list[str], corpus_rows: list[int]) -> dict[str, Any]:
-    """The main scores apart for questions asked with law text from the corpus (data.context_fill)
-    and for those that kept their own context, from the answers already scored."""
-    from legaltune.corpus.verify import CitationCheck, summarize_checks
-
-    out = {}
-    inside = set(corpus_rows)
-    for name, rows in (
-        ("corpus", sorted(inside)),
-        ("own", [i for i in range(len(per)) if i not in inside]),
-    ):
-        pairs = [(per[i]["answer"], refs[i]) for i in rows]
-        exact = aggregate_citation_scores(pairs)
-        article = aggregate_citation_scores(pairs, level="article")
-        checks = [
-            [
-                CitationCheck(**{k: v for k, v in c.items() if k not in ("mark", "line")})
-                for c in per[i]["citation_checks"]
-            ]
-            for i in rows
-        ]
-        check = summarize_checks(checks)
-        summary = {
-            "questions": len(rows),
-            "citation_f1": exact["f1"],
-            "citation_precision_article_level": article["precision"],
-            "citation_recall_article_level": article["recall"],
-            "citation_f1_article_level": article["f1"],
-            "hallucinated_rate": check["hallucinated_rate"],
-            "supported_rate": check["supported_rate"],
-            "token_f1": statistics.fmean(per[i]["token_f1"] for i in rows) if rows else None,
-        }
-        out[name] = {k: summary[k] for k in ("questions", *_SUBSET_KEYS)}
-    return out
-
-
 def _evaluate_side(
     model: Any,
     tokenizer: Any,
@@ -240,7 +97,9 @@ def _evaluate_side(
         token_loss(model, rows, batch_size=gen["batch_size"], pad_token_id=pad) if rows else (None, 0)
     )
     t1 = time.perf_counter()
-    answers = _generate(model, tokenizer, prompts, gen, f"{side} answers", show, cfg.effective_seed)
+    answers = answer_longest_first(
+        model, tokenizer, prompts, gen, desc=f"{side} answers", show=show, seed=cfg.effective_seed
+    )
     t2 = time.perf_counter()
     summary, per = score_answers(answers, refs, verifier=verifier, contexts=[prompt_text(p) for p in prompts])
     summary |= {
@@ -334,7 +193,7 @@ def evaluate_run(
     corpus_rows = [i for i, r in enumerate(records) if r.get("context_from_corpus")]
     if corpus_rows and len(corpus_rows) < len(records):
         for side in sides:
-            results[side][0]["by_context"] = _by_context(results[side][1], refs, corpus_rows)
+            results[side][0]["by_context"] = by_context(results[side][1], refs, corpus_rows)
     questions = []
     for i, (rec, (_, question, ref)) in enumerate(zip(records, turns, strict=True)):
         row = {"id": rec.get("id"), "loc": rec["loc"], "question": question, "reference": ref}
@@ -379,96 +238,3 @@ def evaluate_run(
     }
     write_json_atomic(run.eval, result, "eval results")
     return result
-
-
-# (key, label, format, which direction is better: -1 lower, +1 higher, 0 neither)
-TABLE_ROWS: list[tuple[str, str, str, int]] = [
-    ("loss", "eval loss (token-weighted)", "f4", -1),
-    ("perplexity", "perplexity", "f2", -1),
-    ("exact_match", "exact match", "pct", 1),
-    ("token_f1", "token F1 (syllables)", "pct", 1),
-    ("rouge_l", "ROUGE-L", "pct", 1),
-    ("bleu", "BLEU", "f2", 1),
-    ("citation_precision", "citation precision", "pct", 1),
-    ("citation_recall", "citation recall", "pct", 1),
-    ("citation_f1", "citation F1", "pct", 1),
-    ("citation_precision_article_level", "citation precision (article level)", "pct", 1),
-    ("citation_recall_article_level", "citation recall (article level)", "pct", 1),
-    ("citation_f1_article_level", "citation F1 (article level)", "pct", 1),
-    ("hallucinated_rate", "hallucinated citations (law in corpus)", "pct", -1),
-    ("hallucinated_article_rate", "  … of a missing article", "pct", -1),
-    ("supported_rate", "citations supported by the article", "pct", 1),
-    ("mean_new_tokens", "mean answer length (tokens)", "f1", 0),
-    ("mean_syllables", "mean answer length (syllables)", "f1", 0),
-    ("stopped_rate", "answers that stop", "pct", 1),
-]
-
-
-def fmt_value(value: float | None, kind: str) -> str:
-    if value is None:
-        return "—"
-    return f"{100 * value:.1f} %" if kind == "pct" else f"{value:.{kind[1]}f}"
-
-
-def fmt_delta(base: float | None, tuned: float | None, kind: str) -> str:
-    if base is None or tuned is None:
-        return ""
-    d = tuned - base
-    return f"{100 * d:+.1f} pt" if kind == "pct" else f"{d:+.{kind[1]}f}"
-
-
-def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, int]]:
-    """(label, base, tuned, delta, sign) per metric; sign is +1 better, -1 worse, 0 neutral/unknown."""
-    base, tuned = result.get("base") or {}, result["tuned"]
-    out = []
-    for key, label, kind, better in TABLE_ROWS:
-        b, t = base.get(key), tuned.get(key)
-        sign = 0 if (b is None or t is None or better == 0 or t == b) else (1 if (t - b) * better > 0 else -1)
-        out.append((label, fmt_value(b, kind), fmt_value(t, kind), fmt_delta(b, t, kind), sign))
-    return out
-
-
-def render_eval(result: dict[str, Any], console: Any = None) -> None:
-    """Print base vs tuned (and the change) as a rich table."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    d, g = result["data"], result["generation"]
-    limit = f", first {d['limit']} of {d['available']} (--limit)" if d["limit"] is not None else ""
-    table = Table(
-        title=f"{result['run_dir']}: {d['questions']} questions from {d['source']}{limit}",
-        caption=(
-            f"{'sampled' if g['do_sample'] else 'greedy'}, ≤ {g['max_new_tokens']} new tokens; "
-            + (
-                f"loss over {d['loss_tokens']:,} answer tokens"
-                if d["loss_tokens"]
-                else "no loss pass (--no-loss)"
-            )
-            + f"; written to {Path(result['run_dir']) / EVAL_FILE}"
-        ),
-    )
-    table.add_column("metric")
-    table.add_column("base", justify="right")
-    table.add_column("tuned", justify="right")
-    table.add_column("Δ", justify="right")
-    for label, b, t, delta, sign in table_rows(result):
-        style = {1: "green", -1: "red"}.get(sign, "")
-        table.add_row(label, b, t, f"[{style}]{delta}[/{style}]" if style else delta)
-    console.print(table)
-    by = result["tuned"].get("by_context")
-    if by:
-        base_by = (result.get("base") or {}).get("by_context") or {}
-        for name, label in (("corpus", "law text from the corpus"), ("own", "their own context")):
-            t, b = by[name], base_by.get(name, {})
-            cells = ", ".join(
-                f"{lab} {fmt_value(b.get(k), 'pct')} → {fmt_value(t.get(k), 'pct')}"
-                for k, lab in (
-                    ("citation_f1_article_level", "article F1"),
-                    ("hallucinated_rate", "hallucinated"),
-                    ("supported_rate", "supported"),
-                )
-            )
-            console.print(f"{t['questions']} questions asked with {label} (base → tuned): {cells}")
-    if result.get("trainer_eval_loss") is not None:
-        console.print(f"trainer's final eval loss (train_summary.json): {result['trainer_eval_loss']:.4f}")

@@ -117,3 +117,33 @@ def generate_answers(
         tokenizer.padding_side = side
         model.train(was_training)
     return out
+
+
+def answer_longest_first(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[dict[str, str]]],
+    gen: dict[str, Any],
+    *,
+    desc: str,
+    show: bool,
+    seed: int,
+) -> list[Answer]:
+    """:func:`generate_answers` over all ``prompts`` (``gen``: its keyword arguments), batched longest
+    first under a progress bar; answers in prompt order. ``seed`` seeds torch before the first batch."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)  # sampled runs repeat; base and tuned draw from the same stream start
+    # Longest prompts first so that each batch pads little; answers go back to question order.
+    order = sorted(range(len(prompts)), key=lambda i: -sum(len(m["content"]) for m in prompts[i]))
+    out: list[Any] = [None] * len(prompts)
+    size = gen["batch_size"]
+    with tqdm(total=len(prompts), desc=desc, unit="q", disable=not show, dynamic_ncols=True) as bar:
+        for i in range(0, len(order), size):
+            idx = order[i : i + size]
+            answers = generate_answers(
+                model, tokenizer, [prompts[j] for j in idx], **gen, on_answer=bar.update
+            )
+            for j, ans in zip(idx, answers, strict=True):
+                out[j] = ans
+    return out

@@ -247,7 +247,7 @@ def _eval_section(ev: dict[str, Any] | None) -> str:
             "<code>legaltune eval --run RUN_DIR</code> to add loss, perplexity, EM/F1/ROUGE-L/BLEU and "
             "citation scores here.</p></section>"
         )
-    from legaltune.evaluate.run_eval import table_rows
+    from legaltune.evaluate.table import table_rows
 
     body = []
     for label, b, t, delta, sign in table_rows(ev):

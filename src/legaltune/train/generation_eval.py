@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 
 from legaltune.data.turns import prompt_text, split_turn
 from legaltune.evaluate.gen_metrics import GEN_METRICS
-from legaltune.evaluate.run_eval import score_answers
+from legaltune.evaluate.score import score_answers
 
 
 def spread_subset(records: list[Any], n: int) -> list[Any]:
