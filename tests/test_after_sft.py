@@ -207,3 +207,17 @@ def test_records_without_a_rejected_answer_are_counted_aloud(tmp_path, sft_run, 
     assert str(mixed) in train_note and "1 records have no 'rejected'" in train_note
     eval_note = next(m for m in said if m.startswith("data.eval_file"))
     assert f"{len(RECORDS)} records have no 'rejected'" in eval_note and "no pair to evaluate" in eval_note
+
+
+def test_pairs_cut_or_dropped_at_max_seq_length_are_said(tmp_path, sft_run, tokenizer):
+    from legaltune.train.methods import after_sft
+
+    said: list[str] = []
+    cfg = method_cfg(tmp_path, sft_run, "dpo", model={"max_seq_length": 60})
+    data = after_sft(cfg, said.append).prepare(tokenizer)
+    st = data.stats.train
+    assert st.truncated and st.dropped_prompt_too_long  # the short limit cuts some pairs, drops others
+    note = next(m for m in said if m.startswith("train pairs longer than model.max_seq_length 60"))
+    assert f"{st.truncated} with their answers cut" in note
+    assert f"{st.dropped_prompt_too_long} dropped because the prompt alone fills it" in note
+    assert f"{len(data.train)} pairs kept" in note

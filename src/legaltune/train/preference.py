@@ -87,6 +87,14 @@ class PreferenceMethod(AfterSFT):
                 f"data.eval_file {d.eval_file}: {st.eval.not_pairs} records have no 'rejected' answer, so {where}; "
                 "`legaltune eval --run RUN --data FILE` scores the run's answers on QA records"
             )
+        for split, ps in (("train", st.train), ("eval", st.eval)):
+            cut = ps.truncated + ps.dropped_overlength + ps.dropped_prompt_too_long
+            if cut:
+                self.say(
+                    f"{split} pairs longer than model.max_seq_length {self.cfg.model.max_seq_length}: "
+                    f"{ps.truncated} with their answers cut, {ps.dropped_overlength} dropped (data.overlength: drop), "
+                    f"{ps.dropped_prompt_too_long} dropped because the prompt alone fills it; {ps.pairs} pairs kept"
+                )
         return data
 
     def eval_dataset(self, data: PreparedPairs) -> Any:
