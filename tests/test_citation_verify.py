@@ -119,3 +119,38 @@ def test_eval_scores_carry_the_corpus_checks(verifier):
     assert per[1]["citation_checks"][0]["status"] == "no_article"
     assert per[1]["citation_checks"][0]["law"] == "45/2019/QH14"
     assert "citation_check" not in score_answers(answers, refs)[0]  # no verifier: no corpus rates
+
+
+def test_eval_scores_extract_each_texts_citations_once_and_split_by_context(verifier, monkeypatch):
+    from legaltune.evaluate import score
+    from legaltune.generate.answers import Answer
+
+    refs = [
+        "Theo điểm a khoản 1 Điều 35 Bộ luật Lao động 2019, ít nhất 45 ngày.",
+        "Theo Điều 105 Bộ luật Lao động 2019, không quá 08 giờ một ngày.",
+        "Theo Điều 105 Bộ luật Lao động 2019, không quá 48 giờ một tuần.",
+    ]
+    answers = [
+        Answer("Theo khoản 1 Điều 35 Bộ luật Lao động 2019, phải báo trước ít nhất 45 ngày.", 10, True),
+        Answer("Theo Điều 999 Bộ luật Lao động 2019, làm việc 08 giờ.", 8, True),
+        Answer("Theo Điều 105 Bộ luật Lao động 2019, không quá 48 giờ.", 8, True),
+    ]
+    seen: list[str] = []
+    real = score.extract_citations
+
+    def counting(text):
+        seen.append(text)
+        return real(text)
+
+    monkeypatch.setattr(score, "extract_citations", counting)
+    summary, _ = score.score_answers(answers, refs, verifier=verifier, corpus_rows=[0])
+    # exact and article level, per answer, over the set and per context group: one extraction each
+    assert sorted(seen) == sorted([a.text for a in answers] + refs)
+    corpus, own = summary["by_context"]["corpus"], summary["by_context"]["own"]
+    assert corpus["questions"] == 1 and own["questions"] == 2
+    assert corpus["citation_f1_article_level"] == 1.0  # Đ35 for Đ35
+    assert own["citation_f1_article_level"] == 0.5  # Đ999 for Đ105, Đ105 for Đ105
+    assert own["hallucinated_rate"] == 0.5 and corpus["hallucinated_rate"] == 0.0
+    # all asked with corpus text (or none): no groups to tell apart
+    assert "by_context" not in score.score_answers(answers, refs, verifier=verifier, corpus_rows=[0, 1, 2])[0]
+    assert "by_context" not in score.score_answers(answers, refs, verifier=verifier)[0]

@@ -145,6 +145,21 @@ def _scores(matched: int, n_pred: int, n_ref: int) -> dict[str, float | None]:
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
+def set_scores(
+    pred: set[Citation], ref: set[Citation], *, level: Level = "exact"
+) -> dict[str, float | int | None]:
+    """:func:`citation_scores` of citations already extracted (``pred``: the answer's, ``ref``: the
+    reference's), so that a caller scoring several ways extracts each text once."""
+    pred_set, ref_set = _project(pred, level), _project(ref, level)
+    matched = len(pred_set & ref_set)
+    return {
+        **_scores(matched, len(pred_set), len(ref_set)),
+        "n_pred": len(pred_set),
+        "n_ref": len(ref_set),
+        "n_match": matched,
+    }
+
+
 def citation_scores(pred: str, ref: str, *, level: Level = "exact") -> dict[str, float | int | None]:
     """Precision, recall and F1 of the citations in ``pred`` against those in ``ref``.
 
@@ -157,15 +172,24 @@ def citation_scores(pred: str, ref: str, *, level: Level = "exact") -> dict[str,
 
     Also returns the counts ``n_pred``, ``n_ref``, ``n_match``.
     """
-    pred_set = _project(extract_citations(pred), level)
-    ref_set = _project(extract_citations(ref), level)
-    matched = len(pred_set & ref_set)
-    return {
-        **_scores(matched, len(pred_set), len(ref_set)),
-        "n_pred": len(pred_set),
-        "n_ref": len(ref_set),
-        "n_match": matched,
-    }
+    return set_scores(extract_citations(pred), extract_citations(ref), level=level)
+
+
+def aggregate_set_scores(
+    pairs: Iterable[tuple[set[Citation], set[Citation]]], *, level: Level = "exact"
+) -> dict[str, float | int | None]:
+    """:func:`aggregate_citation_scores` over citations already extracted (answer's, reference's)."""
+    totals = dict.fromkeys(
+        ("n_pairs", "n_refs_with_citations", "n_preds_with_citations", "n_pred", "n_ref", "n_match"), 0
+    )
+    for pred, ref in pairs:
+        one = set_scores(pred, ref, level=level)
+        totals["n_pairs"] += 1
+        totals["n_refs_with_citations"] += one["n_ref"] > 0
+        totals["n_preds_with_citations"] += one["n_pred"] > 0
+        for key in ("n_pred", "n_ref", "n_match"):
+            totals[key] += one[key]
+    return {**_scores(totals["n_match"], totals["n_pred"], totals["n_ref"]), **totals}
 
 
 def aggregate_citation_scores(
@@ -178,14 +202,5 @@ def aggregate_citation_scores(
     Also returns ``n_pairs``, ``n_refs_with_citations``, ``n_preds_with_citations`` and the
     summed counts ``n_pred``, ``n_ref``, ``n_match``.
     """
-    totals = dict.fromkeys(
-        ("n_pairs", "n_refs_with_citations", "n_preds_with_citations", "n_pred", "n_ref", "n_match"), 0
-    )
-    for pred, ref in pairs:
-        one = citation_scores(pred, ref, level=level)
-        totals["n_pairs"] += 1
-        totals["n_refs_with_citations"] += one["n_ref"] > 0
-        totals["n_preds_with_citations"] += one["n_pred"] > 0
-        for key in ("n_pred", "n_ref", "n_match"):
-            totals[key] += one[key]
-    return {**_scores(totals["n_match"], totals["n_pred"], totals["n_ref"]), **totals}
+    extracted = ((extract_citations(pred), extract_citations(ref)) for pred, ref in pairs)
+    return aggregate_set_scores(extracted, level=level)

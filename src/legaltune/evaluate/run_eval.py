@@ -21,7 +21,7 @@ from torch.nn.functional import cross_entropy
 from legaltune.data.format import IGNORE
 from legaltune.data.pack import BatchCollator
 from legaltune.data.turns import prompt_text, split_turn
-from legaltune.evaluate.score import by_context, score_answers
+from legaltune.evaluate.score import score_answers
 from legaltune.generate.answers import answer_longest_first
 from legaltune.run.atomic import write_json_atomic
 from legaltune.run.layout import EVAL as EVAL_FILE
@@ -89,6 +89,7 @@ def _evaluate_side(
     show: bool,
     cfg: Any,
     verifier: Any = None,
+    corpus_rows: list[int] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, float]]:
     """Loss, answers and scores of the model as it is now (adapter on, or inside disable_adapter())."""
     t0 = time.perf_counter()
@@ -101,7 +102,8 @@ def _evaluate_side(
         model, tokenizer, prompts, gen, desc=f"{side} answers", show=show, seed=cfg.effective_seed
     )
     t2 = time.perf_counter()
-    summary, per = score_answers(answers, refs, verifier=verifier, contexts=[prompt_text(p) for p in prompts])
+    contexts = [prompt_text(p) for p in prompts]
+    summary, per = score_answers(answers, refs, verifier=verifier, contexts=contexts, corpus_rows=corpus_rows)
     summary |= {
         "loss": loss,
         "perplexity": _perplexity(loss) if loss is not None else None,
@@ -179,21 +181,18 @@ def evaluate_run(
     sides = ("tuned", "base") if compare_base else ("tuned",)
     results: dict[str, Any] = {}
     timing: dict[str, float] = {}
+    corpus_rows = [i for i, r in enumerate(records) if r.get("context_from_corpus")]
     for side in sides:
         # disable_adapter() turns the LoRA layers off in place: the base on the same weights
         with model.disable_adapter() if side == "base" else contextlib.nullcontext():
             summary, per, times = _evaluate_side(
-                model, tokenizer, rows, prompts, refs, gen, side, show_progress, cfg, verifier
+                model, tokenizer, rows, prompts, refs, gen, side, show_progress, cfg, verifier, corpus_rows
             )
         results[side] = (summary, per)
         timing.update({f"{side}_{k}": v for k, v in times.items()})
     loss_tokens = results["tuned"][0].pop("loss_tokens")
     if compare_base:
         results["base"][0].pop("loss_tokens")
-    corpus_rows = [i for i, r in enumerate(records) if r.get("context_from_corpus")]
-    if corpus_rows and len(corpus_rows) < len(records):
-        for side in sides:
-            results[side][0]["by_context"] = by_context(results[side][1], refs, corpus_rows)
     questions = []
     for i, (rec, (_, question, ref)) in enumerate(zip(records, turns, strict=True)):
         row = {"id": rec.get("id"), "loc": rec["loc"], "question": question, "reference": ref}

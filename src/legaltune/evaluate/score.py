@@ -1,13 +1,19 @@
 """Answers scored against their references: text overlap, citation P/R/F1 and, with the law corpus,
-the citations checked (hallucinated, supported); the same scores apart by where the context came from."""
+the citations checked (hallucinated, supported); the same scores apart by where the context came from.
+
+Each answer's and each reference's citations are extracted once; every citation score (per answer,
+summed over the set, exact and article level, per context group) is computed from those sets.
+"""
 
 from __future__ import annotations
 
 import statistics
 from typing import Any
 
-from legaltune.evaluate.citations import aggregate_citation_scores, citation_scores
+from legaltune.evaluate.citations import Citation, aggregate_set_scores, extract_citations, set_scores
 from legaltune.evaluate.metrics import bleu, exact_match, rouge_l, syllables, token_f1
+
+_Cited = tuple[set[Citation], set[Citation]]  # (the answer's citations, the reference's)
 
 
 def score_answers(
@@ -16,19 +22,25 @@ def score_answers(
     *,
     verifier: Any = None,
     contexts: list[str] | None = None,
+    corpus_rows: list[int] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(summary, per-question rows) for answers against references.
 
     With a ``verifier`` (:class:`legaltune.corpus.verify.Verifier`) every citation of every answer is
     also resolved against the law corpus (``contexts``: the conversation each answer replies to, where
     a citation naming no law takes its law from): hallucinated and supported rates beside P/R/F1.
+    ``corpus_rows``: the questions asked with law text from the corpus; when some but not all were,
+    the summary's ``by_context`` holds the main scores of both groups apart (needs a verifier).
     """
     texts = [a.text for a in answers]
+    cited: list[_Cited] = [
+        (extract_citations(a.text), extract_citations(ref)) for a, ref in zip(answers, refs, strict=True)
+    ]
     per = []
     checks = []
     for i, (a, ref) in enumerate(zip(answers, refs, strict=True)):
-        c = citation_scores(a.text, ref)
-        ca = citation_scores(a.text, ref, level="article")
+        c = set_scores(*cited[i])
+        ca = set_scores(*cited[i], level="article")
         row = {
             "answer": a.text,
             "new_tokens": a.new_tokens,
@@ -47,8 +59,8 @@ def score_answers(
             checks.append(found)
             row["citation_checks"] = [x.to_dict() for x in found]
         per.append(row)
-    cit = aggregate_citation_scores(zip(texts, refs, strict=True))
-    cit_article = aggregate_citation_scores(zip(texts, refs, strict=True), level="article")
+    cit = aggregate_set_scores(cited)
+    cit_article = aggregate_set_scores(cited, level="article")
     summary = {
         "exact_match": statistics.fmean(p["exact_match"] for p in per),
         "token_f1": statistics.fmean(p["token_f1"] for p in per),
@@ -77,6 +89,8 @@ def score_answers(
             "supported_rate": check["supported_rate"],
             "citation_check": check,
         }
+        if corpus_rows and len(corpus_rows) < len(per):
+            summary["by_context"] = _by_context(per, cited, checks, corpus_rows)
     return summary, per
 
 
@@ -91,10 +105,12 @@ _SUBSET_KEYS = (
 )
 
 
-def by_context(per: list[dict[str, Any]], refs: list[str], corpus_rows: list[int]) -> dict[str, Any]:
+def _by_context(
+    per: list[dict[str, Any]], cited: list[_Cited], checks: list[list[Any]], corpus_rows: list[int]
+) -> dict[str, Any]:
     """The main scores apart for questions asked with law text from the corpus (data.context_fill)
     and for those that kept their own context, from the answers already scored."""
-    from legaltune.corpus.verify import CitationCheck, summarize_checks
+    from legaltune.corpus.verify import summarize_checks
 
     out = {}
     inside = set(corpus_rows)
@@ -102,17 +118,9 @@ def by_context(per: list[dict[str, Any]], refs: list[str], corpus_rows: list[int
         ("corpus", sorted(inside)),
         ("own", [i for i in range(len(per)) if i not in inside]),
     ):
-        pairs = [(per[i]["answer"], refs[i]) for i in rows]
-        exact = aggregate_citation_scores(pairs)
-        article = aggregate_citation_scores(pairs, level="article")
-        checks = [
-            [
-                CitationCheck(**{k: v for k, v in c.items() if k not in ("mark", "line")})
-                for c in per[i]["citation_checks"]
-            ]
-            for i in rows
-        ]
-        check = summarize_checks(checks)
+        exact = aggregate_set_scores([cited[i] for i in rows])
+        article = aggregate_set_scores([cited[i] for i in rows], level="article")
+        check = summarize_checks([checks[i] for i in rows])
         summary = {
             "questions": len(rows),
             "citation_f1": exact["f1"],
