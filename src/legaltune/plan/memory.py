@@ -144,13 +144,14 @@ def fp8_transient_bytes(arch: Arch, tokens: int) -> float:
     Forward: its input quantized to e4m3 (1 byte per element) with one fp32 scale per token. Backward:
     the output gradient, scaled and quantized (1 byte per element, one scale per token), and the
     weight's transposed e4m3 copy that cuBLASLt's column-major operand needs. The widest projection
-    (the MLP's, I wide) bounds each; forward's and backward's are not alive at once, but the model
-    counts both (the larger error is the safe one)."""
+    (the MLP's, I wide) bounds each; forward's and backward's are never alive at once."""
     shapes = arch.linear_shapes().values()
     widest_in = max(i for i, _ in shapes)
     widest_out = max(o for _, o in shapes)
     largest = max(i * o for i, o in shapes)
-    return tokens * (widest_in + widest_out + 2 * FP8_SCALE_BYTES) + largest * FP8_WEIGHT_BYTES
+    forward = tokens * (widest_in * FP8_WEIGHT_BYTES + FP8_SCALE_BYTES)
+    backward = tokens * (widest_out * FP8_WEIGHT_BYTES + FP8_SCALE_BYTES) + largest * FP8_WEIGHT_BYTES
+    return max(forward, backward)
 
 
 def _fused_head_bytes(arch: Arch, tokens: int) -> float:
