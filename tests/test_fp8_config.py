@@ -120,3 +120,18 @@ def test_merge_notes_an_fp8_trained_adapter(tmp_path):
         _warn_quantized(info)
     (warning,) = [w for w in caught if issubclass(w.category, QuantizedBaseWarning)]
     assert "FP8" in str(warning.message) and "16-bit base" in str(warning.message)
+
+
+@pytest.mark.long
+def test_legaltune_train_with_load_in_fp8_on_cpu(tmp_path):
+    """The CLI end to end over the embedded model (minutes on a shared CPU: the reference path
+    quantizes every activation in eager ops): FP8 projections, a finished run, a saved adapter."""
+    from tests import train_cli
+
+    config = train_cli.write_config(tmp_path / "c.yaml", tmp_path / "out", max_steps=2)
+    proc = train_cli.run(
+        "train", str(config), "--set", "quantization.load_in_fp8=true", "--set", "speed.mode=fast"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "210 decoder projections in float8_e4m3" in proc.stderr and "210 FP8 base linears" in proc.stderr
+    assert (tmp_path / "out" / "k" / "adapter" / "adapter_model.safetensors").is_file()

@@ -74,6 +74,19 @@ def test_scaled_mm_matches_the_reference_and_stays_within_the_error_table(tokens
 
 
 @needs_fp8
+@pytest.mark.parametrize("tokens", [1, 3, 17])
+def test_scaled_mm_takes_decode_sized_batches(tokens, fp8_backend):
+    """Generation runs one token at a time through the same GEMMs: M = 1 and odd token counts."""
+    gen = torch.Generator("cuda").manual_seed(tokens)
+    w8, scale = fp8.quantize_weight(torch.randn(1024, 4096, device="cuda", generator=gen) * 0.02)
+    x = torch.randn(tokens, 4096, device="cuda", generator=gen).bfloat16()
+    fp8_backend("scaled_mm")
+    got = fp8.fp8_linear(x, w8, scale, torch.bfloat16)
+    fp8_backend("reference")
+    assert _rel(got, fp8.fp8_linear(x, w8, scale, torch.bfloat16)) < 5e-3
+
+
+@needs_fp8
 def test_compiled_quantizer_equals_eager():
     t = torch.randn(4096, 14336, device="cuda").bfloat16()
     scale = torch.rand(14336, device="cuda") + 0.5
