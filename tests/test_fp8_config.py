@@ -133,5 +133,6 @@ def test_legaltune_train_with_load_in_fp8_on_cpu(tmp_path):
         "train", str(config), "--set", "quantization.load_in_fp8=true", "--set", "speed.mode=fast"
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "210 decoder projections in float8_e4m3" in proc.stderr and "210 FP8 base linears" in proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "210 decoder projections in float8_e4m3" in out and "210 FP8 base linears" in out
     assert (tmp_path / "out" / "k" / "adapter" / "adapter_model.safetensors").is_file()
