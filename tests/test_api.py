@@ -78,6 +78,22 @@ def test_unknown_argument_is_a_type_error_naming_it(tiny_dir):
         FastLanguageModel.get_peft_model(model, loftq_config={"loftq_bits": 4})
 
 
+def test_bad_values_get_the_config_files_messages(tiny_dir):
+    """The API builds config sections in code; they check themselves as a YAML file's do."""
+    from legaltune.config.fields import ConfigError
+
+    model, _ = seed_load(str(tiny_dir))
+    with pytest.raises(ConfigError) as info:
+        FastLanguageModel.get_peft_model(
+            model, r=0, use_gradient_checkpointing="yes", target_modules=["all-linear", "q_proj"]
+        )
+    assert [p.path for p in info.value.problems] == ["lora.r", "lora.use_gradient_checkpointing"]
+    with pytest.raises(ConfigError, match="lora.target_modules: 'all-linear' cannot be combined"):
+        FastLanguageModel.get_peft_model(model, target_modules=["all-linear", "q_proj"])
+    with pytest.raises(ConfigError, match="quantization.load_in_4bit: load_in_4bit and load_in_8bit"):
+        FastLanguageModel.from_pretrained(model_name=str(tiny_dir), load_in_4bit=True, load_in_8bit=True)
+
+
 @pytest.mark.parametrize("dtype", [None, "float32", torch.float32, "auto"])
 def test_dtype_spellings(tiny_dir, dtype):
     model, _ = seed_load(str(tiny_dir), dtype=dtype)

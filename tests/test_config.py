@@ -294,3 +294,46 @@ def test_a_set_warmup_replaces_the_other_kind_written_in_the_file(tmp_path):
     f.write_text("training:\n  warmup_steps: 30\n  warmup_ratio: 0.1\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="both set"):
         load_config(f)
+
+
+SECTION_MISTAKES = [
+    ("lora", {"r": 0}),
+    ("lora", {"use_gradient_checkpointing": "yes"}),
+    ("lora", {"target_modules": []}),
+    ("lora", {"target_modules": ["all-linear", "q_proj"]}),
+    ("quantization", {"load_in_4bit": True, "load_in_8bit": True}),
+    ("quantization", {"load_in_8bit": True, "load_in_fp8": True}),
+    ("speed", {"offload_attention": -2}),
+    ("model", {"dtype": "fp64"}),
+    ("training", {"learning_rate": -1.0}),
+]
+
+
+@pytest.mark.parametrize(("section", "values"), SECTION_MISTAKES)
+def test_a_section_built_in_code_gets_the_checks_and_messages_of_a_config_file(section, values):
+    """Building a section directly (as the seed's API does) reports what a YAML file would."""
+    from legaltune.config.schema import SECTIONS
+
+    from_file = problems_of({section: values})
+    with pytest.raises(ConfigError) as info:
+        SECTIONS[section](**values)
+    assert [(p.path, p.message, p.fix) for p in info.value.problems] == [
+        (p.path, p.message, p.fix) for p in from_file
+    ]
+
+
+def test_section_rules_keep_every_problem_of_a_file_and_its_lines(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("lora:\n  r: 0\nquantization:\n  load_in_4bit: true\n  load_in_8bit: true\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    found = {(p.path, p.line) for p in info.value.problems}
+    assert found == {("lora.r", f"{path}:2"), ("quantization.load_in_4bit", f"{path}:4")}
+
+
+def test_a_section_built_in_code_is_normalised_as_from_a_file():
+    from legaltune.config.schema import DataConfig, ModelConfig, SpeedConfig
+
+    assert ModelConfig(dtype="bf16").dtype == "bfloat16"
+    assert SpeedConfig(mode=False).mode == "off"
+    assert DataConfig(train_file=Path("train.jsonl")).train_file == "train.jsonl"

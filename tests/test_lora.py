@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from legaltune.config.fields import ConfigError
 from legaltune.config.schema import SEVEN_PROJECTIONS, LoraConfig
 from legaltune.model.arch import Arch
 from legaltune.model.lora import TargetModuleError, apply_lora
@@ -90,8 +91,10 @@ def test_missing_target_names_it_and_lists_available():
 
 
 def test_all_linear_must_stand_alone():
-    with pytest.raises(TargetModuleError, match="all-linear"):
-        apply_lora(tiny_model(), lora(target_modules=["all-linear", "q_proj"]))
+    # refused where the config section is built, so no such config reaches apply_lora
+    with pytest.raises(ConfigError, match="'all-linear' cannot be combined with names") as info:
+        lora(target_modules=["all-linear", "q_proj"])
+    assert [p.path for p in info.value.problems] == ["lora.target_modules"]
 
 
 @pytest.mark.parametrize(

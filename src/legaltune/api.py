@@ -113,10 +113,6 @@ class FastLanguageModel:
             raise NotImplementedError(
                 "loftq_config is not supported by legaltune; use load_in_4bit=True (QLoRA) with standard LoRA init"
             )
-        if use_gradient_checkpointing not in (True, False, "unsloth"):
-            raise ValueError(
-                f"use_gradient_checkpointing {use_gradient_checkpointing!r}: choose False, True or 'unsloth'"
-            )
         if speed not in ("fast", "off"):
             raise ValueError(
                 f"speed {speed!r}: choose 'fast' or 'off' ('auto' is for legaltune train configs)"

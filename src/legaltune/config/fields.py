@@ -8,12 +8,15 @@ user sees all mistakes in one go instead of fixing them one run at a time.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
+import functools
+import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 _MISSING = dataclasses.MISSING
 
@@ -157,6 +160,8 @@ def _coerce(value: Any, tp: Any) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike):  # a file name passed from code as a Path
+            return os.fspath(value)
         raise _Invalid
     raise _Invalid
 
@@ -249,7 +254,7 @@ def validate_section(
             )
         )
         return cls()
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     alias_to_name = {a: f.name for f in fields.values() for a in f.metadata.get("aliases", ())}
     kwargs: dict[str, Any] = {}
@@ -286,43 +291,105 @@ def validate_section(
                 )
             )
             continue
-        f = fields[name]
-        meta = f.metadata
         value = read_as_written(value, words.get(path), hints[name])
-        if isinstance(value, str) and meta.get("normalize"):
-            value = meta["normalize"].get(value.lower(), value)
-        try:
-            value = _coerce(value, hints[name])
-        except _Invalid:
-            problems.append(
-                Problem(
-                    path,
-                    f"expected {type_name(hints[name])}, got {value!r} ({type(value).__name__})",
-                    _choice_fix(meta, hints[name]),
-                    lines.get(path, ""),
-                )
-            )
-            continue
-        if meta.get("choices") and value is not None:
-            bad = [v for v in (value if isinstance(value, list) else [value]) if v not in meta["choices"]]
-            if bad:
-                guess = suggest(str(bad[0]), [str(c) for c in meta["choices"]])
-                problems.append(
-                    Problem(
-                        path,
-                        f"{bad[0]!r} is not a valid value",
-                        (guess + " " if guess else "") + _choice_fix(meta, hints[name]),
-                        lines.get(path, ""),
-                    )
-                )
-                continue
-        msg = _check_range(value, meta)
-        if msg:
-            advice = f" (seed: {meta['seed']})" if meta.get("seed") else ""
-            problems.append(Problem(path, msg, f"set {path} within that range{advice}", lines.get(path, "")))
+        value, problem = check_value(fields[name], hints[name], value, path, lines.get(path, ""))
+        if problem is not None:
+            problems.append(problem)
             continue
         kwargs[name] = value
-    return cls(**kwargs)
+    found: list[Problem] = []
+    token = _COLLECT.set(found)
+    try:
+        section = cls(**kwargs)
+    finally:
+        _COLLECT.reset(token)
+    problems.extend(dataclasses.replace(p, line=lines.get(p.path, "")) for p in found)
+    return section
+
+
+def check_value(
+    f: dataclasses.Field[Any], tp: Any, value: Any, path: str, line: str = ""
+) -> tuple[Any, Problem | None]:
+    """(``value`` as field ``f`` of type ``tp`` stores it, None), or (value, the problem with it):
+    accepted spellings normalised, the type checked (lightly coerced), choices and range checked.
+
+    Every way of building a section runs this: the YAML path field by field (collecting every problem
+    with its file line) and a section constructed in code, from :meth:`Section.__post_init__`."""
+    meta = f.metadata
+    if isinstance(value, str) and meta.get("normalize"):
+        value = meta["normalize"].get(value.lower(), value)
+    try:
+        value = _coerce(value, tp)
+    except _Invalid:
+        return value, Problem(
+            path,
+            f"expected {type_name(tp)}, got {value!r} ({type(value).__name__})",
+            _choice_fix(meta, tp),
+            line,
+        )
+    if meta.get("choices") and value is not None:
+        bad = [v for v in (value if isinstance(value, list) else [value]) if v not in meta["choices"]]
+        if bad:
+            guess = suggest(str(bad[0]), [str(c) for c in meta["choices"]])
+            return value, Problem(
+                path,
+                f"{bad[0]!r} is not a valid value",
+                (guess + " " if guess else "") + _choice_fix(meta, tp),
+                line,
+            )
+    msg = _check_range(value, meta)
+    if msg:
+        advice = f" (seed: {meta['seed']})" if meta.get("seed") else ""
+        return value, Problem(path, msg, f"set {path} within that range{advice}", line)
+    return value, None
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+class Section:
+    """Base of the config sections: a section checks its fields against their declarations when it
+    is built, however it is built (YAML, ``dataclasses.replace``, code such as the seed's API), and
+    raises :class:`ConfigError` naming every bad key as ``section.key``.
+
+    ``key`` is the section's name in a config file: ``class LoraConfig(Section, key="lora")``.
+    """
+
+    key: ClassVar[str] = ""
+
+    def __init_subclass__(cls, key: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.key = key or cls.key
+
+    def __post_init__(self) -> None:
+        problems = []
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value, problem = check_value(f, hints[f.name], getattr(self, f.name), f"{self.key}.{f.name}")
+            if problem is not None:
+                problems.append(problem)
+            else:
+                object.__setattr__(self, f.name, value)
+        if not problems:  # the section's own rules read checked values
+            problems = self.rules()
+        collect = _COLLECT.get()
+        if collect is not None:
+            collect.extend(problems)
+        elif problems:
+            raise ConfigError(problems)
+
+    def rules(self) -> list[Problem]:
+        """Rules between this section's own fields (rules across sections are config.load's)."""
+        return []
+
+
+# Set while validate_section builds a section: its problems join the config's list (with their
+# file lines) instead of raising, so that a user sees every mistake of a file at once.
+_COLLECT: contextvars.ContextVar[list[Problem] | None] = contextvars.ContextVar(
+    "config_problems", default=None
+)
 
 
 def _choice_fix(meta: dict[str, Any], tp: Any) -> str:

@@ -168,27 +168,6 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
 
     if cfg.model.dtype is None:  # the seed's dtype=None means "choose for me"
         cfg.model.dtype = "auto"
-    split = cfg.speed.offload_attention
-    if not isinstance(split, (bool, str)) and split < 0:
-        bad(
-            "speed.offload_attention",
-            f"{split} layers is negative",
-            "use auto, true, false or a layer count >= 0",
-        )
-    if cfg.quantization.load_in_4bit and cfg.quantization.load_in_8bit:
-        bad(
-            "quantization.load_in_4bit",
-            "load_in_4bit and load_in_8bit are both true",
-            "choose one: quantization.load_in_8bit: false (4-bit QLoRA) or quantization.load_in_4bit: false",
-        )
-    q = cfg.quantization
-    if q.load_in_fp8 and (q.load_in_4bit or q.load_in_8bit):
-        bits = "load_in_4bit" if q.load_in_4bit else "load_in_8bit"
-        bad(
-            "quantization.load_in_fp8",
-            f"load_in_fp8 and {bits} are both true: the frozen base is stored one way",
-            f"choose one: quantization.{bits}: false (FP8 base, Hopper) or quantization.load_in_fp8: false",
-        )
     check_distributed(cfg, bad)
     # warmup_ratio has the default (seed 003's 5 %); a user who writes warmup_steps means the count,
     # and a --set of one replaces the other written in the file.
@@ -309,19 +288,6 @@ def cross_checks(cfg: Config, provided: set[str], lines: dict[str, str]) -> list
             f"false, but lora.use_gradient_checkpointing is {cfg.lora.use_gradient_checkpointing!r}",
             "set optimization.gradient_checkpointing: true, or also lora.use_gradient_checkpointing: false "
             "to keep all activations",
-        )
-    tm = cfg.lora.target_modules
-    if not tm:
-        bad(
-            "lora.target_modules",
-            "empty: no module would get an adapter",
-            "list modules, e.g. lora.target_modules: [q_proj, v_proj], or lora.target_modules: [all-linear]",
-        )
-    elif "all-linear" in tm and len(tm) > 1:
-        bad(
-            "lora.target_modules",
-            "'all-linear' cannot be combined with names",
-            "set lora.target_modules: [all-linear] alone, or list names only",
         )
     if "none" in lg.report_to and len(lg.report_to) > 1:
         bad("logging.report_to", "'none' combined with other sinks", "set logging.report_to: [none] alone")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from legaltune.config.fields import opt
+from legaltune.config.fields import Problem, Section, opt
 from legaltune.speed.families import SPLIT
 from legaltune.speed.families import labels as family_labels
 
@@ -58,7 +58,7 @@ _DTYPE_SPELLINGS = {
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section, key="model"):
     """Model loading (seed §0.1, §1, §7)."""
 
     model_name: str = opt(
@@ -97,7 +97,7 @@ class ModelConfig:
 
 
 @dataclass
-class QuantizationConfig:
+class QuantizationConfig(Section, key="quantization"):
     """Quantization (seed §1.4, §7.2): QLoRA loads the frozen base in 4 or 8 bits through bitsandbytes; load_in_fp8 stores it in FP8 (docs/fp8.md)."""
 
     load_in_4bit: bool = opt(
@@ -126,9 +126,30 @@ class QuantizationConfig:
         normalize=_DTYPE_SPELLINGS,
     )
 
+    def rules(self) -> list[Problem]:
+        out = []
+        if self.load_in_4bit and self.load_in_8bit:
+            out.append(
+                Problem(
+                    "quantization.load_in_4bit",
+                    "load_in_4bit and load_in_8bit are both true",
+                    "choose one: quantization.load_in_8bit: false (4-bit QLoRA) or quantization.load_in_4bit: false",
+                )
+            )
+        if self.load_in_fp8 and (self.load_in_4bit or self.load_in_8bit):
+            bits = "load_in_4bit" if self.load_in_4bit else "load_in_8bit"
+            out.append(
+                Problem(
+                    "quantization.load_in_fp8",
+                    f"load_in_fp8 and {bits} are both true: the frozen base is stored one way",
+                    f"choose one: quantization.{bits}: false (FP8 base, Hopper) or quantization.load_in_fp8: false",
+                )
+            )
+        return out
+
 
 @dataclass
-class LoraConfig:
+class LoraConfig(Section, key="lora"):
     """LoRA (seed §0.2, §2)."""
 
     r: int = opt(
@@ -174,9 +195,29 @@ class LoraConfig:
         seed="000/003: 3407.",
     )
 
+    def rules(self) -> list[Problem]:
+        tm = self.target_modules
+        if not tm:
+            return [
+                Problem(
+                    "lora.target_modules",
+                    "empty: no module would get an adapter",
+                    "list modules, e.g. lora.target_modules: [q_proj, v_proj], or lora.target_modules: [all-linear]",
+                )
+            ]
+        if "all-linear" in tm and len(tm) > 1:
+            return [
+                Problem(
+                    "lora.target_modules",
+                    "'all-linear' cannot be combined with names",
+                    "set lora.target_modules: [all-linear] alone, or list names only",
+                )
+            ]
+        return []
+
 
 @dataclass
-class TrainingConfig:
+class TrainingConfig(Section, key="training"):
     """Training (seed §3)."""
 
     method: str = opt(
@@ -261,7 +302,7 @@ class TrainingConfig:
 
 
 @dataclass
-class OptimizationConfig:
+class OptimizationConfig(Section, key="optimization"):
     """Optimization (seed §4)."""
 
     optim: str = opt(
@@ -282,7 +323,7 @@ class OptimizationConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section, key="data"):
     """Data loading (seed §0.3 SFTTrainer data arguments, §5)."""
 
     train_file: str | None = opt(
@@ -382,7 +423,7 @@ class DataConfig:
 
 
 @dataclass
-class LoggingConfig:
+class LoggingConfig(Section, key="logging"):
     """Logging & saving (seed §6)."""
 
     output_dir: str = opt("runs", "Parent directory of run directories.")
@@ -418,7 +459,7 @@ class LoggingConfig:
 
 
 @dataclass
-class SpeedConfig:
+class SpeedConfig(Section, key="speed"):
     """Speed engine (legaltune's own; not in the seeds): fast paths applied to the model instance."""
 
     # YAML reads a bare off/on as false/true: they are accepted as "off"/"fast".
@@ -461,10 +502,23 @@ class SpeedConfig:
     def __post_init__(self) -> None:
         if isinstance(self.mode, bool):
             self.mode = "fast" if self.mode else "off"
+        super().__post_init__()
+
+    def rules(self) -> list[Problem]:
+        split = self.offload_attention
+        if not isinstance(split, (bool, str)) and split < 0:
+            return [
+                Problem(
+                    "speed.offload_attention",
+                    f"{split} layers is negative",
+                    "use auto, true, false or a layer count >= 0",
+                )
+            ]
+        return []
 
 
 @dataclass
-class PreferenceConfig:
+class PreferenceConfig(Section, key="preference"):
     """Preference tuning (training.method dpo / orpo) on prompt / chosen / rejected pairs (TRL)."""
 
     beta: float = opt(
@@ -499,7 +553,7 @@ class PreferenceConfig:
 
 
 @dataclass
-class GrpoConfig:
+class GrpoConfig(Section, key="grpo"):
     """GRPO (training.method grpo): sampled answers scored by legal-citation rewards (TRL GRPOTrainer)."""
 
     num_generations: int = opt(
@@ -555,7 +609,7 @@ class GrpoConfig:
 
 
 @dataclass
-class DistributedConfig:
+class DistributedConfig(Section, key="distributed"):
     """Several GPUs or machines (legaltune's own): when `train --nproc N`, torchrun or accelerate launch start several processes."""
 
     strategy: Literal["ddp", "fsdp"] = opt(
@@ -589,18 +643,21 @@ class DistributedConfig:
     )
 
 
-SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "quantization": QuantizationConfig,
-    "lora": LoraConfig,
-    "training": TrainingConfig,
-    "optimization": OptimizationConfig,
-    "data": DataConfig,
-    "logging": LoggingConfig,
-    "speed": SpeedConfig,
-    "preference": PreferenceConfig,
-    "grpo": GrpoConfig,
-    "distributed": DistributedConfig,
+SECTIONS: dict[str, type[Section]] = {
+    cls.key: cls
+    for cls in (
+        ModelConfig,
+        QuantizationConfig,
+        LoraConfig,
+        TrainingConfig,
+        OptimizationConfig,
+        DataConfig,
+        LoggingConfig,
+        SpeedConfig,
+        PreferenceConfig,
+        GrpoConfig,
+        DistributedConfig,
+    )
 }
 
 

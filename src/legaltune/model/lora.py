@@ -51,12 +51,7 @@ def resolve_target_modules(model: nn.Module, target_modules: list[str] | str) ->
     """Validate ``target_modules`` against ``model``; ``["all-linear"]`` becomes PEFT's string form."""
     if isinstance(target_modules, str):
         target_modules = [target_modules]
-    if ALL_LINEAR in target_modules:
-        if len(target_modules) > 1:
-            raise TargetModuleError(
-                f"target_modules: {ALL_LINEAR!r} already means every linear layer; give it alone, not with "
-                f"{', '.join(t for t in target_modules if t != ALL_LINEAR)}"
-            )
+    if ALL_LINEAR in target_modules:  # alone: LoraConfig refuses it combined with names
         return ALL_LINEAR
     module_names = [n for n, _ in model.named_modules() if n]
     missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in module_names)]
@@ -102,8 +97,6 @@ def _checkpointing_mode(
 ) -> str:
     if not enabled or mode is False or layers == 0:
         return "none"
-    if mode not in (True, "unsloth"):
-        raise ValueError(f"use_gradient_checkpointing {mode!r}: choose false, true or 'unsloth'")
     if mode == "unsloth" or layers is not None:
         # a partial policy (the first `layers` layers) always goes through our per-layer wrapper
         enable_offloaded_checkpointing(

@@ -47,7 +47,6 @@ def apply_speed(
     wrapper goes around the compiled forward); Liger's kernels then serve only what lies outside
     the layers (the final norm). With compile off, every layer runs eager with Liger's kernels.
     """
-    mode = "off" if mode is False else mode  # a bare YAML `off`, if it bypassed SpeedConfig
     report = SpeedReport(mode=mode)
     if mode == "off":
         return report
