@@ -210,7 +210,7 @@ def setup_speed(
         print(f"fp8: {quantize_model_fp8(base)} decoder projections in float8_e4m3", file=sys.stderr)
         fp8_math.COMPILED_QUANTIZE[0] = not fp8_eager_quantize
     model = _legaltune_lora(ctx, base, checkpointing, speed=speed, checkpoint_layers=checkpoint_layers)
-    if bnb_dequant:  # session 4's dequantization: bitsandbytes', and none kept from the recompute
+    if bnb_dequant:  # NF4 dequantized by bitsandbytes, and again in backward after a recompute (none kept)
         import bitsandbytes.functional as bnbf
 
         from legaltune.speed import lora_group, lora_math
@@ -218,7 +218,7 @@ def setup_speed(
         lora_math.dequantize_nf4 = lambda w, state, dtype: bnbf.dequantize_4bit(w, state).to(dtype)
         # forwards dequantize without keeping anything (the grouped op imported the name too)
         lora_math.forward_weight = lora_group.forward_weight = lora_math.dense_weight
-    if module_calls:  # session 4's halves: the attention and MLP modules' own forward
+    if module_calls:  # the halves call the attention and MLP modules' own forward
         from legaltune.speed import split_layer
 
         split_layer._attention = lambda attn, hidden, **kw: attn(hidden_states=hidden, **kw)[0]
@@ -227,17 +227,17 @@ def setup_speed(
         from legaltune.speed import split_layer
 
         split_layer._attention = lambda attn, hidden, **kw: attn(hidden_states=hidden, **kw)[0]
-    if ungrouped:  # session 4's projections: q/k/v and gate/up one by one
+    if ungrouped:  # q/k/v and gate/up projections one by one
         from legaltune.speed import split_layer
 
         split_layer.grouped_projections = lambda modules, x: [m(x) for m in modules]
-    if save_norm:  # session 4's attention half: the normed input saved, not recomputed
+    if save_norm:  # the attention half saves its normed input instead of recomputing it
         from legaltune.speed.split_layer import layer_halves
 
         for layer in find_decoder_layers(model):
             if layer.__dict__.get("_legaltune_halves") is not None:
                 layer.__dict__["_legaltune_halves"] = layer_halves(layer, recompute_norm=False)
-    if per_tensor:  # session 5's CPU side: copies issued per tensor, NF4 through Triton's JIT launch
+    if per_tensor:  # offload copies issued per tensor, NF4 launched through Triton's JIT
         from legaltune.speed import nf4
 
         nf4.DIRECT_LAUNCH[0] = False
@@ -391,16 +391,16 @@ ROWS: dict[str, Row] = {
     "x-fast-eager": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=False), False, "probe: speed engine without torch.compile, no checkpointing", ("trl",), fused_head=True, speed=True),
     "x-fast-liger": Row(functools.partial(setup_speed, checkpointing=False, kernels=True), False, "probe: speed engine with Liger kernels inside compiled layers, no checkpointing", ("trl",), fused_head=True, speed=True),
     "x-lean-eager": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=False), "unsloth", "probe: speed engine without torch.compile, offload", ("trl",), fused_head=True, speed=True),
-    "x-lean-recompute-attn": Row(functools.partial(setup_speed, checkpointing="unsloth", offload_attention=False), "unsloth", "probe: legaltune-lean recomputing the whole layer (speed.offload_attention: false; session 3's lean)", ("trl",), fused_head=True, speed=True),
+    "x-lean-recompute-attn": Row(functools.partial(setup_speed, checkpointing="unsloth", offload_attention=False), "unsloth", "probe: legaltune-lean recomputing the whole layer (speed.offload_attention: false)", ("trl",), fused_head=True, speed=True),
     "x-lean-split16": Row(functools.partial(setup_speed, checkpointing="unsloth", offload_attention=16), "unsloth", "probe: legaltune-lean keeping the attention half of the first 16 layers only", ("trl",), fused_head=True, speed=True),
     "x-lean-split8": Row(functools.partial(setup_speed, checkpointing="unsloth", offload_attention=8), "unsloth", "probe: legaltune-lean keeping the attention half of the first 8 layers only", ("trl",), fused_head=True, speed=True),
-    "x-lean-save-norm": Row(functools.partial(setup_speed, checkpointing="unsloth", save_norm=True), "unsloth", "probe: legaltune-lean with the attention half saving its normed input (session 4) instead of recomputing it", ("trl",), fused_head=True, speed=True),
-    "x-lean-bnb-dequant": Row(functools.partial(setup_speed, checkpointing="unsloth", bnb_dequant=True), "unsloth", "probe: legaltune-lean dequantizing NF4 with bitsandbytes and again in backward after a recompute (session 4)", ("trl",), fused_head=True, speed=True),
+    "x-lean-save-norm": Row(functools.partial(setup_speed, checkpointing="unsloth", save_norm=True), "unsloth", "probe: legaltune-lean with the attention half saving its normed input instead of recomputing it", ("trl",), fused_head=True, speed=True),
+    "x-lean-bnb-dequant": Row(functools.partial(setup_speed, checkpointing="unsloth", bnb_dequant=True), "unsloth", "probe: legaltune-lean dequantizing NF4 with bitsandbytes and again in backward after a recompute", ("trl",), fused_head=True, speed=True),
     "x-lean-ungrouped": Row(functools.partial(setup_speed, checkpointing="unsloth", ungrouped=True), "unsloth", "probe: legaltune-lean running q/k/v and gate/up one by one instead of as grouped ops", ("trl",), fused_head=True, speed=True),
-    "x-lean-s4": Row(functools.partial(setup_speed, checkpointing="unsloth", save_norm=True, bnb_dequant=True, ungrouped=True), "unsloth", "probe: legaltune-lean as in session 4 (normed input saved, bitsandbytes dequantization, projections one by one)", ("trl",), fused_head=True, speed=True),
-    "x-lean-s4-modules": Row(functools.partial(setup_speed, checkpointing="unsloth", save_norm=True, bnb_dequant=True, ungrouped=True, module_calls=True), "unsloth", "probe: x-lean-s4 with the halves calling the attention/MLP modules (session 4 exactly)", ("trl",), fused_head=True, speed=True),
+    "x-lean-s4": Row(functools.partial(setup_speed, checkpointing="unsloth", save_norm=True, bnb_dequant=True, ungrouped=True), "unsloth", "probe: x-lean-save-norm, x-lean-bnb-dequant and x-lean-ungrouped at once (normed input saved, bitsandbytes dequantization, projections one by one)", ("trl",), fused_head=True, speed=True),
+    "x-lean-s4-modules": Row(functools.partial(setup_speed, checkpointing="unsloth", save_norm=True, bnb_dequant=True, ungrouped=True, module_calls=True), "unsloth", "probe: x-lean-s4 with the halves calling the attention/MLP modules", ("trl",), fused_head=True, speed=True),
     "x-lean-attn-module": Row(functools.partial(setup_speed, checkpointing="unsloth", attention_module=True), "unsloth", "probe: legaltune-lean with the attention module's own forward (q/k/v not grouped; gate/up grouped)", ("trl",), fused_head=True, speed=True),
-    "x-lean-per-tensor": Row(functools.partial(setup_speed, checkpointing="unsloth", per_tensor=True), "unsloth", "probe: legaltune-lean issuing each offload copy on its own and launching NF4 through Triton's JIT (session 5's CPU side)", ("trl",), fused_head=True, speed=True),
+    "x-lean-per-tensor": Row(functools.partial(setup_speed, checkpointing="unsloth", per_tensor=True), "unsloth", "probe: legaltune-lean issuing each offload copy on its own and launching NF4 through Triton's JIT", ("trl",), fused_head=True, speed=True),
     "x-lean-trl-head": Row(functools.partial(setup_speed, checkpointing="unsloth", trl_head=True), "unsloth", "probe: legaltune-lean with TRL's fused LM head as SFTTrainer installs it (logits projected again in backward)", ("trl",), fused_head=True, speed=True),
     "x-lean-ondemand": Row(functools.partial(setup_speed, checkpointing="unsloth", read_ahead=False), "unsloth", "probe: legaltune-lean with each offloaded input copied back only when backward needs it", ("trl",), fused_head=True, speed=True),
     "x-lean-compiled": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=True), "unsloth", "probe: legaltune-lean with compile forced on (differs from legaltune-lean over 4-bit)", ("trl",), fused_head=True, speed=True),

@@ -124,7 +124,7 @@ def test_flops_and_plan_inputs_match_the_reference(harness):
 @pytest.mark.parametrize(
     "variant,seq,batch,measured",
     [
-        # H100 peaks of session 6 (docs/performance.md): 8k tokens and one real step at 262k
+        # H100 peaks measured in docs/performance.md: 8k tokens and one real step at 262k
         ("legaltune-lean", 8192, 1, 17.21),
         ("legaltune-lean+qlora", 2048, 4, 7.78),
         ("legaltune-lean", 262144, 1, 60.55),

@@ -49,8 +49,8 @@ LOGITS_BYTES_PER_ENTRY = 12.0
 # saved activations (fit on the calibration point above).
 RECOMPUTE_TRANSIENT = 1.35
 # The speed engine's recompute (fused LoRA, compiled layers): ~10 % on top. Fit on the H100 steps of
-# Llama-3.1-8B at 8,192 and 262,144 tokens (docs/performance.md, session 6): at 1.35 the estimate was
-# +3 % at 8k and +16-18 % at 262k (the transient does not grow with the layer's activations).
+# Llama-3.1-8B at 8,192 and 262,144 tokens (docs/performance.md): 1.35 would overestimate them by
+# 3 % at 8k and 16-18 % at 262k (the transient does not grow with the layer's activations).
 FAST_RECOMPUTE_TRANSIENT = 1.10
 CONTEXT_BYTES = 1.0 * GIB  # CUDA context + cuBLAS/cuDNN workspaces, not in "allocated"
 SINGLE = Parallel()
