@@ -8,6 +8,7 @@ everything else keeps PEFT's own forward.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -16,6 +17,11 @@ from torch import nn
 from legaltune.speed.fp8_linear import Fp8Linear
 
 FUSED = "_legaltune_fused_lora"
+
+
+def _bnb_linear4bit() -> type | None:
+    """bitsandbytes' 4-bit linear type, once bitsandbytes is loaded (no model holds one before)."""
+    return getattr(sys.modules.get("bitsandbytes.nn"), "Linear4bit", None)
 
 
 def base_weight(base: nn.Module) -> tuple[torch.Tensor, Any] | None:
@@ -34,7 +40,7 @@ def base_weight(base: nn.Module) -> tuple[torch.Tensor, Any] | None:
     if weight.requires_grad or (bias is not None and bias.requires_grad):
         return None
     quant_state = getattr(weight, "quant_state", None)
-    if quant_state is not None and type(base).__name__ == "Linear4bit":
+    if quant_state is not None and type(base) is _bnb_linear4bit():
         return weight, quant_state
     if type(base) is nn.Linear:
         return weight, None
