@@ -368,6 +368,19 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return run_corpus_command(args)
 
 
+def _add_search_options(a: argparse.ArgumentParser) -> None:
+    a.add_argument(
+        "--title-weight",
+        type=float,
+        help="weight of the article-title field beside title + text (default: 0.5, docs/corpus.md; 0: off)",
+    )
+    a.add_argument(
+        "--no-detect-law",
+        action="store_true",
+        help="search the whole corpus even when the question names one of its laws",
+    )
+
+
 def _add_corpus_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("corpus", help="the Vietnamese law corpus: show articles, BM25 search, recall, checks")
     p.description = (
@@ -402,10 +415,14 @@ def _add_corpus_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("query", help="the question (or any Vietnamese text) to find articles for")
     a.add_argument("-k", type=int, default=5, help="articles to return")
     a.add_argument("--law", help="search only this law")
-    a = action("recall", "retrieval recall@k on questions whose cited article is in the corpus")
+    _add_search_options(a)
+    a = action(
+        "recall", "retrieval recall@k on questions whose cited article is in the corpus, per file and in all"
+    )
     a.add_argument("--data", nargs="+", metavar="FILE", help="question files (default: the bundled sample)")
     a.add_argument("-k", type=int, nargs="+", default=[1, 3, 5, 10], help="cut-offs")
     a.add_argument("--scope-law", action="store_true", help="search only the law each question cites")
+    _add_search_options(a)
     a = action(
         "check", "check a data file's citation fields and answers against the corpus (exit 1 on problems)"
     )

