@@ -122,7 +122,19 @@ def test_eval_end_to_end(run):
     assert result["corpus"]["articles"] == 2681 and result["corpus"]["support_threshold"] == 0.75
     for side in ("base", "tuned"):
         m = result[side]
-        for key in ("citation_precision_article_level", "citation_recall_article_level", "citation_check"):
+        # the eval.json: exact and article-level citation P/R/F1, hallucinated and supported rates
+        for key in (
+            "citation_precision",
+            "citation_recall",
+            "citation_f1",
+            "citation_precision_article_level",
+            "citation_recall_article_level",
+            "citation_f1_article_level",
+            "hallucinated_rate",
+            "hallucinated_article_rate",
+            "supported_rate",
+            "citation_check",
+        ):
             assert key in m, (side, key)
         assert m["citation_check"]["answers"] == 3  # every answer went through the corpus check
     assert result["data"]["loss_tokens"] > 0
