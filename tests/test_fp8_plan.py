@@ -78,3 +78,10 @@ def test_speed_auto_checkpoints_fewer_layers_with_fp8_weights():
         return make_plan(cfg).checkpoint_layers
 
     assert layers(True) < layers(False)
+
+
+def test_fp8_with_fp16_compute_is_a_lint():
+    plan = make_plan(build_config({"quantization": {"load_in_fp8": True}, "model": {"dtype": "float16"}}))
+    (lint,) = [x for x in plan.lints if x.key == "model.dtype"]
+    assert lint.level == "warn" and "load_in_fp8" in lint.message and "model.dtype: bfloat16" in lint.reason
+    assert not [x for x in _plan(True).lints if x.key == "model.dtype"]

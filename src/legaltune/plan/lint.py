@@ -143,6 +143,14 @@ def lint_plan(plan: Plan) -> list[Lint]:
             "float32 compute with a quantized base",
             "bfloat16 is as accurate here and halves activations",
         )
+    if cfg.quantization.load_in_fp8 and m.dtype in ("float16", "float32"):
+        add(
+            "warn",
+            "model.dtype",
+            f"load_in_fp8 with {m.dtype} compute",
+            "on a GPU the FP8 GEMMs write bfloat16 and the load stops; set model.dtype: bfloat16 (or auto). "
+            "A CPU runs the dequantizing reference path in any dtype",
+        )
     if plan.gpu_bytes is not None and not plan.memory.fits(plan.gpu_bytes):
         add(
             "error",
