@@ -173,10 +173,14 @@ def _takes_word(tp: Any, word: str, value: Any) -> bool:
     if tp is str:
         return True
     if origin is Literal:
-        return word in typing.get_args(tp)
+        choices = typing.get_args(tp)
+        if word in choices:
+            return True
+        # a word-only choice keeps the word, so its error names 'no' as written, not False
+        return value not in choices and all(isinstance(c, str) for c in choices)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if any(_takes_word(a, word, value) for a in args if typing.get_origin(a) is Literal):
+        if any(word in typing.get_args(a) for a in args if typing.get_origin(a) is Literal):
             return True  # a choice spelled as written: speed.mode off
         if isinstance(value, bool) and bool in args:
             return False  # a bool where a bool is allowed: use_gradient_checkpointing true
