@@ -31,7 +31,6 @@ from legaltune.speed.fp8 import is_fp8
 from legaltune.speed.layers import find_decoder_layers
 from legaltune.speed.lora_group import lora_group_op
 from legaltune.speed.lora_math import (
-    RECOMPUTE_SKIPS,
     compute_dtype,
     lora_backward,
     lora_forward,
@@ -198,7 +197,6 @@ def unfuse_lora_linears(model: nn.Module) -> int:
 
 
 __all__ = [
-    "RECOMPUTE_SKIPS",
     "LoraLinearFunction",
     "fuse_lora_linears",
     "is_fused",

@@ -17,10 +17,7 @@ import torch
 
 from legaltune.speed.fp8 import dequantize_weight, fp8_compute_dtype, fp8_input_grad, fp8_linear, is_fp8
 from legaltune.speed.nf4 import dequantize_nf4
-from legaltune.speed.recompute import in_recompute
-
-# GEMMs skipped during recomputes, a process-wide count (tests and profiling read it)
-RECOMPUTE_SKIPS = [0]
+from legaltune.speed.recompute import in_recompute, recompute_now
 
 
 def dense_weight(weight: torch.Tensor, quant_state: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -86,8 +83,8 @@ def lora_forward(
     layer is recomputed, only what backward saves is computed (``xl2 A^T``); the output is left
     unwritten. That is a third of the MLP's forward GEMMs, ~7 % of a fully checkpointed step."""
     xa = xl2 @ lora_a.to(dtype).t()
-    if skip_in_recompute and in_recompute():
-        RECOMPUTE_SKIPS[0] += 1
+    if skip_in_recompute and (recomputed := recompute_now()) is not None:
+        recomputed.skips += 1
         return x2.new_empty((x2.shape[0], out_features), dtype=dtype), xa
     # The r-wide product first, then the frozen GEMM accumulates onto it (beta=1): a compute-bound
     # GEMM reads its C operand in the epilogue almost for free, where adding the LoRA term to the
@@ -172,7 +169,6 @@ def quant_state_of(weight: torch.Tensor) -> Any:
 
 
 __all__ = [
-    "RECOMPUTE_SKIPS",
     "compute_dtype",
     "dense_weight",
     "forward_weight",

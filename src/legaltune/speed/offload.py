@@ -21,6 +21,7 @@ checkpointing on top.
 
 from __future__ import annotations
 
+import functools
 import logging
 import types
 import weakref
@@ -33,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from legaltune.speed.layers import Halves, base_model, find_decoder_layers
 from legaltune.speed.policy import MIN_OFFLOAD_BYTES, pinned_bytes
-from legaltune.speed.recompute import checkpoint_contexts
+from legaltune.speed.recompute import RecomputeStats, checkpoint_contexts
 from legaltune.speed.state import set_checkpointing
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ MIN_BACKLOG_BYTES = 256 << 20
 _INNER = "_legaltune_inner_forward"
 _OFFLOADER = "_legaltune_offloader"
 _HALVES = "_legaltune_halves"
+_STATS = "_legaltune_recompute_stats"  # one RecomputeStats per model, shared by its wrapped layers
 
 
 class _Packed:
@@ -308,6 +310,7 @@ def _offloaded_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
         args = (kwargs.pop("hidden_states"),)
     offloader: _Offloader | None = layer.__dict__[_OFFLOADER]
     halves = layer.__dict__.get(_HALVES)
+    contexts = functools.partial(checkpoint_contexts, layer.__dict__.get(_STATS))
     if halves is not None and offloader is not None and len(args) == 1 and offloader.keep_attention(args[0]):
         attention, mlp = halves
         # Attention kept, its saved activations offloaded; the MLP checkpointed (input offloaded).
@@ -315,14 +318,14 @@ def _offloaded_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
         with torch.autograd.graph.saved_tensors_hooks(offloader.pack, offloader.unpack):
             mid = attention(layer, args[0], **kwargs)
             offloader.flush()
-            out = checkpoint(mlp, layer, mid, use_reentrant=False, context_fn=checkpoint_contexts)
+            out = checkpoint(mlp, layer, mid, use_reentrant=False, context_fn=contexts)
         offloader.flush()
         offloader._split_bytes = offloader._pinned - before
         return out
     if offloader is None:  # recompute-only layer (a partial checkpointing policy)
-        return checkpoint(inner, *args, use_reentrant=False, context_fn=checkpoint_contexts, **kwargs)
+        return checkpoint(inner, *args, use_reentrant=False, context_fn=contexts, **kwargs)
     with torch.autograd.graph.saved_tensors_hooks(offloader.pack, offloader.unpack):
-        out = checkpoint(inner, *args, use_reentrant=False, context_fn=checkpoint_contexts, **kwargs)
+        out = checkpoint(inner, *args, use_reentrant=False, context_fn=contexts, **kwargs)
     offloader.flush()
     return out
 
@@ -331,10 +334,13 @@ def _is_wrapped(layer: nn.Module) -> bool:
     return getattr(layer.__dict__.get("forward"), "__func__", None) is _offloaded_forward
 
 
-def _wrap_layer(layer: nn.Module, offloader: _Offloader | None, halves: Halves | None = None) -> None:
+def _wrap_layer(
+    layer: nn.Module, offloader: _Offloader | None, stats: RecomputeStats, halves: Halves | None = None
+) -> None:
     if "forward" in layer.__dict__:  # e.g. accelerate's dispatch hook: call it inside, restore on disable
         layer.__dict__[_INNER] = layer.__dict__["forward"]
     layer.__dict__[_OFFLOADER] = offloader
+    layer.__dict__[_STATS] = stats
     if halves is not None:
         layer.__dict__[_HALVES] = halves
     layer.forward = types.MethodType(_offloaded_forward, layer)
@@ -346,6 +352,7 @@ def _unwrap_layer(layer: nn.Module) -> None:
     del layer.__dict__["forward"]
     layer.__dict__.pop(_OFFLOADER, None)
     layer.__dict__.pop(_HALVES, None)
+    layer.__dict__.pop(_STATS, None)
     if _INNER in layer.__dict__:
         layer.forward = layer.__dict__.pop(_INNER)
 
@@ -378,6 +385,11 @@ _SWITCHES = {
 def is_offloaded(model: nn.Module) -> bool:
     """Whether legaltune's per-layer checkpointing (offloaded or partial) is active on ``model``."""
     return any(_is_wrapped(layer) for layer in find_decoder_layers(model))
+
+
+def recompute_stats(model: nn.Module) -> RecomputeStats | None:
+    """What this model's recomputes saved so far (None: no layer runs under legaltune's checkpointing)."""
+    return next((layer.__dict__[_STATS] for layer in find_decoder_layers(model) if _is_wrapped(layer)), None)
 
 
 def checkpointed_layers(model: nn.Module) -> int:
@@ -430,11 +442,12 @@ def enable_offloaded_checkpointing(
     else:
         offloader = _Offloader(read_ahead, layers=count, host_allowance=host_allowance) if offload else None
         split_count = 0
+        stats = RecomputeStats()
         for index, layer in enumerate(list(all_layers)[:count]):
             wanted = split is not None and offload and (split_layers is None or index < split_layers)
             halves = split(layer) if wanted else None
             split_count += halves is not None
-            _wrap_layer(layer, offloader, halves)
+            _wrap_layer(layer, offloader, stats, halves)
         for name, function in _SWITCHES.items():
             if hasattr(type(hf), name):
                 setattr(hf, name, types.MethodType(function, hf))
@@ -462,4 +475,5 @@ __all__ = [
     "disable_offloaded_checkpointing",
     "enable_offloaded_checkpointing",
     "is_offloaded",
+    "recompute_stats",
 ]
