@@ -123,12 +123,14 @@ def test_run_plan_refuses_pinned_memory_over_the_ranks_share():
 
 
 def test_offloader_allowance_divides_by_local_world_size(monkeypatch):
+    from legaltune.distributed.env import local_world_size
     from legaltune.speed import policy
 
     monkeypatch.setattr(policy, "host_memory_available", lambda: 64 * GIB)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert policy.attention_host_allowance() == policy.HOST_FRACTION * 64 * GIB
+    # what apply_lora passes: the ranks a launcher started on this node
+    assert policy.attention_host_allowance(local_world_size()) == policy.HOST_FRACTION * 64 * GIB
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert policy.attention_host_allowance() == policy.HOST_FRACTION * 16 * GIB
+    assert policy.attention_host_allowance(local_world_size()) == policy.HOST_FRACTION * 16 * GIB

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from legaltune.distributed.env import local_world_size
 from legaltune.speed.offload import enable_offloaded_checkpointing
 from legaltune.speed.policy import attention_host_allowance, offload_attention_wanted
 from legaltune.speed.state import checkpointing_mode, set_checkpointing, set_speed_report
@@ -202,7 +203,7 @@ def apply_lora(
         if not isinstance(speed.offload_attention, (bool, str)):  # an integer: the first N layers
             split_layers = int(speed.offload_attention)
         elif speed.offload_attention == "auto":  # only as many layers as the host's RAM holds
-            host_allowance = attention_host_allowance()
+            host_allowance = attention_host_allowance(local_world_size())  # the ranks on this node
     mode = _checkpointing_mode(
         base,
         gradient_checkpointing,

@@ -59,19 +59,18 @@ def host_memory_available() -> float | None:
 HOST_FRACTION = 0.5
 
 
-def host_memory_per_rank() -> float | None:
-    """This process's share of the host RAM available now: the machine's, divided among the ranks a
-    launcher started on it (LOCAL_WORLD_SIZE; 1 outside one), which all pin and allocate at once."""
-    from legaltune.distributed.env import local_world_size
-
+def host_memory_per_rank(local_ranks: int) -> float | None:
+    """This process's share of the host RAM available now: the machine's, divided among the
+    ``local_ranks`` processes a launcher started on it (1 outside one), which all pin and allocate
+    at once."""
     available = host_memory_available()
-    return None if available is None else available / local_world_size()
+    return None if available is None else available / max(local_ranks, 1)
 
 
-def attention_host_allowance() -> float | None:
+def attention_host_allowance(local_ranks: int) -> float | None:
     """speed.offload_attention auto: the pinned host bytes a forward may park (None: unknown), out of
     this process's share of the machine (:func:`host_memory_per_rank`)."""
-    share = host_memory_per_rank()
+    share = host_memory_per_rank(local_ranks)
     return None if share is None else HOST_FRACTION * share
 
 
