@@ -213,3 +213,20 @@ def test_bundled_sample_loads_cleanly(tokenizer):
     assert s.train.records >= 300 * 0.8 and s.eval.records >= 0.15 * (s.train.records + s.eval.records)
     assert s.train.skipped_bad == 0 and s.train.duplicates == 0 and s.overlap_train_eval == 0
     assert s.train.schemas.get("chat", 0) >= 20 and s.hygiene["nfc"] == 0
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_an_eval_set_alone_is_prepared_as_the_runs_eval_file(tmp_path, tokenizer, packing):
+    """`legaltune eval --data FILE` reads that file alone, as data.eval_file is read for training."""
+    from legaltune.data.prepare import prepare_eval_data
+
+    train = write_jsonl(tmp_path / "train.jsonl", [QA, {"question": "Q2", "answer": "A2"}])
+    evals = write_jsonl(tmp_path / "eval.jsonl", [CHAT, QA, QA, {"question": "Q3", "answer": "A3"}])
+    cfg = cfg_for(train, eval_file=str(evals), packing=packing)
+    both = prepare_data(cfg, tokenizer)
+    train.unlink()  # the training data need not be present
+    alone = prepare_eval_data(cfg, tokenizer, evals)
+    assert alone.eval == both.eval and alone.eval_records == both.eval_records and not alone.train
+    assert alone.stats.eval == both.stats.eval and alone.stats.eval.duplicates == 1
+    with pytest.raises(DataError, match="missing.jsonl"):
+        prepare_eval_data(cfg, tokenizer, tmp_path / "missing.jsonl")

@@ -10,6 +10,7 @@ import json
 import random
 import statistics
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from legaltune.config.schema import Config
@@ -302,11 +303,9 @@ def _percentiles(lengths: list[int]) -> dict[str, int]:
     }
 
 
-def prepare_data(cfg: Config, tokenizer: Any) -> PreparedData:
-    """Read, validate, clean, split, format, mask, (pack) and count."""
+def _formatter_and_contexts(cfg: Config, tokenizer: Any) -> tuple[ChatFormatter, dict[str, Any], Any]:
+    """(chat formatter, ALQAC corpus, context filler or None) as data.* configures them."""
     d = cfg.data
-    if not d.train_file:
-        raise DataError("data.train_file is not set; point it at your training data (see data/vi_legal_qa/)")
     formatter = ChatFormatter(tokenizer, template=load_template(d.chat_template), train_on=d.train_on)
     corpus = load_corpus(d.corpus_file) if d.corpus_file else {}
     filler = None
@@ -316,6 +315,47 @@ def prepare_data(cfg: Config, tokenizer: Any) -> PreparedData:
         filler = ContextFiller(
             build_corpus(d.corpus_file), d.context_fill, top_k=d.context_top_k, max_chars=d.context_max_chars
         )
+    return formatter, corpus, filler
+
+
+def _finish_split(rows: list[dict[str, Any]], cfg: Config, st: SplitStats) -> list[dict[str, Any]]:
+    """A split's length and efficiency figures; its rows packed when data.packing is on."""
+    lengths = [len(r["input_ids"]) for r in rows]
+    st.length_percentiles = _percentiles(lengths)
+    packed = pack_examples(rows, cfg.model.max_seq_length) if cfg.data.packing and rows else None
+    st.rows = len(packed) if packed is not None else len(rows)
+    bs = cfg.training.per_device_train_batch_size
+    st.efficiency = {
+        k: round(v, 4)
+        for k, v in efficiency(lengths, cfg.model.max_seq_length, bs, st.rows if packed else None).items()
+    }
+    return packed if packed is not None else rows
+
+
+def prepare_eval_data(cfg: Config, tokenizer: Any, eval_file: str | Path) -> PreparedData:
+    """An evaluation set alone (`legaltune eval --data FILE`): read, cleaned, formatted, masked and
+    (packed) exactly as the run's data.eval_file is for training, with no training file read."""
+    d = cfg.data
+    formatter, corpus, filler = _formatter_and_contexts(cfg, tokenizer)
+    report = vn.HygieneReport()
+    ev_stats = SplitStats()
+    items = _records_to_items(read_records(str(eval_file), d.encoding), cfg, ev_stats, report, corpus, filler)
+    if d.dedup:
+        items = _dedup(items, ev_stats)
+    evals = _finish_split(_encode(items, formatter, cfg, ev_stats), cfg, ev_stats)
+    stats = DataStats(
+        SplitStats(), ev_stats, report.as_dict(), 0, cfg.model.max_seq_length, d.packing, d.train_on
+    )
+    records = [it for it in items if "messages" in it]
+    return PreparedData([], evals, stats, records, formatter)
+
+
+def prepare_data(cfg: Config, tokenizer: Any) -> PreparedData:
+    """Read, validate, clean, split, format, mask, (pack) and count."""
+    d = cfg.data
+    if not d.train_file:
+        raise DataError("data.train_file is not set; point it at your training data (see data/vi_legal_qa/)")
+    formatter, corpus, filler = _formatter_and_contexts(cfg, tokenizer)
     report = vn.HygieneReport()
     tr_stats, ev_stats = SplitStats(), SplitStats()
     train_items = _records_to_items(
@@ -345,21 +385,8 @@ def prepare_data(cfg: Config, tokenizer: Any) -> PreparedData:
             f"({tr_stats.dropped_no_trained_tokens} had none, {tr_stats.dropped_overlength} too long, "
             f"{tr_stats.skipped_bad} malformed); check data.train_on and model.max_seq_length"
         )
-    bs = cfg.training.per_device_train_batch_size
-    for split, rows_in, st in (("train", train, tr_stats), ("eval", evals, ev_stats)):
-        lengths = [len(r["input_ids"]) for r in rows_in]
-        st.length_percentiles = _percentiles(lengths)
-        packed = pack_examples(rows_in, cfg.model.max_seq_length) if d.packing and rows_in else None
-        st.rows = len(packed) if packed is not None else len(rows_in)
-        st.efficiency = {
-            k: round(v, 4)
-            for k, v in efficiency(lengths, cfg.model.max_seq_length, bs, st.rows if packed else None).items()
-        }
-        if packed is not None:
-            if split == "train":
-                train = packed
-            else:
-                evals = packed
+    train = _finish_split(train, cfg, tr_stats)
+    evals = _finish_split(evals, cfg, ev_stats)
     stats = DataStats(
         tr_stats, ev_stats, report.as_dict(), overlap, cfg.model.max_seq_length, d.packing, d.train_on
     )

@@ -9,7 +9,6 @@ answers count per token, as in training; perplexity is exp(loss).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -25,21 +24,6 @@ from legaltune.evaluate.score import score_answers
 from legaltune.generate.answers import answer_longest_first
 from legaltune.run.atomic import write_json_atomic
 from legaltune.run.layout import EVAL as EVAL_FILE
-
-
-def _eval_config(cfg: Any, data_file: str | Path | None) -> Any:
-    if data_file is None:
-        return cfg  # the run's own held-out split, sampled exactly as during training
-    # prepare_data always reads a train file; pointing it at the eval file (one sampled record
-    # kept) means evaluating does not need the training data to be present.
-    cfg.data = dataclasses.replace(
-        cfg.data,
-        train_file=str(data_file),
-        eval_file=str(data_file),
-        max_train_examples=1,
-        max_eval_examples=None,
-    )
-    return cfg
 
 
 def token_loss(
@@ -134,7 +118,7 @@ def evaluate_run(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate RUN_DIR's adapter (and its base) on held-out data; write RUN_DIR/eval.json and return it."""
-    from legaltune.data.prepare import prepare_data
+    from legaltune.data.prepare import prepare_data, prepare_eval_data
     from legaltune.generate.load import load_run
     from legaltune.run.layout import RunError, find_adapter
 
@@ -150,8 +134,12 @@ def evaluate_run(
     run_dir = run.path
     model, tokenizer, cfg = load_run(run_dir, base_model)
     model.eval()
-    cfg = _eval_config(cfg, data_file)
-    prep = prepare_data(cfg, tokenizer)
+    # --data: that file alone; else the run's own held-out split, sampled exactly as during training
+    prep = (
+        prepare_eval_data(cfg, tokenizer, data_file)
+        if data_file is not None
+        else prepare_data(cfg, tokenizer)
+    )
     available = prep.eval_records
     if not available:
         raise ValueError(
