@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
+from legaltune.config.distributed_rules import check_distributed
 from legaltune.config.fields import ConfigError, Problem, suggest, validate_section
 from legaltune.config.method_rules import method_checks
 from legaltune.config.schema import SECTIONS, Config
-from legaltune.distributed.checks import check_distributed
 from legaltune.evaluate.gen_metrics import GEN_METRICS
 
 

@@ -1,4 +1,5 @@
-"""Config rules of the distributed: section that involve other sections (run by the config loader)."""
+"""Config rules of the distributed: section that involve other sections (run by the config loader, beside
+method_rules.py): what FSDP2 allows of a quantized base."""
 
 from __future__ import annotations
 
