@@ -5,7 +5,7 @@ import json
 import pytest
 
 from legaltune.config.fields import ConfigError
-from legaltune.evaluate.gen_metrics import GEN_METRICS, greater_is_better
+from legaltune.config.gen_metrics import GEN_METRICS, greater_is_better
 from legaltune.train.generation_eval import spread_subset
 from tests.test_train import RECORDS, base_cfg, train
 

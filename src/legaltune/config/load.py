@@ -14,9 +14,9 @@ import yaml
 
 from legaltune.config.distributed_rules import check_distributed
 from legaltune.config.fields import ConfigError, Problem, suggest, validate_section
+from legaltune.config.gen_metrics import GEN_METRICS
 from legaltune.config.method_rules import method_checks
 from legaltune.config.schema import SECTIONS, Config
-from legaltune.evaluate.gen_metrics import GEN_METRICS
 
 
 def _plain_words(node: yaml.Node) -> Any:

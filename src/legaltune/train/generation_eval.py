@@ -17,8 +17,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from legaltune.config.gen_metrics import GEN_METRICS
 from legaltune.data.turns import prompt_text, split_turn
-from legaltune.evaluate.gen_metrics import GEN_METRICS
 from legaltune.evaluate.score import score_answers
 
 

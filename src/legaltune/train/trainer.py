@@ -21,6 +21,7 @@ import torch
 from transformers import Trainer
 from trl import SFTConfig, SFTTrainer
 
+from legaltune.config.gen_metrics import greater_is_better
 from legaltune.config.schema import Config
 from legaltune.data.pack import BatchCollator
 from legaltune.data.prepare import PreparedData, prepare_data
@@ -28,7 +29,6 @@ from legaltune.distributed import sync
 from legaltune.distributed.env import is_distributed, is_main, local_world_size, world_size
 from legaltune.distributed.quiet import quiet_libraries
 from legaltune.distributed.strategy import distributed_args, keep_lora_reduction_fp32
-from legaltune.evaluate.gen_metrics import greater_is_better
 from legaltune.model.tokenizer import load_tokenizer
 from legaltune.plan.speed import RunSpeedPlan, optimizer_name, plan_run
 from legaltune.run.atomic import write_json_atomic

@@ -1,4 +1,5 @@
-"""The generation scores training can log and select checkpoints by (``eval_gen_*``)."""
+"""The generation scores training can log and select checkpoints by (``eval_gen_*``): the names
+``training.metric_for_best_model`` may take, and which way each is better."""
 
 from __future__ import annotations
 
