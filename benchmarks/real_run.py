@@ -69,7 +69,7 @@ def _watch(proc: subprocess.Popen, peak: list[int], stop: threading.Event) -> No
         stop.wait(0.5)
 
 
-def overrides(args: argparse.Namespace, preset: str) -> list[str]:
+def overrides(args: argparse.Namespace, preset: str, row: str = "legaltune") -> list[str]:
     """The --set values every row shares: the model, the data, the step count; no eval or saving
     (the rows time training), a warm-up the run's length can reach."""
     sets = [
@@ -79,7 +79,7 @@ def overrides(args: argparse.Namespace, preset: str) -> list[str]:
         "logging.logging_steps=1",
         'logging.report_to=["none"]',
         f"logging.output_dir={args.work}/runs",
-        f"logging.run_name={preset}-legaltune",
+        f"logging.run_name={preset}-{row if row.startswith('legaltune') else 'legaltune'}",
     ]
     if args.data:
         sets += [f"data.train_file={args.data}", "data.eval_file=null"]
@@ -95,8 +95,8 @@ def run_row(args: argparse.Namespace, preset: str, row: str) -> dict:
     config = str(ROOT / PRESETS[preset])
     result_file = Path(args.work) / f"{preset}-{row}.json"
     result_file.unlink(missing_ok=True)
-    sets = overrides(args, preset)
-    if row == "legaltune":
+    sets = overrides(args, preset, row)
+    if row.startswith("legaltune"):
         cmd = [sys.executable, "-m", "legaltune.cli", "train", config]
         for s in sets:
             cmd += ["--set", s]
@@ -129,8 +129,8 @@ def run_row(args: argparse.Namespace, preset: str, row: str) -> dict:
         "peak_host_rss_gib": round(peak[0] / 2**30, 2),
         "log_tail": text[-1500:] if rc != 0 else "",
     }
-    if row == "legaltune":
-        steps, extra = _legaltune_steps(Path(args.work) / "runs" / f"{preset}-legaltune")
+    if row.startswith("legaltune"):
+        steps, extra = _legaltune_steps(Path(args.work) / "runs" / f"{preset}-{row}")
     else:
         try:
             data = json.loads(result_file.read_text())
@@ -385,7 +385,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-dir", help="model + tokenizer directory (random-weight 8B)")
     p.add_argument("--tokenizer-from", help="copy these tokenizer files into --model-dir first")
     p.add_argument("--presets", default="recommended,h200", help=f"comma list of {', '.join(PRESETS)}")
-    p.add_argument("--rows", default="legaltune,unsloth,trl", help="comma list of legaltune, unsloth, trl")
+    p.add_argument(
+        "--rows",
+        default="legaltune,unsloth,trl",
+        help="comma list of legaltune, legaltune-warm (again, after legaltune: warm compile caches), unsloth, trl",
+    )
     p.add_argument("--data", help="training file instead of the preset's (eval off either way)")
     p.add_argument(
         "--max-steps",
