@@ -1,0 +1,36 @@
+"""benchmarks/real_run.py's row set-up (CPU): every legaltune row trains into its own run directory,
+with the preset's values the rows share, so a warm-cache repeat never meets the first run's
+directory (which `legaltune train` refuses to write into twice)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("real_run_bench", REPO / "benchmarks" / "real_run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_name(sets: list[str]) -> str:
+    return next(s.split("=", 1)[1] for s in sets if s.startswith("logging.run_name="))
+
+
+def test_each_legaltune_row_has_its_own_run_and_peers_share_the_values():
+    rr = _module()
+    args = rr.parse_args(["--model-dir", "/m", "--presets", "h200", "--max-steps", "h200=4", "--work", "/w"])
+    first, warm, peer = (
+        rr.overrides(args, "h200", row) for row in ("legaltune", "legaltune-warm", "unsloth")
+    )
+    assert _run_name(first) == "h200-legaltune" and _run_name(warm) == "h200-legaltune-warm"
+    assert [s for s in first if "run_name" not in s] == [s for s in warm if "run_name" not in s]
+    assert "training.max_steps=4" in first and "training.warmup_steps=1" in first
+    assert "model.model_name=/m" in peer and "logging.output_dir=/w/runs" in peer
