@@ -4,7 +4,7 @@ import pytest
 
 from legaltune.corpus import build_corpus
 from legaltune.corpus.verify import Verifier, summarize_checks
-from legaltune.evaluate.citations import Citation, article_mentions
+from legaltune.text.citations import Citation, article_mentions
 
 
 @pytest.fixture(scope="module")

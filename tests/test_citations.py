@@ -4,12 +4,8 @@ import unicodedata
 
 import pytest
 
-from legaltune.evaluate.citations import (
-    Citation,
-    aggregate_citation_scores,
-    citation_scores,
-    extract_citations,
-)
+from legaltune.evaluate.citations import aggregate_citation_scores, citation_scores
+from legaltune.text.citations import Citation, extract_citations
 
 
 def art(article, clause=None, point=None):

@@ -14,9 +14,9 @@ import unicodedata
 import pytest
 
 from legaltune.config.load import build_config
-from legaltune.data import vietnamese as vn
 from legaltune.data.prepare import prepare_data
 from legaltune.data.sources import DataError, read_records
+from legaltune.text import vietnamese as vn
 
 RECS = [
     {"question": "Người lao động phải báo trước bao nhiêu ngày?", "answer": "Ít nhất 45 ngày (Điều 35)."},

@@ -128,7 +128,7 @@ def _ckpt(tmp_path, **state):
 
 
 def test_resume_on_the_same_number_of_processes_says_nothing(tmp_path):
-    from legaltune.distributed.resume_check import check_world_size
+    from legaltune.run.world_check import check_world_size
 
     cfg = _cfg(training={"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2})
     ckpt = _ckpt(tmp_path, world_size=4, gradient_accumulation_steps=2)
@@ -136,7 +136,7 @@ def test_resume_on_the_same_number_of_processes_says_nothing(tmp_path):
 
 
 def test_resume_on_other_processes_keeping_the_effective_batch_continues(tmp_path):
-    from legaltune.distributed.resume_check import check_world_size
+    from legaltune.run.world_check import check_world_size
 
     ckpt = _ckpt(tmp_path, world_size=4, gradient_accumulation_steps=2)
     cfg = _cfg(
@@ -148,7 +148,7 @@ def test_resume_on_other_processes_keeping_the_effective_batch_continues(tmp_pat
 
 
 def test_resume_changing_the_effective_batch_is_refused_with_the_fix(tmp_path):
-    from legaltune.distributed.resume_check import check_world_size
+    from legaltune.run.world_check import check_world_size
 
     ckpt = _ckpt(tmp_path, world_size=4, gradient_accumulation_steps=2)
     cfg = _cfg(
@@ -166,7 +166,7 @@ def test_resume_changing_the_effective_batch_is_refused_with_the_fix(tmp_path):
 
 
 def test_resume_regrouping_length_groups_is_refused(tmp_path):
-    from legaltune.distributed.resume_check import check_world_size
+    from legaltune.run.world_check import check_world_size
 
     ckpt = _ckpt(tmp_path, world_size=2, gradient_accumulation_steps=1)
     cfg = _cfg(
@@ -177,7 +177,7 @@ def test_resume_regrouping_length_groups_is_refused(tmp_path):
 
 
 def test_checkpoints_without_a_recorded_world_size_count_their_rng_files(tmp_path):
-    from legaltune.distributed.resume_check import checkpoint_world_size
+    from legaltune.run.world_check import checkpoint_world_size
 
     ckpt = _ckpt(tmp_path)
     assert checkpoint_world_size(ckpt) == 1

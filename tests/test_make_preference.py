@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from legaltune.data.make_preference import build_pairs, swap_articles
 from legaltune.data.sources import DataError
+from legaltune.train.make_preference import build_pairs, swap_articles
 
 QA = [
     {
@@ -66,7 +66,7 @@ def test_corpus_negatives_swap_only_the_article_numbers(tmp_path):
 def test_random_pick_is_seeded(tmp_path):
     from legaltune.corpus import build_corpus
     from legaltune.corpus.verify import Verifier
-    from legaltune.data.make_preference import CorpusNegatives, read_qa
+    from legaltune.train.make_preference import CorpusNegatives, read_qa
 
     corpus = build_corpus()
     verifier = Verifier(corpus)

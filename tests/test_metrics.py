@@ -4,7 +4,8 @@ import unicodedata
 
 import pytest
 
-from legaltune.evaluate.metrics import bleu, exact_match, normalize_answer, rouge_l, syllables, token_f1
+from legaltune.evaluate.metrics import bleu, exact_match, rouge_l, token_f1
+from legaltune.text.syllables import normalize_answer, syllables
 
 
 def test_syllables_split_on_space_and_punctuation_keep_accents():

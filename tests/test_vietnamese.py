@@ -4,7 +4,7 @@ import unicodedata
 
 import pytest
 
-from legaltune.data.vietnamese import (
+from legaltune.text.vietnamese import (
     HygieneReport,
     clean,
     detect_legacy_encoding,

@@ -169,7 +169,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     if args.action == "make-preference":
-        from legaltune.data.make_preference import cmd_make_preference
+        from legaltune.train.make_preference import cmd_make_preference
 
         return cmd_make_preference(args)
     from legaltune.config.load import load_config

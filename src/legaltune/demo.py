@@ -23,9 +23,9 @@ def compare_grounding(
     from legaltune.corpus import build_corpus
     from legaltune.corpus.verify import Verifier
     from legaltune.data.turns import prompt_text, split_turn
-    from legaltune.evaluate.citations import extract_citations
     from legaltune.evaluate.score import score_answers
     from legaltune.generate.answers import generate_answers
+    from legaltune.text.citations import extract_citations
 
     records = result.data.eval_records
     turns = [split_turn(r["messages"]) for r in records]

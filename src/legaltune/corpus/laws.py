@@ -1,6 +1,6 @@
 """Which law a text names, and where: document numbers, the corpus's law names, other law titles.
 
-Searched in text already normalised by :func:`legaltune.evaluate.citations.article_mentions`
+Searched in text already normalised by :func:`legaltune.text.citations.article_mentions`
 (NFC, new-style tone marks), so positions line up with the article citations found there.
 """
 
@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from legaltune.corpus.model import Corpus
-from legaltune.evaluate.citations import DOCUMENT_NUMBER, canonical_document
+from legaltune.text.citations import DOCUMENT_NUMBER, canonical_document
 
 # A law title that is not one of the corpus's names: "Luật Đất đai 2024", "Bộ luật Hình sự năm 1999",
 # "Luật Trật tự, an toàn giao thông đường bộ 2024". A capital L (or "Bộ luật") and a year are required,

@@ -11,8 +11,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from legaltune.data.vietnamese import normalize_tone_marks
-from legaltune.evaluate.citations import DOCUMENT_NUMBER, canonical_document
+from legaltune.text.citations import DOCUMENT_NUMBER, canonical_document
+from legaltune.text.vietnamese import normalize_tone_marks
 
 
 def law_key(law_id: str) -> str:

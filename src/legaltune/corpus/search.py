@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from legaltune.corpus.model import Article, Corpus
-from legaltune.data.vietnamese import normalize_tone_marks
-from legaltune.evaluate.metrics import normalize_answer, syllables
+from legaltune.text.syllables import normalize_answer, syllables
+from legaltune.text.vietnamese import normalize_tone_marks
 
 TITLE_WEIGHT = 0.5
 

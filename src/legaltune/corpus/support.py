@@ -17,7 +17,7 @@ import math
 from collections import Counter
 
 from legaltune.corpus.model import Article, Corpus
-from legaltune.evaluate.metrics import normalize_answer, syllables
+from legaltune.text.syllables import normalize_answer, syllables
 
 # Chosen by `legaltune corpus calibrate` on the 164 bundled answers whose citation is in the corpus:
 # the maximum of Youden's J averaged over random and nearest-article negatives (docs/corpus.md).

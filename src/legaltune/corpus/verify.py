@@ -25,7 +25,7 @@ from typing import Any, Literal
 from legaltune.corpus.laws import LawMention, law_mentions, sentence_spans
 from legaltune.corpus.model import Corpus
 from legaltune.corpus.support import SupportScorer
-from legaltune.evaluate.citations import Citation, Mention, article_mentions
+from legaltune.text.citations import Citation, Mention, article_mentions
 
 Status = Literal["ok", "no_article", "no_clause", "no_point", "outside_corpus", "no_law"]
 HALLUCINATED: tuple[Status, ...] = ("no_article", "no_clause", "no_point")

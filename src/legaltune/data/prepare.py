@@ -15,7 +15,6 @@ from typing import Any
 
 from legaltune.config.schema import Config
 from legaltune.corpus.context import ContextCounts, ContextFiller
-from legaltune.data import vietnamese as vn
 from legaltune.data.alqac import join_question, load_corpus
 from legaltune.data.format import ChatFormatter, load_template
 from legaltune.data.pack import efficiency, pack_examples
@@ -28,6 +27,7 @@ from legaltune.data.schemas import (
     to_messages,
 )
 from legaltune.data.sources import DataError, read_records, split_train_eval
+from legaltune.text import vietnamese as vn
 
 
 @dataclass

@@ -18,7 +18,7 @@ from legaltune.data.format import ChatFormatter
 from legaltune.data.prepare import DataStats, PreparedData, prepare_data
 from legaltune.data.sources import DataError
 from legaltune.data.turns import prompt_text, split_turn
-from legaltune.evaluate.citations import extract_citations
+from legaltune.text.citations import extract_citations
 
 
 @dataclass

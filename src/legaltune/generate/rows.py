@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from legaltune.data import vietnamese as vn
 from legaltune.data.schemas import user_prompt
 from legaltune.generate.load import Generator
+from legaltune.text import vietnamese as vn
 
 Key = tuple[str, Any]
 

@@ -26,12 +26,12 @@ from typing import Any
 
 from legaltune.config.schema import Config
 from legaltune.distributed.env import world_size
-from legaltune.distributed.resume_check import GA_KEY, check_world_size
 from legaltune.errors import UserError
 from legaltune.run.atomic import write_text_atomic
 from legaltune.run.checkpoint import STAGING_PREFIX, Checkpoint, inspect_checkpoint
 from legaltune.run.layout import CHECKPOINT_RE, CHECKPOINTS, RunDir, open_run
 from legaltune.run.naming import explicit_run, output_root, run_stem, runs_of_config
+from legaltune.run.world_check import GA_KEY, check_world_size
 
 # Keys a resume may change: where output goes and how data is fed, not what is trained.
 MAY_CHANGE = {

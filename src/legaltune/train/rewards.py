@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from legaltune.config.schema import GrpoConfig
-from legaltune.evaluate.citations import article_mentions, citation_scores
+from legaltune.evaluate.citations import citation_scores
+from legaltune.text.citations import article_mentions
 
 # (name, GrpoConfig weight field)
 REWARDS = (

@@ -295,7 +295,7 @@ def run_training(
     error lint or host memory that would not fit raises :class:`PlanError` then, unless
     ``allow_plan_errors`` (the CLI's ``--ignore-plan-errors``). ``notice`` receives what resume and
     the lock did (default: printed to stderr)."""
-    from legaltune.distributed import rundir
+    from legaltune.run import rank_dir
     from legaltune.run import session as sessions
     from legaltune.train.methods import after_sft
     from legaltune.train.preflight import check_environment
@@ -312,10 +312,10 @@ def run_training(
     given = model_and_tokenizer[0] if model_and_tokenizer else None
     sync.join(cfg, on_cuda=next(given.parameters()).is_cuda if given is not None else _wants_cuda(cfg))
     if resume:
-        session = rundir.resume_session(cfg, resume, weights_only=weights_only, notice=say)
+        session = rank_dir.resume_session(cfg, resume, weights_only=weights_only, notice=say)
     else:
         session = None
-        rundir.refuse_existing(cfg)
+        rank_dir.refuse_existing(cfg)
     if session is not None and session.finished:
         run = session.run
         return TrainResult(run.path, run.adapter, None, {}, None, None, False, nothing_to_do=True)
@@ -324,7 +324,7 @@ def run_training(
         tokenizer = model_and_tokenizer[1] if model_and_tokenizer else load_tokenizer(cfg.model)
         # on every rank (deterministic, no files written), then compared
         data = prepare_data(cfg, tokenizer) if method is None else method.prepare(tokenizer)
-        rundir.check_same_data(data.train, data.eval)
+        rank_dir.check_same_data(data.train, data.eval)
         lengths = [len(r["input_ids"]) for r in data.train] if method is None else method.plan_lengths(data)
         speed_plan = _plan_speed(cfg, lengths, given)
         if method is not None:
@@ -334,7 +334,7 @@ def run_training(
         if speed_plan.problems and not allow_plan_errors:
             raise PlanError(speed_plan.problems)
         if session is None:
-            session = rundir.new_session(cfg, data.stats.to_dict(), say)
+            session = rank_dir.new_session(cfg, data.stats.to_dict(), say)
         elif is_main():
             write_json_atomic(session.run.data_stats, data.stats.to_dict(), "data stats", allow_nan=True)
         return _train(

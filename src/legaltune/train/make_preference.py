@@ -122,7 +122,7 @@ class CorpusNegatives:
 
     def rejected(self, item: QAItem) -> tuple[str, dict[str, Any]] | str:
         """(rejected answer, how it was made), or the reason there is none."""
-        from legaltune.evaluate.citations import article_mentions
+        from legaltune.text.citations import article_mentions
 
         checks = self.verifier.check(item.answer, item.context)
         if not checks:
