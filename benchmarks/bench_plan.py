@@ -22,6 +22,7 @@ class PlannedRow(Protocol):
     speed: bool
     fused_head: bool
     fp8: bool
+    fp8_transpose: bool
 
 
 def row_estimate(
@@ -55,6 +56,7 @@ def row_estimate(
         fused_head=row.fused_head,
         checkpoint_layers=checkpoint_layers,
         load_in_fp8=row.fp8,
+        fp8_keep_transpose=row.fp8_transpose,
     )
 
 

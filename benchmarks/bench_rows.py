@@ -190,12 +190,14 @@ def setup_speed(
     trl_head: bool = False,
     fp8: bool = False,
     fp8_eager_quantize: bool = False,
+    fp8_keep_transpose: bool = False,
 ) -> Any:
     """legaltune's speed engine as `legaltune train` runs it: apply_lora with a speed config, then
     TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
     ``fused_lm_head=True``, as SFTTrainer's compute_loss does). ``fp8``: the base's decoder
     projections in FP8 first (``quantization.load_in_fp8``, as load_model converts them);
-    ``fp8_eager_quantize``: the activations' per-token quantization in eager ops, not compiled."""
+    ``fp8_eager_quantize``: the activations' per-token quantization in eager ops, not compiled;
+    ``fp8_keep_transpose``: each FP8 weight also kept transposed (``quantization.fp8_keep_transpose``)."""
     from legaltune.config.schema import SpeedConfig
     from legaltune.speed.layers import find_decoder_layers
 
@@ -209,6 +211,10 @@ def setup_speed(
 
         print(f"fp8: {quantize_model_fp8(base)} decoder projections in float8_e4m3", file=sys.stderr)
         fp8_math.COMPILED_QUANTIZE[0] = not fp8_eager_quantize
+        if fp8_keep_transpose:
+            from legaltune.speed.fp8_linear import keep_fp8_transposes
+
+            print(f"fp8: {keep_fp8_transposes(base)} transposes kept", file=sys.stderr)
     model = _legaltune_lora(ctx, base, checkpointing, speed=speed, checkpoint_layers=checkpoint_layers)
     if bnb_dequant:  # NF4 dequantized by bitsandbytes, and again in backward after a recompute (none kept)
         import bitsandbytes.functional as bnbf
@@ -363,6 +369,7 @@ class Row:
     fused_head: bool = False  # the step calls model(..., fused_lm_head=True) (TRL's head, as in training)
     speed: bool = False  # legaltune's speed engine: the plan models its activations (speed=True)
     fp8: bool = False  # FP8 base projections (plan: load_in_fp8); no 4-bit variant
+    fp8_transpose: bool = False  # each FP8 weight also kept transposed (plan: fp8_keep_transpose)
     # Import while the previous row measures. Not Unsloth: its import must come before
     # transformers and already creates a CUDA context, which must wait for the GPU to be free.
     prestart: bool = True
@@ -382,6 +389,7 @@ ROWS: dict[str, Row] = {
     "legaltune-auto": Row(setup_auto, "unsloth", "legaltune speed engine, speed: auto (the plan picks the checkpointed layers for this GPU and the largest shape)", ("trl",), fused_head=True, speed=True),
     "hf+liger": Row(setup_hf_liger, True, "hf + Liger-Kernel (RMSNorm, RoPE, SwiGLU, fused linear CE)", ("liger_kernel.transformers",), plan_gap=FUSED_CE, plan_gap_qlora=f"{FUSED_CE}; {KBIT_UPCAST}"),
     "legaltune-fast+fp8": Row(functools.partial(setup_speed, checkpointing=False, fp8=True), False, "legaltune-fast over FP8 base projections (quantization.load_in_fp8: torch._scaled_mm, per-token activation scales)", ("trl",), fused_head=True, speed=True, fp8=True),
+    "legaltune-fast+fp8t": Row(functools.partial(setup_speed, checkpointing=False, fp8=True, fp8_keep_transpose=True), False, "legaltune-fast+fp8 with each FP8 weight also kept transposed (quantization.fp8_keep_transpose: no transpose copy in backward)", ("trl",), fused_head=True, speed=True, fp8=True, fp8_transpose=True),
     "legaltune-lean+fp8": Row(functools.partial(setup_speed, checkpointing="unsloth", fp8=True), "unsloth", "legaltune-lean over FP8 base projections (quantization.load_in_fp8)", ("trl",), fused_head=True, speed=True, fp8=True),
     "unsloth+fp8": Row(functools.partial(setup_unsloth, checkpointing="unsloth", load_in_fp8=True), "unsloth", "Unsloth FastLanguageModel with load_in_fp8=True (TorchAO FP8 base), offloaded checkpointing", ("unsloth", "torchao"), from_dir=True, plan_gap=FUSED_CE, prestart=False, fp8=True),
     "unsloth-nockpt": Row(functools.partial(setup_unsloth, checkpointing=False), False, "Unsloth FastLanguageModel, no checkpointing", ("unsloth",), from_dir=True, plan_gap=FUSED_CE, prestart=False),

@@ -22,6 +22,7 @@ SET_FLAG = re.compile(r"--set (\S+)")
 BAD = {
     "both quantizations": {"quantization": {"load_in_4bit": True, "load_in_8bit": True}},
     "fp8 and 4-bit": {"quantization": {"load_in_fp8": True, "load_in_4bit": True}},
+    "fp8 transposes without fp8": {"quantization": {"fp8_keep_transpose": True}},
     "max_steps 0": {"training": {"max_steps": 0}},
     "min_lr_rate without its scheduler": {"training": {"min_lr_rate": 0.1}},
     "early stopping without best model": {"training": {"early_stopping_patience": 2}},

@@ -7,11 +7,11 @@ import sys
 import pytest
 
 from legaltune.corpus import build_corpus
-from legaltune.corpus.audit import audit_files
-from legaltune.corpus.commands import BUNDLED
 from legaltune.corpus.model import law_key
-from legaltune.corpus.recall import measure_recall
 from legaltune.corpus.search import ArticleSearch, terms
+from legaltune.corpus_cli import BUNDLED
+from legaltune.data.citation_audit import audit_files
+from legaltune.evaluate.retrieval import measure_recall
 
 
 @pytest.fixture(scope="module")
@@ -207,8 +207,8 @@ def test_cli_recall_reports_each_split():
 
 def test_support_threshold_is_the_calibrated_one(corpus):
     """SUPPORT_THRESHOLD is what `legaltune corpus calibrate` picks on the bundled sample (docs/corpus.md)."""
-    from legaltune.corpus.calibrate import auc, calibrate
     from legaltune.corpus.support import SUPPORT_THRESHOLD
+    from legaltune.evaluate.support_calibration import auc, calibrate
 
     result = calibrate(BUNDLED, corpus)
     assert (result.records, result.scored, result.not_cited) == (164, 164, [])

@@ -15,7 +15,7 @@ import pytest
 
 from legaltune.config.load import build_config
 from legaltune.data.prepare import prepare_data
-from legaltune.data.sources import DataError, read_records
+from legaltune.records.read import DataError, read_records
 from legaltune.text import vietnamese as vn
 
 RECS = [

@@ -7,7 +7,7 @@ import pytest
 
 from legaltune.config.load import build_config
 from legaltune.data.prepare import prepare_data
-from legaltune.data.sources import DataError, read_records
+from legaltune.records.read import DataError, read_records
 
 QA = {
     "question": "Tuổi nghỉ hưu của lao động nam năm 2028 là bao nhiêu?",

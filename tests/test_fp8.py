@@ -83,6 +83,34 @@ def test_scaled_mm_call_computes_what_the_reference_computes(dtype, fp8_backend)
         torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol * b.float().abs().max().item())
 
 
+def test_input_grad_reads_a_kept_transpose_instead_of_copying(fp8_backend):
+    """fp8_input_grad with ``w8_t`` (quantization.fp8_keep_transpose) equals the one that makes
+    its own transposed copy, and really reads ``w8_t``: a different one changes the result."""
+    fp8_backend("scaled_mm")
+    gen = torch.Generator().manual_seed(3)
+    w8, scale = fp8.quantize_weight(torch.randn(96, 128, generator=gen))
+    g = torch.randn(40, 96, generator=gen)
+    copied = fp8.fp8_input_grad(g, w8, scale, torch.float32)
+    kept = fp8.fp8_input_grad(g, w8, scale, torch.float32, w8.t().contiguous())
+    torch.testing.assert_close(kept, copied, rtol=0, atol=0)
+    other = fp8.quantize_weight(torch.randn(96, 128, generator=gen))[0].t().contiguous()
+    assert not torch.allclose(fp8.fp8_input_grad(g, w8, scale, torch.float32, other), copied)
+
+
+def test_layer_keeps_its_transpose_out_of_the_state_dict_and_computes_the_same(fp8_backend):
+    fp8_backend("scaled_mm")
+    gen = torch.Generator().manual_seed(4)
+    layer = Fp8Linear.from_linear(torch.nn.Linear(64, 32, bias=False))
+    x = torch.randn(8, 64, generator=gen, requires_grad=True)
+    g = torch.randn(8, 32, generator=gen)
+    before = torch.autograd.grad(layer(x), x, g)[0]
+    assert layer.weight_t is None
+    layer.keep_transpose()
+    assert layer.weight_t.shape == (64, 32) and layer.weight_t.is_contiguous()
+    assert set(layer.state_dict()) == {"weight", "weight_scale"}  # a copy of the weight: never saved
+    torch.testing.assert_close(torch.autograd.grad(layer(x), x, g)[0], before, rtol=0, atol=0)
+
+
 def test_scaled_mm_refuses_layouts_cuda_rejects():
     a8, sa = fp8.quantize_rows(torch.randn(8, 32))
     b8, sb = fp8.quantize_rows(torch.randn(48, 32))

@@ -105,8 +105,11 @@ def test_op_with_weight_scale_passes_opcheck_and_matches_the_eager_function(with
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("kept_transposes", [False, True])
 @pytest.mark.parametrize("kind", ["reference", "scaled_mm"])
-def test_grouped_op_over_fp8_members_matches_them_one_by_one(kind, fp8_backend):
+def test_grouped_op_over_fp8_members_matches_them_one_by_one(kind, kept_transposes, fp8_backend):
+    """Also with each weight's transpose kept (speed.fp8_transposed_weights): the input gradient
+    then reads it instead of transposing the weight, and must come out the same."""
     fp8_backend(kind)  # scaled_mm: the CPU kernel, with the CUDA layout rules on column slices
     from legaltune.speed.lora_group import lora_group_op
     from legaltune.speed.lora_op import lora_linear_op
@@ -119,10 +122,11 @@ def test_grouped_op_over_fp8_members_matches_them_one_by_one(kind, fp8_backend):
     ws, w_scales = [q[0] for q in quantized], [q[1] for q in quantized]
     a_s = [torch.randn(r, 32, generator=gen, requires_grad=True) for r in ranks]
     b_s = [torch.randn(n, r, generator=gen, requires_grad=True) for n, r in zip(widths, ranks, strict=True)]
-    args = (x, ws, [None] * 3, a_s, b_s, scales, torch.float32, w_scales)
+    kept = [w.t().contiguous() for w in ws] if kept_transposes else [None] * 3
+    args = (x, ws, [None] * 3, a_s, b_s, scales, torch.float32, w_scales, kept)
     torch.library.opcheck(op, args, test_utils=OPCHECKS)
     out = op(*args)[0]
-    refs = [
+    refs = [  # each member alone, never with a kept transpose: the reference computes it afresh
         single(x, w, None, a, b, s, torch.float32, n, False, sc)[0]
         for w, sc, a, b, s, n in zip(ws, w_scales, a_s, b_s, scales, widths, strict=True)
     ]

@@ -12,12 +12,12 @@ from legaltune.plan.memory import GIB, fp8_transient_bytes
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def _plan(fp8: bool, checkpointing: bool | str = "unsloth", mode: str = "fast"):
+def _plan(fp8: bool, checkpointing: bool | str = "unsloth", mode: str = "fast", keep_transpose: bool = False):
     return make_plan(
         build_config(
             {
                 "model": {"max_seq_length": 2048},
-                "quantization": {"load_in_fp8": fp8},
+                "quantization": {"load_in_fp8": fp8, "fp8_keep_transpose": keep_transpose},
                 "lora": {"target_modules": SEVEN, "use_gradient_checkpointing": checkpointing},
                 "training": {"per_device_train_batch_size": 4},
                 "speed": {"mode": mode},
@@ -85,3 +85,17 @@ def test_fp8_with_fp16_compute_is_a_lint():
     (lint,) = [x for x in plan.lints if x.key == "model.dtype"]
     assert lint.level == "warn" and "load_in_fp8" in lint.message and "model.dtype: bfloat16" in lint.reason
     assert not [x for x in _plan(True).lints if x.key == "model.dtype"]
+
+
+def test_kept_transposes_add_a_byte_per_weight_and_leave_the_transient_copy_out():
+    """quantization.fp8_keep_transpose: the weights grow by one byte per projection weight (7 GiB
+    for Llama-3.1-8B); the backward no longer makes its transient transposed copy."""
+    plain, kept = _plan(True), _plan(True, keep_transpose=True)
+    arch = kept.arch
+    linear = arch.layers * sum(i * o for i, o in arch.linear_shapes().values())
+    assert _weights(kept)[1] - _weights(plain)[1] == pytest.approx(linear)
+    assert "kept transposes" in _weights(kept)[0]
+    assert "FP8 GEMM transients (quantized activations)" in kept.memory.components
+    tokens = 2048 * 4
+    assert fp8_transient_bytes(arch, tokens, keep_transpose=True) == tokens * (14336 + 4)
+    assert kept.memory.peak_bytes - plain.memory.peak_bytes == pytest.approx(linear - 14336 * 4096)

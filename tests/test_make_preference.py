@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from legaltune.data.sources import DataError
+from legaltune.records.read import DataError
 from legaltune.train.make_preference import build_pairs, swap_articles
 
 QA = [

@@ -7,7 +7,7 @@ import pytest
 from legaltune.config.load import build_config
 from legaltune.data.preference import encode_pair, orpo_row, prepare_pairs
 from legaltune.data.prepare import prepare_data
-from legaltune.data.sources import DataError
+from legaltune.records.read import DataError
 
 PAIRS = [
     {

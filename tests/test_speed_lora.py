@@ -246,7 +246,7 @@ def test_grouped_op_passes_opcheck_and_matches_its_members_one_by_one(with_bias)
         biases = [torch.randn(n, generator=gen) for n in widths]
     a_s = [torch.randn(r, 16, generator=gen, requires_grad=True) for r in ranks]
     b_s = [torch.randn(n, r, generator=gen, requires_grad=True) for n, r in zip(widths, ranks, strict=True)]
-    args = (x, ws, biases, a_s, b_s, scales, torch.float32, [None, None, None])
+    args = (x, ws, biases, a_s, b_s, scales, torch.float32, [None, None, None], [None, None, None])
     torch.library.opcheck(op, args)
     out = op(*args)[0]
     refs = [

@@ -363,7 +363,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from legaltune.corpus.commands import run_corpus_command
+    from legaltune.corpus_cli import run_corpus_command
 
     return run_corpus_command(args)
 

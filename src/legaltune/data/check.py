@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from legaltune.corpus.context import ContextCounts
+from legaltune.data.context import ContextCounts
 from legaltune.data.prepare import DataStats, PreparedData
 
 _CONTEXT_ROWS = (

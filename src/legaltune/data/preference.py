@@ -17,7 +17,7 @@ from typing import Any
 from legaltune.config.schema import Config
 from legaltune.data.format import ChatFormatter
 from legaltune.data.prepare import DataStats, PreparedData, prepare_data
-from legaltune.data.sources import DataError
+from legaltune.records.read import DataError
 
 
 @dataclass

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from legaltune.config.schema import Config
-from legaltune.corpus.context import ContextCounts, ContextFiller
-from legaltune.data.alqac import join_question, load_corpus
+from legaltune.corpus.alqac import load_corpus
+from legaltune.data.alqac import join_question
+from legaltune.data.context import ContextCounts, ContextFiller
 from legaltune.data.format import ChatFormatter, load_template
 from legaltune.data.pack import efficiency, pack_examples
 from legaltune.data.schemas import (
@@ -26,7 +27,8 @@ from legaltune.data.schemas import (
     preference_rejected,
     to_messages,
 )
-from legaltune.data.sources import DataError, read_records, split_train_eval
+from legaltune.data.sources import split_train_eval
+from legaltune.records.read import DataError, read_records
 from legaltune.text import vietnamese as vn
 
 

@@ -16,8 +16,8 @@ from typing import Any
 from legaltune.config.schema import Config
 from legaltune.data.format import ChatFormatter
 from legaltune.data.prepare import DataStats, PreparedData, prepare_data
-from legaltune.data.sources import DataError
 from legaltune.data.turns import prompt_text, split_turn
+from legaltune.records.read import DataError
 from legaltune.text.citations import extract_citations
 
 

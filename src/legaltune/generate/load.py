@@ -37,7 +37,7 @@ class Generator:
         if self.context_fill == "none":
             return None
         from legaltune.corpus import build_corpus
-        from legaltune.corpus.context import ContextCounts, ContextFiller, record_citations
+        from legaltune.data.context import ContextCounts, ContextFiller, record_citations
 
         if self._filler is None:
             self._filler = ContextFiller(

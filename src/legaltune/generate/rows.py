@@ -45,7 +45,7 @@ def row_messages(row: dict[str, Any], gen: Generator, where: str = "") -> list[d
 
 def read_input(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(1-based line number, row) for each non-blank line of a JSONL file (UTF-8/16 with or without BOM)."""
-    from legaltune.data.sources import read_jsonl
+    from legaltune.records.read import read_jsonl
 
     return read_jsonl(path)
 

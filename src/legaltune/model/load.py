@@ -173,8 +173,8 @@ def check_fp8(device: str, dtype: torch.dtype) -> None:
         )
 
 
-def _quantize_fp8(model: PreTrainedModel) -> None:
-    from legaltune.speed.fp8_linear import fp8_linear_count, quantize_model_fp8
+def _quantize_fp8(model: PreTrainedModel, *, keep_transpose: bool = False) -> None:
+    from legaltune.speed.fp8_linear import fp8_linear_count, keep_fp8_transposes, quantize_model_fp8
     from legaltune.speed.layers import find_decoder_layers
 
     before = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -192,9 +192,14 @@ def _quantize_fp8(model: PreTrainedModel) -> None:
             "set quantization.load_in_fp8: false for this model"
         )
     after = sum(p.numel() * p.element_size() for p in model.parameters())
+    kept = ""
+    if keep_transpose:
+        keep_fp8_transposes(model)
+        extra = sum(b.numel() for name, b in model.named_buffers() if name.endswith("weight_t"))
+        kept = f", + {extra / 2**30:.2f} GiB of kept transposes (quantization.fp8_keep_transpose)"
     print(
         f"quantization.load_in_fp8: {fp8_linear_count(model)} decoder projections in float8_e4m3 "
-        f"(weights {before / 2**30:.2f} → {after / 2**30:.2f} GiB)",
+        f"(weights {before / 2**30:.2f} → {after / 2**30:.2f} GiB{kept})",
         file=sys.stderr,
     )
 
@@ -318,7 +323,7 @@ def load_model(
         raise
 
     if quant_cfg.load_in_fp8:
-        _quantize_fp8(model)
+        _quantize_fp8(model, keep_transpose=quant_cfg.fp8_keep_transpose)
     prepare_tokenizer(tokenizer, model_cfg.max_seq_length)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

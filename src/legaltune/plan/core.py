@@ -187,6 +187,7 @@ def make_plan(
         load_in_8bit=cfg.quantization.load_in_8bit,
         double_quant=cfg.quantization.bnb_4bit_use_double_quant,
         load_in_fp8=cfg.quantization.load_in_fp8,
+        fp8_keep_transpose=cfg.quantization.fp8_keep_transpose,
         optim=cfg.optimization.optim,
         checkpointing=checkpointing,
         attn_implementation=cfg.model.attn_implementation,

@@ -138,19 +138,22 @@ def layer_host_bytes(
     return 2 * layer_input + sum(pinned_bytes(b) for b in saved)
 
 
-def fp8_transient_bytes(arch: Arch, tokens: int) -> float:
+def fp8_transient_bytes(arch: Arch, tokens: int, *, keep_transpose: bool = False) -> float:
     """What the running FP8 projection adds to the peak (uncalibrated: not yet measured on a GPU).
 
     Forward: its input quantized to e4m3 (1 byte per element) with one fp32 scale per token. Backward:
     the output gradient, scaled and quantized (1 byte per element, one scale per token), and the
     weight's transposed e4m3 copy that cuBLASLt's column-major operand needs. The widest projection
-    (the MLP's, I wide) bounds each; forward's and backward's are never alive at once."""
+    (the MLP's, I wide) bounds each; forward's and backward's are never alive at once. With
+    ``keep_transpose`` the transposed copies are part of the weights instead."""
     shapes = arch.linear_shapes().values()
     widest_in = max(i for i, _ in shapes)
     widest_out = max(o for _, o in shapes)
     largest = max(i * o for i, o in shapes)
     forward = tokens * (widest_in * FP8_WEIGHT_BYTES + FP8_SCALE_BYTES)
-    backward = tokens * (widest_out * FP8_WEIGHT_BYTES + FP8_SCALE_BYTES) + largest * FP8_WEIGHT_BYTES
+    backward = tokens * (widest_out * FP8_WEIGHT_BYTES + FP8_SCALE_BYTES)
+    if not keep_transpose:
+        backward += largest * FP8_WEIGHT_BYTES
     return max(forward, backward)
 
 
@@ -180,6 +183,7 @@ def estimate_memory(
     attention_layers: int = 0,
     parallel: Parallel = SINGLE,
     load_in_fp8: bool = False,
+    fp8_keep_transpose: bool = False,
 ) -> MemoryEstimate:
     """Estimate peak allocated GPU memory for one training step (worst case: every row at seq_len).
 
@@ -189,7 +193,8 @@ def estimate_memory(
     ``attention_layers``: of the offloaded layers, the first N keep their attention half (its
     activations offloaded too: more host memory, same GPU peak within the model's accuracy).
     ``parallel``: the bytes of one GPU of a DDP or FSDP run (legaltune.plan.sharding).
-    ``load_in_fp8``: the decoder projections stored in e4m3 with per-channel scales (docs/fp8.md).
+    ``load_in_fp8``: the decoder projections stored in e4m3 with per-channel scales (docs/fp8.md);
+    ``fp8_keep_transpose``: each also kept transposed (one more byte per weight).
     """
     tokens = batch_size * seq_len
     linear = arch.layers * sum(i * o for i, o in arch.linear_shapes().values())
@@ -207,9 +212,11 @@ def estimate_memory(
         wname = "weights (int8 + row scales)"
     elif load_in_fp8:
         rows = arch.layers * sum(o for _, o in arch.linear_shapes().values())
-        linear_weights = linear * FP8_WEIGHT_BYTES + rows * FP8_SCALE_BYTES
+        copies = 2 if fp8_keep_transpose else 1
+        linear_weights = linear * FP8_WEIGHT_BYTES * copies + rows * FP8_SCALE_BYTES
         weights = linear_weights + rest * compute_bytes
-        wname = f"weights (FP8 e4m3 projections + channel scales; embeddings/norms/head in {compute_bytes * 8}-bit)"
+        kept = " + their kept transposes" if fp8_keep_transpose else ""
+        wname = f"weights (FP8 e4m3 projections{kept} + channel scales; embeddings/norms/head in {compute_bytes * 8}-bit)"
     else:
         weights = params.total_base * compute_bytes
         wname = f"weights ({compute_bytes * 8}-bit)"
@@ -282,7 +289,8 @@ def estimate_memory(
         ("LM head tiles (chunked loss)" if fused_head else "logits + loss"): float(logits),
     }
     if load_in_fp8:
-        components["FP8 GEMM transients (quantized activations, transposed weight)"] = fp8_transient_bytes(
-            arch, tokens
+        name = "quantized activations" + ("" if fp8_keep_transpose else ", transposed weight")
+        components[f"FP8 GEMM transients ({name})"] = fp8_transient_bytes(
+            arch, tokens, keep_transpose=fp8_keep_transpose
         )
     return MemoryEstimate(components, tokens, host, notes)

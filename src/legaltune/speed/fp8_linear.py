@@ -31,29 +31,36 @@ class Fp8LinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
+        ctx: Any,
+        x: torch.Tensor,
+        w8: torch.Tensor,
+        scale: torch.Tensor,
+        dtype: torch.dtype,
+        w8_t: torch.Tensor | None = None,
     ) -> torch.Tensor:  # type: ignore[override]
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
         out = fp8_linear(x2, w8, scale, dtype)
-        ctx.save_for_backward(w8, scale)
+        ctx.save_for_backward(w8, scale, w8_t)
         ctx.dtype, ctx.x_shape, ctx.x_dtype = dtype, x.shape, x.dtype
         return out.view(*x.shape[:-1], w8.shape[0])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        w8, scale = ctx.saved_tensors
+            return None, None, None, None, None
+        w8, scale, w8_t = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
-        grad_x = fp8_input_grad(g, w8, scale, ctx.dtype)
-        return grad_x.view(ctx.x_shape).to(ctx.x_dtype), None, None, None
+        grad_x = fp8_input_grad(g, w8, scale, ctx.dtype, w8_t)
+        return grad_x.view(ctx.x_shape).to(ctx.x_dtype), None, None, None, None
 
 
 class Fp8Linear(nn.Linear):
     """A frozen linear layer: e4m3 weight (``out × in``), fp32 ``weight_scale`` (``out``), optional bias.
 
     ``compute_dtype``: what inputs that are not floating point are computed in; PEFT also reads it
-    to give the adapters the model's dtype (then up-casts them to fp32, as over a bf16 base)."""
+    to give the adapters the model's dtype (then up-casts them to fp32, as over a bf16 base).
+    ``weight_t``: ``W8ᵀ`` kept contiguous after :meth:`keep_transpose` (None until then): the
+    input gradient's FP8 GEMM needs that layout, and would otherwise copy it at every backward."""
 
     def __init__(
         self,
@@ -66,6 +73,7 @@ class Fp8Linear(nn.Linear):
         self.out_features, self.in_features = weight8.shape
         self.weight = nn.Parameter(weight8, requires_grad=False)
         self.register_buffer("weight_scale", scale)
+        self.register_buffer("weight_t", None, persistent=False)  # a copy of the weight: never saved
         if bias is None:
             self.register_parameter("bias", None)
         else:
@@ -77,13 +85,17 @@ class Fp8Linear(nn.Linear):
         weight8, scale = quantize_weight(linear.weight)
         return cls(weight8, scale, linear.bias, linear.weight.dtype)
 
+    def keep_transpose(self) -> None:
+        """Keep ``W8ᵀ`` (``in × out``, contiguous) beside the weight: +1 byte per weight."""
+        self.weight_t = self.weight.detach().t().contiguous()
+
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The dense weight this layer computes with (``W8 · s_w``), in ``dtype`` (default: compute dtype)."""
         return dequantize_weight(self.weight, self.weight_scale, dtype or self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = fp8_compute_dtype(x, self.compute_dtype)
-        out = Fp8LinearFunction.apply(x, self.weight, self.weight_scale, dtype)
+        out = Fp8LinearFunction.apply(x, self.weight, self.weight_scale, dtype, self.weight_t)
         # a trained bias (lora.bias: all) gets its gradient from autograd here
         return out if self.bias is None else out + self.bias.to(dtype)
 
@@ -117,9 +129,17 @@ def quantize_model_fp8(model: nn.Module) -> int:
     return count
 
 
+def keep_fp8_transposes(model: nn.Module) -> int:
+    """:meth:`Fp8Linear.keep_transpose` on every FP8 layer of this model instance; returns how many."""
+    layers = [m for m in model.modules() if isinstance(m, Fp8Linear)]
+    for layer in layers:
+        layer.keep_transpose()
+    return len(layers)
+
+
 def fp8_linear_count(model: nn.Module) -> int:
     """How many :class:`Fp8Linear` layers the model holds (0: not loaded in FP8)."""
     return sum(isinstance(m, Fp8Linear) for m in model.modules())
 
 
-__all__ = ["Fp8Linear", "Fp8LinearFunction", "fp8_linear_count", "quantize_model_fp8"]
+__all__ = ["Fp8Linear", "Fp8LinearFunction", "fp8_linear_count", "keep_fp8_transposes", "quantize_model_fp8"]

@@ -92,8 +92,9 @@ def group_backward(
     dtype: torch.dtype,
     need_x: bool,
     states: Sequence[Any] | None = None,
+    weights_t: Sequence[torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor]]:
-    """(grad x, grads A, grads B); adapter grads in fp32."""
+    """(grad x, grads A, grads B); adapter grads in fp32. ``weights_t``: FP8 weights' kept transposes."""
     block = _block_diagonal(lora_bs, scales, dtype)
     gb = g @ block  # [T × R]: every member's s · g_i B_i
     full_b = mm_fp32(g.t(), xa)  # [N_total × R]: the diagonal blocks are the B gradients / s
@@ -110,10 +111,13 @@ def group_backward(
     if need_x:
         grad_x = gb @ a_cat
         col = 0
-        for weight, state, lora_b in zip(weights, _states(weights, states), lora_bs, strict=True):
+        kept = weights_t if weights_t is not None else [None] * len(weights)
+        for weight, state, weight_t, lora_b in zip(
+            weights, _states(weights, states), kept, lora_bs, strict=True
+        ):
             width = lora_b.shape[0]
             if is_fp8(weight):
-                grad_x.add_(fp8_input_grad(g[:, col : col + width], weight, state, dtype))
+                grad_x.add_(fp8_input_grad(g[:, col : col + width], weight, state, dtype, weight_t))
             else:
                 w = dense_weight(weight, state, dtype)
                 grad_x.addmm_(g[:, col : col + width], w)
@@ -137,13 +141,14 @@ def lora_group_op() -> Any:
         scales: list[float],
         dtype: torch.dtype,
         weight_scales: list[torch.Tensor | None],
+        weights_t: list[torch.Tensor | None],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
         out, xa = group_forward(x2, weights, biases, lora_as, lora_bs, scales, dtype, weight_scales)
         return out.view(*x.shape[:-1], out.shape[-1]), xa
 
     @lora_linear_group.register_fake
-    def _(x, weights, biases, lora_as, lora_bs, scales, dtype, weight_scales):  # noqa: ANN001, ANN202
+    def _(x, weights, biases, lora_as, lora_bs, scales, dtype, weight_scales, weights_t):  # noqa: ANN001, ANN202
         tokens = x.numel() // x.shape[-1]
         width = sum(b.shape[0] for b in lora_bs)
         rank = sum(a.shape[0] for a in lora_as)
@@ -161,11 +166,12 @@ def lora_group_op() -> Any:
         dtype: torch.dtype,
         need_x: bool,
         weight_scales: list[torch.Tensor | None],
+        weights_t: list[torch.Tensor | None],
     ) -> list[torch.Tensor]:
         g = grad.reshape(-1, grad.shape[-1]).to(dtype)
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
         grad_x, grads_a, grads_b = group_backward(
-            g, x2, xa, weights, lora_as, lora_bs, scales, dtype, need_x, weight_scales
+            g, x2, xa, weights, lora_as, lora_bs, scales, dtype, need_x, weight_scales, weights_t
         )
         # an op returns tensors only: an empty one stands for "no input gradient"
         grad_x = grad_x.view(x.shape).to(x.dtype) if grad_x is not None else x.new_empty(0)
@@ -176,13 +182,13 @@ def lora_group_op() -> Any:
         ]
 
     @lora_linear_group_backward.register_fake
-    def _(grad, x, xa, weights, lora_as, lora_bs, scales, dtype, need_x, weight_scales):  # noqa: ANN001, ANN202
+    def _(grad, x, xa, weights, lora_as, lora_bs, scales, dtype, need_x, weight_scales, weights_t):  # noqa: ANN001, ANN202
         grad_x = x.new_empty(x.shape) if need_x else x.new_empty(0)
         return [grad_x, *(torch.empty_like(a) for a in lora_as), *(torch.empty_like(b) for b in lora_bs)]
 
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
-        x, weights, _biases, lora_as, lora_bs, scales, dtype, weight_scales = inputs
-        ctx.save_for_backward(x, output[1], *weights, *lora_as, *lora_bs, *weight_scales)
+        x, weights, _biases, lora_as, lora_bs, scales, dtype, weight_scales, weights_t = inputs
+        ctx.save_for_backward(x, output[1], *weights, *lora_as, *lora_bs, *weight_scales, *weights_t)
         ctx.count, ctx.scales, ctx.dtype = len(weights), list(scales), dtype
         ctx.biases_given = [None if b is None else True for b in _biases]
 
@@ -190,10 +196,21 @@ def lora_group_op() -> Any:
         x, xa, *params = ctx.saved_tensors
         count = ctx.count
         weights, lora_as = params[:count], params[count : 2 * count]
-        lora_bs, weight_scales = params[2 * count : 3 * count], params[3 * count :]
+        lora_bs, weight_scales = params[2 * count : 3 * count], params[3 * count : 4 * count]
+        weights_t = params[4 * count :]
         need_x = ctx.needs_input_grad[0]
         grads = lora_linear_group_backward(
-            grad, x, xa, weights, lora_as, lora_bs, ctx.scales, ctx.dtype, need_x, list(weight_scales)
+            grad,
+            x,
+            xa,
+            weights,
+            lora_as,
+            lora_bs,
+            ctx.scales,
+            ctx.dtype,
+            need_x,
+            list(weight_scales),
+            list(weights_t),
         )
         return (
             grads[0] if need_x else None,
@@ -204,6 +221,7 @@ def lora_group_op() -> Any:
             None,
             None,
             _no_grads(weight_scales),
+            _no_grads(weights_t),
         )
 
     lora_linear_group.register_autograd(backward, setup_context=setup_context)
@@ -236,8 +254,9 @@ def grouped_projections(modules: Sequence[nn.Module], x: torch.Tensor) -> list[t
     lora_bs = [m.lora_B[a].weight for m, a, _w in members]
     scales = [float(m.scaling[a]) for m, a, _w in members]
     weight_scales = [state if is_fp8(w) else None for _m, _a, (w, state) in members]
+    weights_t = [getattr(m.base_layer, "weight_t", None) for m, _a, _w in members]
     out, _xa = torch.ops.legaltune.lora_linear_group.default(
-        x, weights, biases, lora_as, lora_bs, scales, dtypes.pop(), weight_scales
+        x, weights, biases, lora_as, lora_bs, scales, dtypes.pop(), weight_scales, weights_t
     )
     return list(out.split([b.shape[0] for b in lora_bs], dim=-1))
 

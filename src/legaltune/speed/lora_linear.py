@@ -61,6 +61,7 @@ class LoraLinearFunction(torch.autograd.Function):
         dtype: torch.dtype,
         out_features: int,
         skip_in_recompute: bool,
+        weight_t: torch.Tensor | None = None,
     ) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(dtype)
@@ -79,7 +80,7 @@ class LoraLinearFunction(torch.autograd.Function):
             skip_in_recompute=skip_in_recompute,
         )
         ctx.save_for_backward(xl2, xa, weight, lora_a, lora_b)
-        ctx.quant_state, ctx.scale, ctx.dtype = quant_state, scale, dtype
+        ctx.quant_state, ctx.weight_t, ctx.scale, ctx.dtype = quant_state, weight_t, scale, dtype
         ctx.x_shape, ctx.x_dtype = shape, x.dtype
         ctx.separate_lora_input = x_lora is not None
         ctx.lora_input_dtype = None if x_lora is None else x_lora.dtype
@@ -101,6 +102,7 @@ class LoraLinearFunction(torch.autograd.Function):
             ctx.dtype,
             need_x=ctx.needs_input_grad[0] or ctx.needs_input_grad[1],
             separate_lora_input=ctx.separate_lora_input,
+            weight_t=ctx.weight_t,
         )
         if grad_x is not None:
             grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
@@ -108,7 +110,7 @@ class LoraLinearFunction(torch.autograd.Function):
             grad_xl = grad_xl.view(ctx.x_shape).to(ctx.lora_input_dtype)
         grad_a = grad_a.to(lora_a.dtype) if lora_a.requires_grad else None
         grad_b = grad_b.to(lora_b.dtype) if lora_b.requires_grad else None
-        return grad_x, grad_xl, None, None, None, grad_a, grad_b, None, None, None, None
+        return grad_x, grad_xl, None, None, None, grad_a, grad_b, None, None, None, None, None
 
 
 def _fused_forward(module: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -125,11 +127,14 @@ def _fused_forward(module: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any
     dtype = compute_dtype(x, weight, quant_state)
     skip = bool(module.__dict__.get(_SKIP_IN_RECOMPUTE, False))
     bias = getattr(base, "bias", None)
+    weight_t = getattr(base, "weight_t", None)  # an FP8 weight's kept transpose, when there is one
     if x_lora is None and torch.compiler.is_compiling():
         # registered by fuse_lora_linears (outside any trace: dynamo must not trace a registration)
         op = torch.ops.legaltune.lora_linear.default
         weight_scale = quant_state if is_fp8(weight) else None
-        return op(x, weight, bias, lora_a, lora_b, scale, dtype, base.out_features, skip, weight_scale)[0]
+        return op(
+            x, weight, bias, lora_a, lora_b, scale, dtype, base.out_features, skip, weight_scale, weight_t
+        )[0]
     return LoraLinearFunction.apply(
         x,
         x_lora,
@@ -142,6 +147,7 @@ def _fused_forward(module: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any
         dtype,
         base.out_features,
         skip,
+        weight_t,
     )
 
 

@@ -118,9 +118,10 @@ def lora_backward(
     *,
     need_x: bool,
     separate_lora_input: bool,
+    weight_t: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """2-D (grad x, grad of the LoRA input if separate, grad A, grad B); adapter grads in fp32
-    (their parameters' dtype is the caller's cast)."""
+    (their parameters' dtype is the caller's cast). ``weight_t``: an FP8 weight's kept transpose."""
     a, b = lora_a.to(dtype), lora_b.to(dtype)
     # d(out)/d(xa) = s · g B: the only tokens × r intermediate of the backward
     gb = (g @ b).mul_(scale)
@@ -128,7 +129,7 @@ def lora_backward(
     grad_a = mm_fp32(gb.t(), xl2)
     grad_x = grad_xl = None
     if need_x and is_fp8(weight):
-        grad_x = fp8_input_grad(g, weight, quant_state, dtype)
+        grad_x = fp8_input_grad(g, weight, quant_state, dtype, weight_t)
         if separate_lora_input:
             grad_xl = gb @ a
         else:

@@ -32,9 +32,10 @@ from legaltune.speed.lora_math import lora_backward, lora_forward, quant_state_o
 @functools.cache
 def lora_linear_op() -> Any:
     """The forward op (registered once per process); call
-    ``op(x, W, bias, A, B, scale, dtype, out_features, skip_in_recompute, weight_scale=None)``, which
-    returns ``(out, x A^T)`` and is differentiable in x, A and B. ``W`` is a dense weight, a
-    bitsandbytes 4-bit parameter, or an FP8 weight with its ``weight_scale``."""
+    ``op(x, W, bias, A, B, scale, dtype, out_features, skip_in_recompute, weight_scale=None,
+    weight_t=None)``, which returns ``(out, x A^T)`` and is differentiable in x, A and B. ``W`` is a
+    dense weight, a bitsandbytes 4-bit parameter, or an FP8 weight with its ``weight_scale`` (and
+    ``weight_t``, its contiguous transpose, where the model keeps one)."""
 
     @torch.library.custom_op("legaltune::lora_linear", mutates_args=())
     def lora_linear(
@@ -48,6 +49,7 @@ def lora_linear_op() -> Any:
         out_features: int,
         skip_in_recompute: bool,
         weight_scale: torch.Tensor | None = None,
+        weight_t: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
         state = weight_scale if weight_scale is not None else quant_state_of(weight)
@@ -67,7 +69,19 @@ def lora_linear_op() -> Any:
         return out.view(*x.shape[:-1], out.shape[-1]), xa
 
     @lora_linear.register_fake
-    def _(x, weight, bias, lora_a, lora_b, scale, dtype, out_features, skip_in_recompute, weight_scale=None):  # noqa: ANN001, ANN202
+    def _(
+        x,
+        weight,
+        bias,
+        lora_a,
+        lora_b,
+        scale,
+        dtype,
+        out_features,
+        skip_in_recompute,
+        weight_scale=None,
+        weight_t=None,
+    ):  # noqa: ANN001, ANN202, E501
         tokens = x.numel() // x.shape[-1]
         return x.new_empty((*x.shape[:-1], out_features), dtype=dtype), x.new_empty(
             (tokens, lora_a.shape[0]), dtype=dtype
@@ -85,6 +99,7 @@ def lora_linear_op() -> Any:
         dtype: torch.dtype,
         need_x: bool,
         weight_scale: torch.Tensor | None = None,
+        weight_t: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g = grad.reshape(-1, grad.shape[-1]).to(dtype)
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
@@ -100,26 +115,27 @@ def lora_linear_op() -> Any:
             dtype,
             need_x=need_x,
             separate_lora_input=False,
+            weight_t=weight_t,
         )
         # an op returns tensors only: an empty one stands for "no input gradient"
         grad_x = grad_x.view(x.shape).to(x.dtype) if grad_x is not None else x.new_empty(0)
         return grad_x, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype)
 
     @lora_linear_backward.register_fake
-    def _(grad, x, xa, weight, lora_a, lora_b, scale, dtype, need_x, weight_scale=None):  # noqa: ANN001, ANN202
+    def _(grad, x, xa, weight, lora_a, lora_b, scale, dtype, need_x, weight_scale=None, weight_t=None):  # noqa: ANN001, ANN202
         grad_x = x.new_empty(x.shape) if need_x else x.new_empty(0)
         return grad_x, torch.empty_like(lora_a), torch.empty_like(lora_b)
 
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
-        x, weight, _bias, lora_a, lora_b, scale, dtype, _out_features, _skip, weight_scale = inputs
-        ctx.save_for_backward(x, output[1], weight, lora_a, lora_b, weight_scale)
+        x, weight, _bias, lora_a, lora_b, scale, dtype, _out_features, _skip, weight_scale, weight_t = inputs
+        ctx.save_for_backward(x, output[1], weight, lora_a, lora_b, weight_scale, weight_t)
         ctx.scale, ctx.dtype = scale, dtype
 
     def backward(ctx: Any, grad: torch.Tensor, _grad_xa: Any) -> tuple[Any, ...]:
-        x, xa, weight, lora_a, lora_b, weight_scale = ctx.saved_tensors
+        x, xa, weight, lora_a, lora_b, weight_scale, weight_t = ctx.saved_tensors
         need_x = ctx.needs_input_grad[0]
         grad_x, grad_a, grad_b = lora_linear_backward(
-            grad, x, xa, weight, lora_a, lora_b, ctx.scale, ctx.dtype, need_x, weight_scale
+            grad, x, xa, weight, lora_a, lora_b, ctx.scale, ctx.dtype, need_x, weight_scale, weight_t
         )
         return (
             grad_x if need_x else None,
@@ -127,6 +143,7 @@ def lora_linear_op() -> Any:
             None,
             grad_a if ctx.needs_input_grad[3] else None,
             grad_b if ctx.needs_input_grad[4] else None,
+            None,
             None,
             None,
             None,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from legaltune.data.schemas import RecordError, detect_schema, to_messages
-from legaltune.data.sources import DataError, read_records
+from legaltune.records.read import DataError, read_records
 
 
 @dataclass

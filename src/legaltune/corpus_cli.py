@@ -117,7 +117,7 @@ def _search(corpus: Corpus, args: Any, console: Console) -> int:
 
 
 def _recall(corpus: Corpus, args: Any, console: Console) -> int:
-    from legaltune.corpus.recall import measure_recall
+    from legaltune.evaluate.retrieval import measure_recall
 
     result = measure_recall(
         args.data or BUNDLED, _article_search(corpus, args), args.k, scope_to_law=args.scope_law
@@ -142,7 +142,7 @@ def _recall(corpus: Corpus, args: Any, console: Console) -> int:
 
 
 def _check(corpus: Corpus, args: Any, console: Console) -> int:
-    from legaltune.corpus.audit import audit_files
+    from legaltune.data.citation_audit import audit_files
 
     audit = audit_files(args.data or BUNDLED, corpus)
     if args.json:
@@ -166,8 +166,8 @@ def _check(corpus: Corpus, args: Any, console: Console) -> int:
 
 
 def _calibrate(corpus: Corpus, args: Any, console: Console) -> int:
-    from legaltune.corpus.calibrate import calibrate
     from legaltune.corpus.support import SUPPORT_THRESHOLD
+    from legaltune.evaluate.support_calibration import calibrate
 
     result = calibrate(args.data or BUNDLED, corpus).to_dict()
     if args.json:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from legaltune.corpus.context import record_citations, record_question
 from legaltune.corpus.search import ArticleSearch
-from legaltune.data.sources import read_records
+from legaltune.data.context import record_citations, record_question
+from legaltune.records.read import read_records
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 
 from legaltune.corpus.model import Corpus, law_key
 from legaltune.corpus.verify import CitationCheck, Verifier, summarize_checks
-from legaltune.data.sources import read_records
+from legaltune.records.read import read_records
 
 
 @dataclass

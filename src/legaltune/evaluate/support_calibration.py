@@ -17,7 +17,7 @@ from typing import Any
 from legaltune.corpus.model import Corpus
 from legaltune.corpus.search import ArticleSearch
 from legaltune.corpus.verify import Verifier
-from legaltune.data.sources import read_records
+from legaltune.records.read import read_records
 
 
 @dataclass
