@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
+from legaltune.cli.corpus import BUNDLED
 from legaltune.corpus import build_corpus
 from legaltune.corpus.model import law_key
 from legaltune.corpus.search import ArticleSearch, terms
-from legaltune.corpus_cli import BUNDLED
 from legaltune.data.citation_audit import audit_files
 from legaltune.evaluate.retrieval import measure_recall
 

@@ -86,7 +86,7 @@ def test_irregular_template_gets_no_template_and_a_warning(tokenizer):
 
 
 def test_cli_type_lists_are_the_exporters():
-    from legaltune.cli import GGUF_K_QUANTS, GGUF_TYPES
+    from legaltune.cli.parser import GGUF_K_QUANTS, GGUF_TYPES
     from legaltune.export.gguf_export import K_QUANTS, TYPES
 
     assert GGUF_TYPES == tuple(TYPES) and GGUF_K_QUANTS == K_QUANTS
