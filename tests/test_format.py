@@ -131,7 +131,9 @@ def test_gemma_pretrained_template_trains_model_turns_with_eos_and_generation_st
     )
     enc = fmt.encode(CHAT, 1024)
     assert trained_text(tok, enc) == f"Nam từ đủ 20 tuổi trở lên (Điều 8).{eos}Nữ từ đủ 18 tuổi trở lên.{eos}"
-    assert [enc.labels[i] for i, t in enumerate(enc.input_ids) if t == tok.eos_token_id] == [tok.eos_token_id] * 2
+    assert [enc.labels[i] for i, t in enumerate(enc.input_ids) if t == tok.eos_token_id] == [
+        tok.eos_token_id
+    ] * 2
 
     # a model whose first answer token is eos: that answer stops at once and counts as stopped
     model = make_tiny_llama(len(tok))
