@@ -114,17 +114,53 @@ def test_gemma_template_trains_model_turns_with_end_of_turn(tokenizer):
     assert tok.convert_tokens_to_ids("<end_of_turn>") in stop_token_ids(tok, fmt.end_of_turn)
 
 
+def test_gemma_pretrained_template_trains_model_turns_with_eos_and_generation_stops_there(tokenizer):
+    """The template a pretrained Gemma gets: Gemma's turns, the model's closed by eos (not by the
+    <end_of_turn> it never trained), that eos labelled, and an answer that emits it stops."""
+    from legaltune.generate.answers import generate_answers
+    from tests.conftest import make_tiny_llama
+
+    tok = _gemma_like(tokenizer)
+    fmt = ChatFormatter(tok, template=load_template("gemma-pretrained"))
+    eos = tok.eos_token
+    assert fmt.assistant_header == "<start_of_turn>model\n" and fmt.end_of_turn == eos
+    text, spans = fmt.spans(CHAT)
+    assert text.startswith(
+        "<|endoftext|><start_of_turn>user\nBạn là trợ lý pháp lý.\n\nTuổi kết hôn của nam là bao nhiêu?<end_of_turn>\n"
+        "<start_of_turn>model\nNam từ đủ 20 tuổi trở lên (Điều 8)." + eos + "\n<start_of_turn>user\n"
+    )
+    enc = fmt.encode(CHAT, 1024)
+    assert trained_text(tok, enc) == f"Nam từ đủ 20 tuổi trở lên (Điều 8).{eos}Nữ từ đủ 18 tuổi trở lên.{eos}"
+    assert [enc.labels[i] for i, t in enumerate(enc.input_ids) if t == tok.eos_token_id] == [
+        tok.eos_token_id
+    ] * 2
+
+    # a model whose first answer token is eos: that answer stops at once and counts as stopped
+    model = make_tiny_llama(len(tok))
+
+    def emit_eos(_module, _inputs, logits):
+        logits[..., tok.eos_token_id] = logits.max() + 10.0
+        return logits
+
+    model.lm_head.register_forward_hook(emit_eos)
+    (ans,) = generate_answers(
+        model, tok, [CHAT[:2]], max_new_tokens=5, chat_template=fmt.template, end_of_turn=fmt.end_of_turn
+    )
+    assert ans.stopped and ans.new_tokens == 0
+
+
 def test_a_tokenizer_without_template_gets_gemma_only_with_gemma_markers(tokenizer, capsys):
     from legaltune.data.format import fallback_template_name
     from legaltune.model.load import prepare_tokenizer
 
     assert fallback_template_name(tokenizer) is None  # has its own (ChatML)
     tok = _gemma_like(tokenizer)
-    assert fallback_template_name(tok) == "gemma"
+    assert fallback_template_name(tok) == "gemma-pretrained"
     prepare_tokenizer(tok, 512)
-    assert tok.chat_template == load_template("gemma")
-    assert "built-in 'gemma' template" in capsys.readouterr().err
-    assert ChatFormatter(tok).end_of_turn == "<end_of_turn>"
+    assert tok.chat_template == load_template("gemma-pretrained")
+    assert "built-in 'gemma-pretrained' template" in capsys.readouterr().err
+    # a pretrained model's turn markers are untrained: its answers close with eos, which it knows
+    assert ChatFormatter(tok).end_of_turn == tok.eos_token
 
     import copy
 

@@ -247,3 +247,48 @@ def test_checkpoint_directory_is_accepted(run, tmp_path):
     info = inspect_run(run / "adapter")
     assert info.adapter_dir == run / "adapter" and Path(info.base).name == "base"
     assert info.quantized is None
+
+
+def test_merged_model_stops_at_the_templates_end_of_turn(tokenizer, tmp_path):
+    """A pretrained base lists only its eos in generation_config (Gemma 3 270M: <eos>), but the tuned
+    model closes answers with the template's end-of-turn: the merged model's generate() must stop there
+    too, not run on into an invented next turn."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
+
+    from legaltune.data.format import load_template
+    from legaltune.export.merge import merge_run
+
+    tok = copy.deepcopy(tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tok.chat_template = load_template("gemma")
+    eot = tok.convert_tokens_to_ids("<end_of_turn>")
+    run = make_run(tmp_path / "gemma-like", tok)
+    base = AutoModelForCausalLM.from_pretrained(str(tmp_path / "gemma-like" / "base"))
+    assert eot not in [base.generation_config.eos_token_id]  # the base alone would not stop there
+
+    merged = AutoModelForCausalLM.from_pretrained(str(merge_run(run, tmp_path / "merged", dtype="fp32")))
+    assert eot in merged.generation_config.eos_token_id
+    assert tok.eos_token_id in merged.generation_config.eos_token_id  # eos still stops
+
+    class EmitEndOfTurnSecond(LogitsProcessor):
+        """The model 'answers' one token, then closes its turn."""
+
+        def __init__(self, prompt_len: int):
+            self.prompt_len = prompt_len
+
+        def __call__(self, input_ids, scores):
+            forced = torch.full_like(scores, -1e9)
+            forced[:, eot if input_ids.shape[1] > self.prompt_len else 42] = 0
+            return forced
+
+    ids = input_ids(tok)
+    out = merged.generate(
+        ids,
+        max_new_tokens=8,
+        do_sample=False,
+        logits_processor=LogitsProcessorList([EmitEndOfTurnSecond(ids.shape[1])]),
+        pad_token_id=tok.pad_token_id or 0,
+    )
+    assert out[0, ids.shape[1] :].tolist() == [42, eot]  # stopped at end-of-turn, not at max_new_tokens

@@ -388,8 +388,8 @@ class DataConfig(Section, key="data"):
     )
     chat_template: str | None = opt(
         None,
-        "Chat template: null = the tokenizer's (a tokenizer with none but Gemma's turn markers gets gemma); a name "
-        "(llama-3.1, chatml, gemma) or a .jinja file.",
+        "Chat template: null = the tokenizer's (a tokenizer with none but Gemma's turn markers gets gemma-pretrained); "
+        "a name (llama-3.1, chatml, gemma, gemma-pretrained) or a .jinja file.",
     )
     overlength: str = opt(
         "truncate",

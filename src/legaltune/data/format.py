@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 IGNORE = -100
-BUILTIN_TEMPLATES = ("chatml", "llama-3.1", "gemma")
+BUILTIN_TEMPLATES = ("chatml", "llama-3.1", "gemma", "gemma-pretrained")
 # Built-in templates for tokenizers that ship without one (pretrained, not instruction-tuned,
-# checkpoints), recognised by the turn markers in their vocabulary.
-_FALLBACK_MARKERS = {"gemma": ("<start_of_turn>", "<end_of_turn>")}
+# checkpoints), recognised by the turn markers in their vocabulary. A pretrained checkpoint never
+# trained those markers, so its template closes the model's turns with eos (gemma-pretrained.jinja
+# says why): "gemma", which closes them with <end_of_turn>, is for instruction-tuned Gemmas.
+_FALLBACK_MARKERS = {"gemma-pretrained": ("<start_of_turn>", "<end_of_turn>")}
 _PROBE = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
 
 
@@ -55,6 +57,16 @@ def fallback_template_name(tokenizer: Any) -> str | None:
         if all(isinstance(i, int) and i != unk for i in ids):
             return name
     return None
+
+
+def end_of_turn_token(tokenizer: Any, template: str | None = None) -> str | None:
+    """The token that closes an assistant turn in ``template`` (None: the tokenizer's own), or None
+    when the template closes none (a base model's plain format: it can still answer, stopping at
+    eos only). Generation, export and merge all stop at this token."""
+    try:
+        return ChatFormatter(tokenizer, template=template).end_of_turn.strip() or None
+    except TemplateError:
+        return None
 
 
 @dataclass

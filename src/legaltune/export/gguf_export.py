@@ -323,12 +323,9 @@ def export_gguf(
 
 
 def _modelfile(src: _Source, output_file: Path) -> None:
-    from legaltune.data.format import ChatFormatter, TemplateError
+    from legaltune.data.format import end_of_turn_token
 
-    try:
-        end_of_turn = ChatFormatter(src.tokenizer, template=src.template).end_of_turn.strip()
-    except TemplateError:
-        end_of_turn = ""
+    end_of_turn = end_of_turn_token(src.tokenizer, src.template) or ""
     eos = src.tokenizer.eos_token if isinstance(src.tokenizer.eos_token, str) else ""
     _, warning = write_modelfile(
         output_file,

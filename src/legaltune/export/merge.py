@@ -44,6 +44,7 @@ class RunInfo:
     quantized: (
         str | None
     )  # "4-bit" / "8-bit" (bitsandbytes) or "FP8 (float8_e4m3)" as training loaded the base
+    config: Path | None = None  # the run's config.yaml (its chat template), when there is a run
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -118,6 +119,7 @@ def inspect_run(run_dir: str | Path) -> RunInfo:
         base=base,
         tokenizer_dir=ref.tokenizer_dir or base,
         quantized=_training_quantization(ref.run.config) if ref.run is not None else None,
+        config=ref.run.config if ref.run is not None and ref.run.config.is_file() else None,
     )
 
 
@@ -164,7 +166,29 @@ def load_merged(
         raise ExportError(str(exc)) from None
     merged = peft_model.merge_and_unload()
     merged.eval()
+    stop_at_end_of_turn(merged, tokenizer, info)
     return merged, tokenizer, info
+
+
+def stop_at_end_of_turn(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, info: RunInfo) -> None:
+    """Add the run's end-of-turn token to the model's ``generation_config.eos_token_id``.
+
+    Tools that run the merged model (transformers' generate, vLLM, TGI) stop where that list says. A
+    pretrained base lists only its ``<eos>`` there (Gemma 3 270M: id 1), but the tuned model closes
+    its answers with the chat template's end-of-turn (``<end_of_turn>``, id 106), so without this
+    they would generate past every answer into a made-up next turn."""
+    from legaltune.data.format import end_of_turn_token, load_template
+    from legaltune.generate.answers import stop_token_ids
+
+    template = None
+    if info.config is not None:
+        from legaltune.config.load import load_config
+
+        template = load_template(load_config(info.config).data.chat_template)
+    stops = stop_token_ids(tokenizer, end_of_turn_token(tokenizer, template))
+    current = model.generation_config.eos_token_id
+    listed = [] if current is None else [current] if isinstance(current, int) else list(current)
+    model.generation_config.eos_token_id = listed + [t for t in stops if t not in listed]
 
 
 def _check_output(output_dir: Path, overwrite: bool) -> None:

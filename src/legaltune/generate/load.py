@@ -78,7 +78,7 @@ def load_generator(
     ``context_fill`` (none / cited / retrieved) overrides the run's ``data.context_fill`` for rows
     that bring no context of their own."""
     from legaltune.config.load import load_config
-    from legaltune.data.format import ChatFormatter, TemplateError, load_template
+    from legaltune.data.format import end_of_turn_token, load_template
 
     name = model_label(run_dir, model_name)
     if run_dir is not None:
@@ -90,11 +90,7 @@ def load_generator(
         cfg.model = dataclasses.replace(cfg.model, model_name=model_name)
         model, tokenizer = load_model(cfg.model, cfg.quantization)
     template = load_template(cfg.data.chat_template)
-    try:
-        end_of_turn: str | None = ChatFormatter(tokenizer, template=template).end_of_turn.strip()
-    except TemplateError:
-        # A base model whose template does not close turns can still answer; it stops at eos only.
-        end_of_turn = None
+    end_of_turn = end_of_turn_token(tokenizer, template)
     return Generator(
         model.eval(),
         tokenizer,
