@@ -10,8 +10,9 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from legaltune.evaluate.citations import Citation, aggregate_set_scores, extract_citations, set_scores
+from legaltune.evaluate.citations import aggregate_set_scores, set_scores
 from legaltune.evaluate.metrics import bleu, exact_match, rouge_l, syllables, token_f1
+from legaltune.text.citations import Citation, extract_citations
 
 _Cited = tuple[set[Citation], set[Citation]]  # (the answer's citations, the reference's)
 
