@@ -108,7 +108,7 @@ def test_op_with_weight_scale_passes_opcheck_and_matches_the_eager_function(with
 @pytest.mark.parametrize("kept_transposes", [False, True])
 @pytest.mark.parametrize("kind", ["reference", "scaled_mm"])
 def test_grouped_op_over_fp8_members_matches_them_one_by_one(kind, kept_transposes, fp8_backend):
-    """Also with each weight's transpose kept (speed.fp8_transposed_weights): the input gradient
+    """Also with each weight's transpose kept (quantization.fp8_keep_transpose): the input gradient
     then reads it instead of transposing the weight, and must come out the same."""
     fp8_backend(kind)  # scaled_mm: the CPU kernel, with the CUDA layout rules on column slices
     from legaltune.speed.lora_group import lora_group_op

@@ -179,7 +179,7 @@ def fp8_input_grad(
 ) -> torch.Tensor:
     """``g W`` (``tokens × in`` in ``dtype``) for ``W = W8 · s_w``: the weight scale folded into ``g``.
 
-    ``w8_t``: ``W8ᵀ`` kept contiguous (``speed.fp8_transposed_weights``); otherwise a transient copy
+    ``w8_t``: ``W8ᵀ`` kept contiguous (``quantization.fp8_keep_transpose``); otherwise a transient copy
     is made here (0.36 ms for an 8B MLP projection on an H200, about the FP8 GEMM's gain)."""
     g8, sg = quantize_activation(g, scale)
     if backend(g, w8, dtype) == "scaled_mm":
