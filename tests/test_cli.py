@@ -63,7 +63,7 @@ def test_bad_config_is_reported_not_a_traceback():
 def test_config_prints_resolved_yaml(capsys):
     assert main(["config", "configs/demo.yaml", "--set", "lora.r=4"]) == 0
     out = capsys.readouterr().out
-    assert "r: 4" in out and "model_name: smollm2-135m-instruct" in out
+    assert "r: 4" in out and "model_name: gemma-3-270m" in out
 
 
 def test_merge_reports_a_missing_adapter(tmp_path, capsys):

@@ -58,15 +58,22 @@ def _no_cross_rules(monkeypatch):
     monkeypatch.setattr(load, "cross_checks", lambda *a: [])
 
 
+# a field whose section refuses it without another one set (a rule inside the section, not a cross rule)
+COMPANIONS = {"quantization.fp8_keep_transpose": ("load_in_fp8", "true")}
+
+
 def _read(tmp_path, path: str, written: str, how: str) -> tuple[Any, list]:
     """(value read for `path`, problems) after writing `path: written` in a file or as --set."""
     section, key = path.split(".")
+    lines = [(key, written)]
+    if path in COMPANIONS:
+        lines.append(COMPANIONS[path])
     if how == "file":
         f = tmp_path / "c.yaml"
-        f.write_text(f"{section}:\n  {key}: {written}\n", encoding="utf-8")
+        f.write_text(f"{section}:\n" + "".join(f"  {k}: {v}\n" for k, v in lines), encoding="utf-8")
         args: tuple = (f, [])
     else:
-        args = (None, [f"{path}={written}"])
+        args = (None, [f"{section}.{k}={v}" for k, v in lines])
     try:
         cfg = load_config(*args)
     except ConfigError as exc:

@@ -342,7 +342,7 @@ def test_plan_counts_the_configs_training_examples(capsys):
     assert main(["plan", "configs/demo.yaml", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["steps"]["train_examples"] == 32  # data.max_train_examples of the demo
-    assert out["steps"]["per_epoch"] == 8  # 32 examples / (2 × 2)
+    assert out["steps"]["per_epoch"] == 16  # 32 examples / (2 per device × GA 1)
 
 
 def test_plan_takes_the_runs_checkpoint_choice():

@@ -240,8 +240,8 @@ class Engine:
             for ticket, row in zip(batch, rows, strict=True):
                 if not row.done:
                     row.finish_reason = "error"
-                    ticket._send("error", f"generation failed: {type(exc).__name__}: {exc}")
                     self._release("failed")
+                    ticket._send("error", f"generation failed: {type(exc).__name__}: {exc}")
             return
         for row in rows:
             row.finish("length")  # generate stopped at its overall limit before the row's own check
@@ -252,8 +252,9 @@ class Engine:
             return
         with self._lock:
             self.counts["tokens"] += len(row.tokens)
-        ticket._send("end", row.finish_reason, row.text, len(row.tokens))
+        # the slot is free before the client hears the end, so its next request is never refused for it
         self._release("completed")
+        ticket._send("end", row.finish_reason, row.text, len(row.tokens))
 
     @torch.no_grad()
     def _generate(self, batch: list[Ticket], rows: list[Row]) -> None:
