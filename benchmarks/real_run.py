@@ -159,6 +159,7 @@ def _legaltune_steps(run_dir: Path) -> tuple[list[dict], dict]:
         summary = json.loads((run_dir / "train_summary.json").read_text())
         extra["plan"] = summary.get("plan")
         extra["speed"] = (summary.get("speed") or {}).get("checkpointing")
+        extra["startup"] = summary.get("startup")  # seconds per phase before full speed
     except (OSError, ValueError):
         pass
     try:
@@ -374,6 +375,14 @@ def parent_main(args: argparse.Namespace) -> int:
         keys = ("rc", "wall_to_last_step_s", "first_step_s", "steady_tokens_per_s", "recompiles",
                 "peak_gpu_gib", "peak_host_rss_gib", "final_loss", "steps")  # fmt: skip
         print("   ", {k: res.get(k) for k in keys}, flush=True)
+        if res.get("startup"):
+            print(
+                "    startup",
+                res["startup"].get("phases_s"),
+                "compile",
+                res["startup"].get("compile_s"),
+                flush=True,
+            )
         if res.get("rc") != 0:
             print(res.get("log_tail", ""), flush=True)
         out_path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": results}, indent=1))

@@ -101,6 +101,20 @@ def test_run_directory_contents(tmp_path, tokenizer):
     for key in ("lr", "grad_norm", "tokens_per_s", "tokens", "trained_tokens", "peak_memory_gib", "epoch"):
         assert key in losses[-1], key
     assert 0 < losses[-1]["trained_tokens"] < losses[-1]["tokens"]
+    # where the start-up went, phase by phase, in the order they ran
+    startup = json.loads((run / "train_summary.json").read_text())["startup"]
+    phases = startup["phases_s"]
+    assert list(phases) == [
+        "imports",
+        "data_and_plan",
+        "model_load",
+        "lora_and_speed",
+        "trainer_setup",
+        "first_step",
+    ]
+    assert all(s >= 0 for s in phases.values()) and phases["imports"] > 0 and phases["first_step"] > 0
+    wall = json.loads((run / "train_summary.json").read_text())["train"]["wall_s"]
+    assert phases["first_step"] <= wall
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokenizer):

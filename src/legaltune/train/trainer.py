@@ -45,6 +45,7 @@ from legaltune.train.callbacks import (
 from legaltune.train.compile_cache import use_compile_cache
 from legaltune.train.data_order import EpochSeededOrder, ResumedEpochOrder
 from legaltune.train.generation_eval import generation_eval_callback
+from legaltune.train.startup import StartupClock
 
 
 class _RunCounters:
@@ -300,6 +301,7 @@ def run_training(
     from legaltune.train.methods import after_sft
     from legaltune.train.preflight import check_environment
 
+    clock = StartupClock()
     say = notice or (lambda m: print(f"note: {m}", file=sys.stderr))
     if not is_main():
         say, show_progress = (lambda m: None), False  # rank 0 speaks for the run
@@ -333,6 +335,7 @@ def run_training(
             print(speed_plan.summary(), *speed_plan.notes, sep="\n  ")
         if speed_plan.problems and not allow_plan_errors:
             raise PlanError(speed_plan.problems)
+        clock.mark("data_and_plan")
         if session is None:
             session = rank_dir.new_session(cfg, data.stats.to_dict(), say)
         elif is_main():
@@ -349,6 +352,7 @@ def run_training(
             show_progress=show_progress,
             extra_callbacks=extra_callbacks,
             method=method,
+            clock=clock,
         )
     finally:
         if session is not None:
@@ -368,6 +372,7 @@ def _train(
     show_progress: bool,
     extra_callbacks: list[Any] | None,
     method: Any = None,
+    clock: StartupClock | None = None,
 ) -> TrainResult:
     from transformers import EarlyStoppingCallback, PrinterCallback
     from transformers.integrations import TensorBoardCallback
@@ -383,7 +388,9 @@ def _train(
         use_compile_cache()
 
     # the tokenizer loaded above (and used for the data) is kept; load_model's own copy is dropped
+    clock = clock or StartupClock()
     model = given if given is not None else load_model(cfg.model, cfg.quantization)[0]
+    clock.mark("model_load")
     model.config.use_cache = False  # a KV cache disables packed-sequence detection in attention
     if method is not None:
         model = method.prepare_model(model)
@@ -397,6 +404,7 @@ def _train(
             checkpoint_layers=speed_plan.checkpoint_layers,
         )
     varlen = speed_plan.padding_free and method is None and enable_varlen_attention(model)
+    clock.mark("lora_and_speed")
     speed_report = speed_report_of(model)
     if speed_report is not None:
         if speed_plan.choice:
@@ -461,6 +469,7 @@ def _train(
     gen_eval = generation_eval_callback(cfg, data, trainer.log)
     for cb in (
         metrics_cb,
+        clock,
         interrupt,
         ResumedEpochOrder(),
         *([gen_eval] if gen_eval else []),
@@ -520,10 +529,13 @@ def _train(
         "interrupted": interrupted,
         "speed": speed_report.to_dict() if speed_report is not None else None,
         "plan": speed_plan.to_dict(),
+        "startup": clock.to_dict(),
         **({"method": method.summary()} if method is not None else {}),
         "distributed": dist.to_dict(),
     }
     sessions.write_summary(run, summary, hint)
+    if show_progress:
+        print(clock.summary())
     from legaltune.report.html import write_report
 
     write_report(run_dir)  # loss curves, lr, tokens/s, memory; `legaltune eval` refreshes it
