@@ -98,8 +98,8 @@ def test_fused_forward_matches_trl_head(monkeypatch, arch):
     assert lm_head.head_covered(ours.get_base_model())  # the registry's families, plain frozen head
     assert fuse_lm_head(ours.get_base_model())
     assert not fuse_lm_head(ours.get_base_model())  # once only
-    # on the CPU the head defers to TRL's; force the covered path to compare the two
-    monkeypatch.setattr(lm_head, "_covered", lambda model, kwargs: True)
+    # on the CPU the head runs TRL's on the labelled rows; force the Triton path's math to compare
+    monkeypatch.setattr(lm_head, "_covered", lambda model, kwargs: "triton")
     outputs = {}
     for name, model in (("trl", ref), ("ours", ours)):
         out = model(input_ids=ids, labels=labels, fused_lm_head=True)
@@ -129,29 +129,82 @@ def test_fuse_lm_head_needs_trls_head():
     assert "forward" not in base.__dict__
 
 
-def test_uncovered_calls_go_to_trls_forward():
-    """On the CPU (no Triton) every fused-head call is TRL's: same outputs exactly."""
+def _rows_projected(monkeypatch) -> list[int]:
+    """The number of hidden rows each call of TRL's chunked head projects onto the vocabulary."""
+    from trl.kernels import chunked_logprob
+
+    rows: list[int] = []
+    real = chunked_logprob.ChunkedLogProbFunction.forward
+
+    def counting(ctx, hidden, *args, **kwargs):
+        rows.append(hidden.shape[0])
+        return real(ctx, hidden, *args, **kwargs)
+
+    monkeypatch.setattr(chunked_logprob.ChunkedLogProbFunction, "forward", staticmethod(counting))
+    return rows
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_cpu_head_scores_only_labelled_rows_with_trls_results(monkeypatch, arch):
+    """On the CPU TRL projects every position (prompt and padding too); ours only the labelled ones,
+    with the same loss, per-token outputs and gradients."""
+    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[0, :15] = -100  # a prompt
+    labels[1, :9] = -100
+    labels[1, 20:] = -100  # padding
+    ref = _model(arch)
+    ours = copy.deepcopy(ref)
+    assert fuse_lm_head(ours.get_base_model())
+    rows = _rows_projected(monkeypatch)
+    outputs = {}
+    for name, model in (("trl", ref), ("ours", ours)):
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        outputs[name] = (out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    labelled = int((labels[:, 1:] != -100).sum())
+    assert rows == [2 * 23, labelled] and labelled < 2 * 23 / 2
+    (ref_out, ref_grads), (out, grads) = outputs["trl"], outputs["ours"]
+    torch.testing.assert_close(out.loss, ref_out.loss, rtol=1e-6, atol=1e-6)
+    for field in ("log_probs", "entropy"):
+        torch.testing.assert_close(getattr(out, field), getattr(ref_out, field), rtol=1e-5, atol=1e-6)
+    assert torch.equal(out.is_top1, ref_out.is_top1) and torch.equal(out.label_mask, ref_out.label_mask)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_uncovered_calls_go_to_trls_forward(monkeypatch):
+    """A head the registry does not cover (here: trained) is TRL's on every device: same outputs."""
     ids = torch.randint(0, 96, (1, 16), generator=torch.Generator().manual_seed(1))
     ref = _model()
     ours = copy.deepcopy(ref)
     fuse_lm_head(ours.get_base_model())
+    ours.get_base_model().get_output_embeddings().weight.requires_grad_(True)
+    ref.get_base_model().get_output_embeddings().weight.requires_grad_(True)
+    rows = _rows_projected(monkeypatch)
     a = ref(input_ids=ids, labels=ids, fused_lm_head=True)
     b = ours(input_ids=ids, labels=ids, fused_lm_head=True)
+    assert rows == [15, 15]  # every position, both times
     assert torch.equal(a.log_probs, b.log_probs) and torch.equal(a.entropy, b.entropy)
 
 
 def test_fuse_speed_lm_head_only_over_the_speed_engine(monkeypatch):
     """What `legaltune train` and the seed's SFTTrainer call: only a model carrying the speed engine
-    on CUDA gets the head (the report says so); a CPU model or speed off keeps TRL's."""
+    gets the head, the gradient-in-forward one on CUDA, the labelled-rows one on the CPU (the report
+    says which); speed off keeps TRL's."""
     from legaltune.speed.apply import SpeedReport
 
     model = _model()
     base = model.get_base_model()
     assert not lm_head.fuse_speed_lm_head(model)  # no speed report
-    set_speed_report(base, SpeedReport(mode="fast", on_cuda=False))
-    assert not lm_head.fuse_speed_lm_head(model)  # the CPU
     set_speed_report(base, SpeedReport(mode="off", on_cuda=True))
     assert not lm_head.fuse_speed_lm_head(model)
+    cpu = copy.deepcopy(model)
+    set_speed_report(cpu.get_base_model(), SpeedReport(mode="fast", on_cuda=False))
+    assert lm_head.fuse_speed_lm_head(cpu)  # the CPU: labelled positions only
+    report = speed_report(cpu.get_base_model())
+    assert report.compact_head and not report.fused_head
+    assert "LM head on labelled positions only" in report.summary()
     monkeypatch.setattr(lm_head, "compile_supported", lambda: True)
     set_speed_report(base, SpeedReport(mode="fast", on_cuda=True))
     assert lm_head.fuse_speed_lm_head(model) and speed_report(base).fused_head

@@ -219,6 +219,26 @@ def test_load_tiny_model_on_cpu(tmp_path, monkeypatch):
     assert not hasattr(model, "hf_device_map") or set(model.hf_device_map.values()) <= {"cpu"}
 
 
+def test_load_model_uses_the_tokenizer_it_is_given(tmp_path, monkeypatch):
+    """`legaltune train` tokenizes the data first; the model load reuses that tokenizer, not a second."""
+    import transformers
+
+    from legaltune.model.tokenizer import load_tokenizer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = model_cfg(str(tiny_llama(tmp_path / "tiny")), device_map="cpu")
+    tok = load_tokenizer(cfg)
+    loads = []
+    real = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(
+        transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: loads.append(a) or real(*a, **k)
+    )
+    model, same = load.load_model(cfg, QuantizationConfig(), tok)
+    assert same is tok and loads == [] and model.config.pad_token_id == tok.pad_token_id
+    load.load_model(cfg, QuantizationConfig())
+    assert len(loads) == 1
+
+
 def test_hub_failure_names_model_and_fix(monkeypatch):
     import transformers
 

@@ -32,6 +32,7 @@ class SpeedReport:
     fp8_gemm: str = ""  # how their GEMMs run: torch._scaled_mm, or the dequantizing reference
     checkpointing: str = ""
     fused_head: bool = False  # TRL's LM head with the gradient computed in forward (speed/lm_head.py)
+    compact_head: bool = False  # CPU: TRL's LM head on the labelled positions only (speed/lm_head.py)
     on_cuda: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -52,6 +53,8 @@ class SpeedReport:
             parts.append(f"checkpointing: {self.checkpointing}")
         if self.fused_head:
             parts.append("LM head gradient in forward")
+        if self.compact_head:
+            parts.append("LM head on labelled positions only")
         if self.recompute_skips and self.checkpointing not in ("", "none"):
             parts.append(f"recompute skips {self.recompute_skips} down_proj GEMMs")
         return f"speed: {self.mode} — " + ", ".join(parts)

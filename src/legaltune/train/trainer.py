@@ -387,9 +387,9 @@ def _train(
     if speed_plan.on_cuda:
         use_compile_cache()
 
-    # the tokenizer loaded above (and used for the data) is kept; load_model's own copy is dropped
     clock = clock or StartupClock()
-    model = given if given is not None else load_model(cfg.model, cfg.quantization)[0]
+    # the tokenizer loaded above (and used for the data) serves the model too
+    model = given if given is not None else load_model(cfg.model, cfg.quantization, tokenizer)[0]
     clock.mark("model_load")
     model.config.use_cache = False  # a KV cache disables packed-sequence detection in attention
     if method is not None:
