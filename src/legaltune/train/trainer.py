@@ -451,7 +451,10 @@ def _train(
         from legaltune.speed.lm_head import fuse_speed_lm_head
 
         # over the fused head SFTTrainer just put on the model: two vocabulary GEMMs a step, not three
-        fuse_speed_lm_head(model)
+        # (CUDA), or only the labelled positions projected (CPU)
+        if fuse_speed_lm_head(model) and show_progress and speed_report is not None:
+            how = "gradient in forward" if speed_report.fused_head else "labelled positions only"
+            print(f"  LM head: {how}")
     if dist.strategy == "fsdp":
         keep_lora_reduction_fp32(trainer)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
