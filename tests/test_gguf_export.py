@@ -296,7 +296,8 @@ def test_refuses_to_overwrite_and_rejects_unknown_type(tied, tmp_path):
 def test_pre_tokenizer_names_for_llama_cpp():
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
-    from legaltune.export.gguf_export import _LLAMA3_SPLIT, _pre_tokenizer
+    from legaltune.export.gguf_tokenizer import LLAMA3_SPLIT as _LLAMA3_SPLIT
+    from legaltune.export.gguf_tokenizer import pre_tokenizer_name as _pre_tokenizer
 
     def name(pre) -> str:
         tok = Tokenizer(models.BPE())
@@ -315,3 +316,18 @@ def test_pre_tokenizer_names_for_llama_cpp():
     )  # the embedded (GGUF-derived) one
     with pytest.warns(UserWarning, match="unrecognised pre-tokenizer"):
         assert name(pre_tokenizers.Whitespace()) == "default"
+
+
+def test_tokenizer_kinds_and_sentencepiece_scores():
+    from legaltune.export.gguf_tokenizer import merge_scores, tokenizer_kind
+    from legaltune.export.merge import ExportError
+
+    assert tokenizer_kind({"model": {"type": "BPE"}, "decoder": {"type": "ByteLevel"}}) == "gpt2"
+    gemma = {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "\u2581"}}]}
+    assert tokenizer_kind({"model": {"type": "BPE", "byte_fallback": True}, "decoder": gemma}) == "llama"
+    with pytest.raises(ExportError, match="neither byte-level BPE nor SentencePiece-style") as err:
+        tokenizer_kind({"model": {"type": "WordPiece"}, "decoder": {"type": "WordPiece"}})
+    assert "'WordPiece'" in str(err.value) and "Gemma 3" in str(err.value)
+    # a token's score is minus the rank of the FIRST merge making it: earlier merges score higher
+    scores = merge_scores([["▁", "a"], ["b", "c"], "▁a bc", ["▁ab", "c"]])
+    assert scores == {"▁a": 0.0, "bc": -1.0, "▁abc": -2.0}

@@ -10,6 +10,7 @@ match within 0.05 % (qwen2) and 0.24 % (gemma3, sliding window shorter than the 
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,104 @@ def test_tiny_architectures_match_transformers_in_llama_cpp(kind, tokenizer, tmp
         )
         broken = export_gguf(model_dir, tmp_path / "no-shift.gguf")
         assert relative_error(model, broken, ids) > 10 * F16_TOLERANCE
+
+
+# --- SentencePiece-style tokenizers (Gemma 3): llama.cpp's "llama" tokenizer model ---------------
+
+TEXTS = [
+    SENTENCE,
+    "Theo khoản 1 Điều 627 Bộ luật Dân sự 2015 (91/2015/QH13), di chúc phải được lập thành văn bản;\n\n"
+    "nếu không thể  lập được di chúc bằng văn bản thì có thể di chúc miệng.",
+    "<start_of_turn>user\nCâu hỏi: Di chúc bắt buộc phải lập thành văn bản không?<end_of_turn>\n<start_of_turn>model\n",
+    "  hai dấu cách, emoji 🙂, chữ lạ 𝔘𝔫𝔦 và\ttab  ",
+]
+
+
+def sentencepiece_tokenizer(root: Path):
+    """A Gemma-style tokenizer (▁ for spaces, byte fallback, merges recovered from piece scores, as
+    transformers builds Gemma's) over pieces of Vietnamese legal text; saved to root."""
+    import json
+    from collections import Counter
+
+    from transformers.models.gemma.tokenization_gemma import GemmaTokenizer
+    from transformers.tokenization_utils_base import generate_merges
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+    bytes_ = [f"<0x{b:02X}>" for b in range(256)]
+    counts: Counter = Counter()
+    lines = (Path(__file__).parents[1] / "data" / "vi_legal_qa" / "train.jsonl").read_text().splitlines()
+    for line in lines[:60]:
+        row = json.loads(line)
+        for word in " ".join(str(v) for v in row.values() if isinstance(v, str)).split():
+            piece = "\u2581" + word
+            for size in range(1, min(len(piece), 6) + 1):
+                for start in range(len(piece) - size + 1):
+                    counts[piece[start : start + size]] += 1
+    pieces = [p for p, _ in counts.most_common(3000)]
+    vocab = {t: i for i, t in enumerate([*specials, *bytes_, *pieces])}
+    scores = {t: -float(i) for t, i in vocab.items()}  # sentencepiece: the earlier piece merges first
+    tok = GemmaTokenizer(
+        vocab=vocab,
+        merges=generate_merges(vocab, scores),
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        add_bos_token=True,
+    )
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tok.save_pretrained(root)
+    return tok
+
+
+def gemma_tokenizers(root: Path) -> list:
+    out = [("synthetic", sentencepiece_tokenizer(root / "synthetic-tok"))]
+    real = Path.home() / ".cache" / "legaltune" / "models" / "gemma-3-270m"  # after `make demo`
+    if (real / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        out.append(("gemma-3-270m", AutoTokenizer.from_pretrained(real)))
+    return out
+
+
+def reversed_scores(real, merges: list) -> dict[str, float]:
+    return {token: -score for token, score in real(merges).items()}
+
+
+def test_sentencepiece_tokenizer_tokenizes_in_llama_cpp_as_in_transformers(tmp_path, monkeypatch):
+    """Gemma 3's tokenizer exports as llama.cpp's 'llama' model (scores from the merge order): the
+    same ids for Vietnamese text, spaces, byte fallback and turn markers; without the scores, not."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from legaltune.export import gguf_tokenizer
+    from legaltune.export.gguf_export import export_gguf
+
+    for name, tok in gemma_tokenizers(tmp_path):
+        torch.manual_seed(0)
+        config = Gemma3TextConfig(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, max_position_embeddings=512,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )  # fmt: skip
+        model_dir = tmp_path / name
+        Gemma3ForCausalLM(config).save_pretrained(model_dir)
+        tok.save_pretrained(model_dir)
+        path = export_gguf(model_dir, tmp_path / f"{name}.gguf")
+        meta, _ = read_gguf(path)
+        assert meta["tokenizer.ggml.model"] == "llama" and meta["tokenizer.ggml.add_bos_token"] is True
+        with llama(path, vocab_only=True) as llm:
+            for text in TEXTS:
+                assert llm.tokenize(text.encode(), add_bos=True, special=True) == tok(text)["input_ids"], (
+                    name,
+                    text,
+                )
+        # what the test guards: with the scores in the opposite order llama.cpp merges differently
+        # (equal scores are no check: merging leftmost-first reaches the same whole-word pieces)
+        real = gguf_tokenizer.merge_scores
+        monkeypatch.setattr(gguf_tokenizer, "merge_scores", functools.partial(reversed_scores, real))
+        reversed_path = export_gguf(model_dir, tmp_path / f"{name}-reversed.gguf")
+        monkeypatch.undo()
+        with llama(reversed_path, vocab_only=True) as llm:
+            assert any(
+                llm.tokenize(t.encode(), add_bos=True, special=True) != tok(t)["input_ids"] for t in TEXTS
+            )

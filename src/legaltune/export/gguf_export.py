@@ -29,6 +29,7 @@ from gguf import GGMLQuantizationType as Q
 
 from legaltune.export.gguf_arch import Arch, arch_for, permute_qk, rope_parameters
 from legaltune.export.gguf_quantize import K_QUANTS, find_quantizer
+from legaltune.export.gguf_tokenizer import write_tokenizer
 from legaltune.export.merge import ExportError, inspect_run, load_merged
 from legaltune.export.modelfile import write_modelfile
 from legaltune.run.atomic import as_created
@@ -48,13 +49,6 @@ TYPES = {
 # The 4/5-bit types keep the vocabulary matrix that computes the logits (the output, or a tied
 # embedding) in q8_0: llama.cpp's own quantizer gives it more bits too (q6_k, which gguf cannot write).
 _LOGITS_TYPE = Q.Q8_0
-# Llama-3's pre-tokenizer split, as its tokenizer.json writes it; llama.cpp calls it "llama-bpe".
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")  # Qwen2/2.5 split digits one by one
-
 Loader = Callable[[], np.ndarray]
 
 
@@ -106,63 +100,6 @@ def _safetensors_tensors(model_dir: Path) -> dict[str, tuple[tuple[int, ...], Lo
             load = lambda f=handle, k=key: f.get_tensor(k).float().numpy()  # noqa: E731
             tensors[key] = (tuple(handle.get_slice(key).get_shape()), load)
     return tensors
-
-
-def _tokenizer_metadata(
-    writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int, template: str | None
-) -> None:
-    """BPE vocabulary, token types, merges, special ids and chat template, under llama.cpp's keys."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    spec = json.loads(backend.to_str()) if backend is not None else {}
-    model = spec.get("model") or {}
-    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("decoder")):
-        raise ExportError(
-            f"the tokenizer is not byte-level BPE (model {model.get('type')!r}); GGUF export writes the "
-            "'gpt2' tokenizer model of Llama-3 and SmolLM2 only"
-        )
-    tokens = [f"[PAD{i}]" for i in range(vocab_size)]  # rows of the embedding that no token uses
-    types = [gguf.TokenType.UNUSED] * vocab_size
-    for token, index in tokenizer.get_vocab().items():
-        if index >= vocab_size:
-            raise ExportError(f"token {token!r} has id {index} ≥ the model's vocab_size {vocab_size}")
-        tokens[index], types[index] = token, gguf.TokenType.NORMAL
-    for index, added in tokenizer.added_tokens_decoder.items():
-        types[index] = gguf.TokenType.CONTROL if added.special else gguf.TokenType.USER_DEFINED
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer(spec.get("pre_tokenizer")))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])])
-    ids = {name: getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "unk", "pad")}
-    for name, index in ids.items():
-        if index is not None:
-            getattr(writer, f"add_{name}_token_id")(index)
-    # Whether encoding adds BOS/EOS decides how llama.cpp tokenizes a prompt; ask the tokenizer itself.
-    plain, full = tokenizer("a", add_special_tokens=False)["input_ids"], tokenizer("a")["input_ids"]
-    extra = len(full) > len(plain)
-    writer.add_add_bos_token(bool(extra and ids["bos"] is not None and full[0] == ids["bos"]))
-    writer.add_add_eos_token(bool(extra and ids["eos"] is not None and full[-1] == ids["eos"]))
-    template = template or tokenizer.chat_template  # the template the run trained with, if it chose one
-    if isinstance(template, str):
-        writer.add_chat_template(template)
-
-
-def _pre_tokenizer(pre: dict[str, Any] | None) -> str:
-    """llama.cpp's name for this pre-tokenizer (it picks its split regex by this name)."""
-    steps = (pre or {}).get("pretokenizers", [pre] if pre else [])
-    kinds = [step.get("type") for step in steps]
-    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt-2"
-    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex"):
-        return "smollm"
-    split = steps[0].get("pattern", {}).get("Regex") if kinds == ["Split", "ByteLevel"] else None
-    if split == _LLAMA3_SPLIT:
-        return "llama-bpe"
-    if split == _QWEN2_SPLIT:
-        return "qwen2"
-    message = f"unrecognised pre-tokenizer {kinds}; writing 'default', llama.cpp may split text differently"
-    warnings.warn(message, stacklevel=3)
-    return "default"
 
 
 def _plan(
@@ -253,7 +190,7 @@ def _write(src: _Source, arch: Arch, path: Path, qtype: Q, file_type: Any, name:
         arch.hyperparameters(writer, config, head_dim)
         writer.add_file_type(file_type)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _tokenizer_metadata(writer, src.tokenizer, config["vocab_size"], src.template)
+        write_tokenizer(writer, src.tokenizer, config["vocab_size"], src.template)
         # Declare every tensor first, then stream the data: one tensor in memory at a time.
         for n, shape, t, _ in plan:
             nbytes = prod(gguf.quants.quant_shape_to_byte_shape(shape, t))

@@ -153,6 +153,8 @@ def modelfile_text(
     ]
     warning = None
     try:
+        if template is None and not getattr(tokenizer, "chat_template", None):
+            raise TemplateShapeError("the tokenizer has no chat template")
         lines.append(f"TEMPLATE {_quoted(go_template(chat_pieces(tokenizer, template)))}")
     except TemplateShapeError as exc:
         warning = f"no TEMPLATE in the Modelfile ({exc}); Ollama will use the GGUF's chat template"
