@@ -85,6 +85,18 @@ def test_irregular_template_gets_no_template_and_a_warning(tokenizer):
     assert "TEMPLATE" not in text and "GGUF's chat template" in warning
 
 
+def test_tokenizer_without_chat_template_gets_no_template_and_a_warning(tokenizer):
+    """A base model exported as it is (no run, no template of its own): the Modelfile is written."""
+    import copy
+
+    bare = copy.deepcopy(tokenizer)
+    bare.chat_template = None
+    with pytest.raises(TemplateShapeError, match="no chat template"):
+        chat_pieces(bare)
+    text, warning = modelfile_text("m.gguf", bare, template=None, stops=["<eos>"], system_prompt=None)
+    assert "TEMPLATE" not in text and 'PARAMETER stop "<eos>"' in text and "no chat template" in warning
+
+
 def test_cli_type_lists_are_the_exporters():
     from legaltune.cli.parser import GGUF_K_QUANTS, GGUF_TYPES
     from legaltune.export.gguf_export import K_QUANTS, TYPES

@@ -44,6 +44,8 @@ def _split(text: str, probe: str, where: str) -> tuple[str, str]:
 
 def chat_pieces(tokenizer: Any, template: str | None = None) -> Pieces:
     """Measure the literal text around each turn of the tokenizer's (or the given) chat template."""
+    if not template and not getattr(tokenizer, "chat_template", None):
+        raise TemplateShapeError("the tokenizer has no chat template")
     kwargs = {"chat_template": template} if template else {}
 
     def render(messages: list[tuple[str, str]], gen: bool) -> str:
@@ -153,8 +155,6 @@ def modelfile_text(
     ]
     warning = None
     try:
-        if template is None and not getattr(tokenizer, "chat_template", None):
-            raise TemplateShapeError("the tokenizer has no chat template")
         lines.append(f"TEMPLATE {_quoted(go_template(chat_pieces(tokenizer, template)))}")
     except TemplateShapeError as exc:
         warning = f"no TEMPLATE in the Modelfile ({exc}); Ollama will use the GGUF's chat template"

@@ -372,7 +372,7 @@ def _train(
     show_progress: bool,
     extra_callbacks: list[Any] | None,
     method: Any = None,
-    clock: StartupClock | None = None,
+    clock: StartupClock,
 ) -> TrainResult:
     from transformers import EarlyStoppingCallback, PrinterCallback
     from transformers.integrations import TensorBoardCallback
@@ -387,7 +387,6 @@ def _train(
     if speed_plan.on_cuda:
         use_compile_cache()
 
-    clock = clock or StartupClock()
     # the tokenizer loaded above (and used for the data) serves the model too
     model = given if given is not None else load_model(cfg.model, cfg.quantization, tokenizer)[0]
     clock.mark("model_load")
