@@ -88,7 +88,8 @@ def overrides(args: argparse.Namespace, preset: str, row: str = "legaltune") -> 
     if preset == "h200":
         # seed 000's 100 warm-up steps exceed a run of the bundled data (4 steps): one step here
         sets += ["training.warmup_steps=1"]
-    return sets + list(args.set or [])
+    extra = [kv.split(":", 1)[1] for kv in args.row_set or [] if kv.split(":", 1)[0] == row]
+    return sets + list(args.set or []) + extra
 
 
 def run_row(args: argparse.Namespace, preset: str, row: str) -> dict:
@@ -100,6 +101,22 @@ def run_row(args: argparse.Namespace, preset: str, row: str) -> dict:
         cmd = [sys.executable, "-m", "legaltune.cli", "train", config]
         for s in sets:
             cmd += ["--set", s]
+        if row in args.profile:
+            # py-spy samples the run from outside (no code change, ~1 % at 25 Hz): where start-up goes
+            flame = Path(args.out).parent / f"{preset}-{row}.speedscope.json"
+            cmd = [
+                "py-spy",
+                "record",
+                "-r",
+                "25",
+                "--nonblocking",
+                "-f",
+                "speedscope",
+                "-o",
+                str(flame),
+                "--",
+                *cmd,
+            ]
     else:
         cmd = [sys.executable, __file__, "--child", row, "--config", config, "--result", str(result_file)]
         for s in sets:
@@ -399,6 +416,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="legaltune,unsloth,trl",
         help="comma list of legaltune, legaltune-warm (again, after legaltune: warm compile caches), unsloth, trl",
     )
+    p.add_argument("--profile", default="", help="comma list of legaltune rows to sample with py-spy")
     p.add_argument("--data", help="training file instead of the preset's (eval off either way)")
     p.add_argument(
         "--max-steps",
@@ -406,6 +424,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="per preset, e.g. recommended=21,h200=4 (default: the preset's epochs)",
     )
     p.add_argument("--set", action="append", help="extra --set for every row")
+    p.add_argument(
+        "--row-set",
+        action="append",
+        help="ROW:KEY=VALUE, an extra --set for one row; a row named legaltune-<anything> is a legaltune row",
+    )
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "real_run"))
     p.add_argument(
         "--out", default=os.path.join(os.environ.get("OUT", "benchmarks/results"), "real_run.json")
@@ -418,6 +441,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.presets = [s for s in args.presets.split(",") if s]
     args.rows = [s for s in args.rows.split(",") if s]
+    args.profile = [s for s in args.profile.split(",") if s]
     args.max_steps = dict(kv.split("=") for kv in args.max_steps.split(",") if kv)
     return args
 

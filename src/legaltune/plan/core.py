@@ -85,6 +85,11 @@ def choose_checkpoint_layers(
         if estimate(n).fits(usable):
             what = "no layer checkpointed" if n == 0 else f"{n}/{layers} layers checkpointed"
             return n, f"{what}: fits {budget / GIB:.0f} GiB (with {AUTO_MARGIN:.0%} margin)"
+    if estimate(layers).fits(budget):
+        return (
+            layers,
+            f"every layer checkpointed: fits {budget / GIB:.0f} GiB, not its {AUTO_MARGIN:.0%} margin",
+        )
     return layers, f"does not fit {budget / GIB:.0f} GiB even with every layer checkpointed"
 
 
