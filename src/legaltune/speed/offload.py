@@ -33,7 +33,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from legaltune.speed.layers import Halves, base_model, find_decoder_layers
-from legaltune.speed.pinned import use_fast_pinned_allocation
 from legaltune.speed.policy import MIN_OFFLOAD_BYTES, pinned_bytes
 from legaltune.speed.recompute import RecomputeStats, checkpoint_contexts
 from legaltune.speed.state import set_checkpointing
@@ -441,8 +440,6 @@ def enable_offloaded_checkpointing(
     if count == 0:
         set_checkpointing(hf, "none")
     else:
-        if offload:
-            use_fast_pinned_allocation()
         offloader = _Offloader(read_ahead, layers=count, host_allowance=host_allowance) if offload else None
         split_count = 0
         stats = RecomputeStats()
