@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from legaltune.errors import InputError, UserError
+from legaltune.run.atomic import write_text_atomic
 
 _S, _U, _A, _U2 = "SYSPROBE7", "USERPROBE7", "ASSISTANTPROBE7", "SECONDPROBE7"
 
@@ -177,7 +178,5 @@ def write_modelfile(gguf_path: Path, tokenizer: Any, **kwargs: Any) -> tuple[Pat
     """Write the Modelfile beside the GGUF (model.gguf → model.Modelfile); returns (path, warning)."""
     text, warning = modelfile_text(gguf_path.name, tokenizer, **kwargs)
     path = gguf_path.with_name(gguf_path.name.removesuffix(".gguf") + ".Modelfile")
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, text, "Ollama Modelfile")
     return path, warning
