@@ -4,11 +4,17 @@ Used by tests/test_full_disk.py, as root or inside `unshare --user --map-root-us
 tmpfs can be mounted in a user namespace), so the mount never needs the host's root:
 
     python tests/full_disk_driver.py WORKDIR SIZE [logging.key=value ...]
+
+or, for the other commands, run one legaltune command against a tmpfs filled to the last byte (a
+run directory copied onto it first when RUN is not "-"; "{mnt}" in the arguments is the tmpfs):
+
+    python tests/full_disk_driver.py command WORKDIR SIZE RUN ARG...
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +28,7 @@ def listing(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
 
 
-def main() -> None:
-    work, size, *sets = sys.argv[1:]
+def mount(work: str, size: str) -> Path | None:
     mnt = Path(work) / "small"
     mnt.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(
@@ -31,6 +36,43 @@ def main() -> None:
     )
     if mounted.returncode != 0:
         print(json.dumps({"no_mount": mounted.stderr.decode(errors="replace")}))
+        return None
+    return mnt
+
+
+def fill(mnt: Path) -> None:
+    """Write a file until the file system has no byte left (then every later write fails)."""
+    with open(mnt / "filler", "wb", buffering=0) as f:
+        for chunk in (2**16, 2**10, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError:
+                pass
+
+
+def command(work: str, size: str, run_dir: str, *args: str) -> None:
+    mnt = mount(work, size)
+    if mnt is None:
+        return
+    try:
+        if run_dir != "-":
+            shutil.copytree(run_dir, mnt / "run")
+        fill(mnt)
+        done = run(*(a.replace("{mnt}", str(mnt)) for a in args))
+        files = [f for f in listing(mnt) if f != "filler"]
+        print(json.dumps({"rc": done.returncode, "stderr": done.stderr[-4000:], "files": files}))
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def main() -> None:
+    if sys.argv[1] == "command":
+        command(*sys.argv[2:])
+        return
+    work, size, *sets = sys.argv[1:]
+    mnt = mount(work, size)
+    if mnt is None:
         return
     try:
         overrides = dict(s.split("=", 1) for s in sets)

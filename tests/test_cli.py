@@ -182,3 +182,104 @@ def test_exit_codes_internal_failure_and_interrupt(monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_parser", parser)
     assert main(["config", "configs/demo.yaml", "--set", "lora.r=0"]) == cli.EXIT_USAGE == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def _command_raising(monkeypatch, exc: BaseException) -> None:
+    """Make `legaltune config` raise ``exc`` from inside the command, as a library call in it would."""
+    import legaltune.cli as cli
+
+    def raises(args):
+        raise exc
+
+    parser = cli.build_parser
+
+    def build():
+        p = parser()
+        p._subparsers._group_actions[0].choices["config"].set_defaults(func=raises)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", build)
+
+
+def test_a_plain_value_error_is_internal_not_bad_input(monkeypatch, capsys):
+    """A ValueError that no code classified as the user's (a library's, or a broken invariant) is a bug:
+    exit 3 with its traceback, never "bad input" without one."""
+    _command_raising(monkeypatch, ValueError("shapes (3,) and (4,) not aligned"))
+    assert main(["config"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ValueError: shapes (3,) and (4,) not aligned" in err
+    assert "internal error (ValueError): this is a legaltune bug" in err
+    assert not err.startswith("error: ")
+
+
+def _user_errors() -> list[BaseException]:
+    from legaltune.config.fields import ConfigError, Problem
+    from legaltune.data.schemas import RecordError
+    from legaltune.errors import InputError, UserError
+    from legaltune.model.arch import ModelNameError
+    from legaltune.records.read import DataError
+    from legaltune.run.layout import RunError
+
+    return [
+        UserError("run directory r is locked by pid 1"),
+        InputError("--limit must be ≥ 1 (got 0)"),
+        ConfigError([Problem("lora.r", "must be > 0")]),
+        DataError("train.jsonl:3: not JSON"),
+        RecordError("messages", "must be a list"),
+        ModelNameError("cannot load model 'llama-9000'"),
+        RunError("runs/x: no such run"),
+        FileNotFoundError(2, "No such file or directory", "nope.yaml"),
+        PermissionError(13, "Permission denied", "/root/x"),
+    ]
+
+
+@pytest.mark.parametrize("exc", _user_errors(), ids=lambda e: type(e).__name__)
+def test_user_errors_are_exit_2_without_traceback(monkeypatch, capsys, exc):
+    _command_raising(monkeypatch, exc)
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {exc}\n"  # the message alone: no traceback, no "internal error" line
+
+
+def test_domain_errors_are_user_errors_and_still_value_errors():
+    """The rule is UserError → exit 2; the domain errors are UserErrors, and stay ValueErrors for callers
+    (and tests) that catch one."""
+    import inspect
+
+    import legaltune.config.fields
+    import legaltune.data.format
+    import legaltune.data.schemas
+    import legaltune.export.modelfile
+    import legaltune.model.arch
+    import legaltune.model.lora
+    import legaltune.plan.params
+    import legaltune.records.encoding
+    import legaltune.records.read
+    import legaltune.serve.prompt
+    import legaltune.train.init_adapter
+    import legaltune.train.trainer
+    from legaltune.errors import InputError, UserError
+
+    modules = [
+        legaltune.config.fields,
+        legaltune.data.format,
+        legaltune.data.schemas,
+        legaltune.export.modelfile,
+        legaltune.model.arch,
+        legaltune.model.lora,
+        legaltune.plan.params,
+        legaltune.records.encoding,
+        legaltune.records.read,
+        legaltune.serve.prompt,
+        legaltune.train.init_adapter,
+        legaltune.train.trainer,
+    ]
+    errors = {
+        cls
+        for m in modules
+        for _, cls in inspect.getmembers(m, inspect.isclass)
+        if issubclass(cls, ValueError) and cls.__module__ == m.__name__
+    } | {InputError}
+    assert len(errors) >= 13, errors
+    for cls in errors:
+        assert issubclass(cls, UserError) and issubclass(cls, ValueError), cls

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from legaltune.config.schema import SEVEN_PROJECTIONS, LoraConfig, ModelConfig, QuantizationConfig
+from legaltune.errors import InputError
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -62,7 +63,7 @@ class FastLanguageModel:
         ``load_in_fp8=True``: the decoder projections in FP8 (``quantization.load_in_fp8``, docs/fp8.md)."""
         _reject_unknown("from_pretrained", kwargs)
         if load_in_fp8 not in (True, False):
-            raise ValueError(
+            raise InputError(
                 f"load_in_fp8={load_in_fp8!r}: legaltune implements load_in_fp8=True (per-token activation and "
                 "per-channel weight scales) or False; Unsloth's block-wise 'block' scaling is not implemented"
             )
@@ -114,7 +115,7 @@ class FastLanguageModel:
                 "loftq_config is not supported by legaltune; use load_in_4bit=True (QLoRA) with standard LoRA init"
             )
         if speed not in ("fast", "off"):
-            raise ValueError(
+            raise InputError(
                 f"speed {speed!r}: choose 'fast' or 'off' ('auto' is for legaltune train configs)"
             )
         from legaltune.config.schema import SpeedConfig

@@ -19,6 +19,8 @@ import torch
 import transformers
 import trl
 
+from legaltune.errors import InputError
+
 # old name → new name, applied only where the running transformers has the new name.
 _RENAMES = (
     ("evaluation_strategy", "eval_strategy"),
@@ -39,7 +41,7 @@ def _translate_training_kwargs(kwargs: dict[str, Any], cls: type) -> dict[str, A
         if old in kwargs and new in names and new != old:
             value = kwargs.pop(old)
             if new in kwargs and kwargs[new] != value:
-                raise ValueError(
+                raise InputError(
                     f"{old}={value!r} and {new}={kwargs[new]!r} disagree; {old} is the old name of {new}"
                 )
             kwargs[new] = value
@@ -47,9 +49,9 @@ def _translate_training_kwargs(kwargs: dict[str, Any], cls: type) -> dict[str, A
         ratio = kwargs.pop("warmup_ratio")
         if ratio:
             if not 0 < ratio < 1:
-                raise ValueError(f"warmup_ratio={ratio!r}: must be in (0, 1)")
+                raise InputError(f"warmup_ratio={ratio!r}: must be in (0, 1)")
             if kwargs.get("warmup_steps"):
-                raise ValueError(
+                raise InputError(
                     f"warmup_ratio={ratio!r} and warmup_steps={kwargs['warmup_steps']!r}: set one, not both"
                 )
             # transformers 5 reads a float warmup_steps in [0, 1) as a fraction of the total steps.
@@ -114,14 +116,14 @@ class SFTTrainer(trl.SFTTrainer):
         if tokenizer is not None:
             given = kwargs.get("processing_class")
             if given is not None and given is not tokenizer:
-                raise ValueError("tokenizer and processing_class are both given and differ; pass one")
+                raise InputError("tokenizer and processing_class are both given and differ; pass one")
             kwargs["processing_class"] = tokenizer
         trainer_params = set(inspect.signature(trl.SFTTrainer.__init__).parameters)
         sft_fields = _field_names(trl.SFTConfig)
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in sft_fields and k not in trainer_params}
         if max_seq_length is not None:
             if overrides.get("max_length", max_seq_length) != max_seq_length:
-                raise ValueError(
+                raise InputError(
                     f"max_seq_length={max_seq_length} and max_length={overrides['max_length']} disagree; "
                     "max_seq_length is the old name of max_length"
                 )

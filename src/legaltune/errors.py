@@ -11,3 +11,9 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A mistake or an environment problem the user can fix; the message says what and how."""
+
+
+class InputError(UserError, ValueError):
+    """A bad value the user gave (a flag, a config value, a file's content, an API argument) or an
+    unmet requirement they can fix (a package to install). Also a ``ValueError``: these were raised
+    as plain ``ValueError`` before, and callers (and tests) that catch one keep working."""

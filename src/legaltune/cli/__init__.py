@@ -7,7 +7,6 @@ import sys
 
 from legaltune.cli.exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE
 from legaltune.cli.parser import build_parser
-from legaltune.config.fields import ConfigError
 from legaltune.distributed.env import rank_prefix
 from legaltune.distributed.sync import ReportedByRankZero
 from legaltune.errors import UserError
@@ -29,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ReportedByRankZero:
         return EXIT_USAGE  # rank 0 of this distributed run printed why
-    except (UserError, ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
-        # Domain errors carry their own "what and how to fix" text; a traceback adds nothing.
+    except (UserError, FileNotFoundError, FileExistsError) as exc:
+        # Domain errors carry their own "what and how to fix" text; a traceback adds nothing. A plain
+        # ValueError is not among them: raised by a library or an internal check, it is a bug (exit 3)
+        # until the code that a user can reach raises a UserError with a message for them.
         print(f"error: {rank_prefix()}{exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from legaltune.cli.exit_codes import EXIT_INTERRUPTED, EXIT_OK
-from legaltune.errors import UserError
+from legaltune.errors import InputError, UserError
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -67,7 +67,7 @@ def _plan_from_data(cfg: Any, args: argparse.Namespace) -> int:
     from legaltune.speed.policy import host_memory_available
 
     if not cfg.data.train_file:
-        raise ValueError("--from-data needs data.train_file in the config (or --set data.train_file=FILE)")
+        raise InputError("--from-data needs data.train_file in the config (or --set data.train_file=FILE)")
     data = prepare_data(cfg, load_tokenizer(cfg.model))
     gpu = parse_size(args.gpu_memory) if args.gpu_memory else None
     on_cuda = gpu is not None or torch.cuda.is_available()
@@ -125,7 +125,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.model:
         overrides.append(f"model.model_name={args.model}")
     if not args.config and not args.data:
-        raise ValueError("give a CONFIG, or --data FILE (and --model NAME)")
+        raise InputError("give a CONFIG, or --data FILE (and --model NAME)")
     cfg = load_config(args.config, overrides)
     prep = prepare_data(cfg, load_tokenizer(cfg.model))
     if args.json:

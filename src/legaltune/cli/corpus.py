@@ -11,6 +11,7 @@ from rich.table import Table
 
 from legaltune.corpus.model import Article, Corpus
 from legaltune.corpus.sources import build_corpus
+from legaltune.errors import InputError
 
 BUNDLED = ["data/vi_legal_qa/train.jsonl", "data/vi_legal_qa/eval.jsonl"]
 
@@ -54,12 +55,12 @@ def _find_article(corpus: Corpus, law_query: str, number: str) -> Article:
     law = corpus.find_law(law_query)
     if law is None:
         known = "; ".join(f"{x.key} {x.name}" for x in corpus.laws.values())
-        raise ValueError(f"law {law_query!r} is not in the corpus; known laws: {known}")
+        raise InputError(f"law {law_query!r} is not in the corpus; known laws: {known}")
     article = law.articles.get(number.strip())
     if article is None:
         numbers = [int(n) for n in law.articles if n.isdigit()]
         span = f"Điều {min(numbers)}–{max(numbers)}" if numbers else f"{len(law.articles)} articles"
-        raise ValueError(f"{law.label} has no Điều {number} (it has {span})")
+        raise InputError(f"{law.label} has no Điều {number} (it has {span})")
     return article
 
 
@@ -69,7 +70,7 @@ def _show(corpus: Corpus, args: Any, console: Console) -> int:
         text = article.unit_text(args.clause, args.point)
         if text is None:
             unit = f"điểm {args.point} khoản {args.clause}" if args.point else f"khoản {args.clause}"
-            raise ValueError(f"{unit} is not in Điều {article.number} of {corpus.laws[article.law].label}")
+            raise InputError(f"{unit} is not in Điều {article.number} of {corpus.laws[article.law].label}")
     if args.json:
         data = _article_dict(article, corpus)
         if args.clause is not None:

@@ -18,6 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from legaltune.errors import UserError
+
 _MISSING = dataclasses.MISSING
 
 
@@ -71,7 +73,7 @@ class Problem:
         return f"{where}{self.path}: {self.message}{fix}"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """Raised with every problem found in a config, not just the first."""
 
     def __init__(self, problems: list[Problem]):

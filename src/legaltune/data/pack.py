@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from legaltune.data.format import IGNORE
+from legaltune.records.read import DataError
 
 
 def pack_lengths(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -108,7 +109,7 @@ class BatchCollator:
             else:
                 extra[r, :k] = 1
         if bool((labels == IGNORE).all()):
-            raise ValueError(NO_TRAINED_TOKENS)
+            raise DataError(NO_TRAINED_TOKENS)
         key = "position_ids" if packed else "attention_mask"
         return {"input_ids": ids, "labels": labels, key: extra}
 
@@ -122,7 +123,7 @@ class BatchCollator:
             lengths.extend(f.get("seq_lens") or [len(f["input_ids"])])
         label_t = torch.tensor([labels], dtype=torch.long)
         if bool((label_t == IGNORE).all()):
-            raise ValueError(NO_TRAINED_TOKENS)
+            raise DataError(NO_TRAINED_TOKENS)
         positions = [p for n in lengths for p in range(n)]
         bounds = torch.zeros(len(lengths) + 1, dtype=torch.int32)
         bounds[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from legaltune.errors import UserError
+
 ROLES = ("system", "user", "assistant")
 SCHEMAS = ("text", "alpaca", "chat", "legal_qa", "alqac", "preference")
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A malformed record: which field and what is wrong with it (the caller adds file:line)."""
 
     def __init__(self, field: str, message: str):

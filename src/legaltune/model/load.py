@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from legaltune.errors import InputError
 from legaltune.model.arch import ModelNameError
 from legaltune.model.embedded import (
     aliases_text,
@@ -100,9 +101,9 @@ def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if name not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r}: choose auto, bfloat16, float16 or float32")
+        raise InputError(f"dtype {dtype!r}: choose auto, bfloat16, float16 or float32")
     if name == "float16" and not on_cuda:
-        raise ValueError(
+        raise InputError(
             "dtype float16 on CPU: fp16 training on CPU is not supported (no fp16 loss scaling or kernels there); "
             "use dtype auto/float32 on CPU (or bfloat16), or train on a GPU"
         )
@@ -112,7 +113,7 @@ def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
 def resolve_attn(attn: str) -> str:
     """The attention implementation to request from transformers, falling back to SDPA for flash-attn."""
     if attn not in ATTN_CHOICES:
-        raise ValueError(f"attn_implementation {attn!r}: choose one of {', '.join(ATTN_CHOICES)}")
+        raise InputError(f"attn_implementation {attn!r}: choose one of {', '.join(ATTN_CHOICES)}")
     if attn != "flash_attention_2":
         return attn
     has_flash = importlib.util.find_spec("flash_attn") is not None
@@ -127,21 +128,21 @@ def resolve_attn(attn: str) -> str:
 def _check_quantization(quant_cfg: QuantizationConfig) -> None:
     """Refuse impossible quantization requests before anything is fetched or loaded."""
     if quant_cfg.load_in_4bit and quant_cfg.load_in_8bit:
-        raise ValueError("load_in_4bit and load_in_8bit are both set; choose one")
+        raise InputError("load_in_4bit and load_in_8bit are both set; choose one")
     if quant_cfg.load_in_fp8 and (quant_cfg.load_in_4bit or quant_cfg.load_in_8bit):
-        raise ValueError(
+        raise InputError(
             "load_in_fp8 and a bitsandbytes quantization (load_in_4bit/load_in_8bit) are both set; choose one"
         )
     if not (quant_cfg.load_in_4bit or quant_cfg.load_in_8bit):
         return
     bits = "4-bit" if quant_cfg.load_in_4bit else "8-bit"
     if not torch.cuda.is_available():
-        raise ValueError(
+        raise InputError(
             f"{bits} quantization (bitsandbytes QLoRA) needs a CUDA GPU and none is available; "
             "set load_in_4bit/load_in_8bit to false to train in bf16/fp32, or run on a CUDA machine"
         )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ValueError(
+        raise InputError(
             f"{bits} quantization needs bitsandbytes, which is not installed: pip install bitsandbytes "
             "(or pip install 'legaltune[gpu]')"
         )
@@ -161,13 +162,13 @@ def check_fp8(device: str, dtype: torch.dtype) -> None:
     major, minor = torch.cuda.get_device_capability(index)
     if (major, minor) < (8, 9):
         name = torch.cuda.get_device_name(index)
-        raise ValueError(
+        raise InputError(
             f"quantization.load_in_fp8 needs FP8 tensor cores (compute capability 8.9+: H100/H200, L4/L40, "
             f"RTX 40xx, B200); this GPU is {name} (compute capability {major}.{minor}). Set "
             "quantization.load_in_fp8: false (bf16), or quantization.load_in_4bit: true to save memory"
         )
     if dtype != torch.bfloat16:
-        raise ValueError(
+        raise InputError(
             f"quantization.load_in_fp8 computes in bfloat16 (its FP8 GEMMs write bf16 outputs), but model.dtype "
             f"resolves to {str(dtype).removeprefix('torch.')}: set model.dtype: bfloat16 (or auto)"
         )
@@ -181,12 +182,12 @@ def _quantize_fp8(model: PreTrainedModel, *, keep_transpose: bool = False) -> No
     try:
         count = quantize_model_fp8(model)
     except ValueError:  # no decoder layers where transformers' causal LMs keep them
-        raise ValueError(
+        raise InputError(
             f"quantization.load_in_fp8: cannot find the decoder layers of {type(model).__name__} (FP8 is applied "
             "to their projections); set quantization.load_in_fp8: false for this model"
         ) from None
     if not count:
-        raise ValueError(
+        raise InputError(
             f"quantization.load_in_fp8: {type(model).__name__}'s decoder layers "
             f"({len(find_decoder_layers(model))}) hold no plain nn.Linear projections to store in FP8; "
             "set quantization.load_in_fp8: false for this model"
@@ -206,7 +207,7 @@ def _quantize_fp8(model: PreTrainedModel, *, keep_transpose: bool = False) -> No
 
 def _device_map(device_map: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
     if isinstance(device_map, str) and device_map.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device_map {device_map!r} but no CUDA device is available; use auto or cpu")
+        raise InputError(f"device_map {device_map!r} but no CUDA device is available; use auto or cpu")
     if not torch.cuda.is_available() and device_map in ("auto", "cpu"):
         # accelerate's dispatch adds hooks for nothing on a CPU-only machine; a plain load is simpler.
         return None

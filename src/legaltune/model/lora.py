@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from legaltune.distributed.env import local_world_size
+from legaltune.errors import UserError
 from legaltune.speed.offload import enable_offloaded_checkpointing
 from legaltune.speed.policy import attention_host_allowance, offload_attention_wanted
 from legaltune.speed.state import checkpointing_mode, set_checkpointing, set_speed_report
@@ -29,7 +30,7 @@ ALL_LINEAR = "all-linear"
 EMBEDDING_TARGETS = ("embed_tokens", "lm_head")
 
 
-class TargetModuleError(ValueError):
+class TargetModuleError(UserError, ValueError):
     """target_modules names modules the model does not have."""
 
 

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 
 from legaltune.config.schema import Config
+from legaltune.errors import InputError
 from legaltune.model.arch import Arch, load_arch
 from legaltune.plan.lint import lint_plan
 from legaltune.plan.memory import GIB, MemoryEstimate, estimate_memory
@@ -24,7 +25,7 @@ def parse_size(text: str) -> float:
     """'80GiB' / '80GB' / '80' (GiB) → bytes. GB is read as GiB, as GPU vendors' '80 GB' means."""
     match = _SIZE.match(text)
     if not match:
-        raise ValueError(f"cannot read memory size {text!r}; write e.g. 80GiB or 24GB")
+        raise InputError(f"cannot read memory size {text!r}; write e.g. 80GiB or 24GB")
     value, unit = float(match.group(1)), (match.group(2) or "gib").lower()
     return value * (GIB if unit.startswith("g") else 1024**2)
 

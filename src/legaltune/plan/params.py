@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from legaltune.errors import UserError
 from legaltune.model.arch import Arch
 from legaltune.speed.families import family_for_model_type
 
 ALL_LINEAR = "all-linear"
 
 
-class TargetError(ValueError):
+class TargetError(UserError, ValueError):
     """A target module that the architecture does not have."""
 
 

@@ -12,6 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from legaltune.errors import UserError
 from legaltune.text import vietnamese as vn
 
 _BOMS = (
@@ -23,7 +24,7 @@ _BOMS = (
 )
 
 
-class EncodingError(ValueError):
+class EncodingError(UserError, ValueError):
     """A data file that cannot be read as text in the expected encoding."""
 
 

@@ -12,10 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from legaltune.errors import UserError
 from legaltune.records.encoding import EncodingError, decode_data
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data problem, with the file (and line) where it is and how to fix it."""
 
 

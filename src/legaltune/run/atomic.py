@@ -163,6 +163,19 @@ def staged_file(path: Path, what: str = "file", hint: str = "") -> Iterator[Path
             tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def scratch_file(beside: Path, tag: str) -> Iterator[Path]:
+    """Yield a temporary path beside ``beside`` for an intermediate file (e.g. the f16 GGUF that a
+    quantizer reads); it is removed when the block ends, however it ends."""
+    beside = Path(beside)
+    fd, name = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=f".{tag}.partial", dir=beside.parent)
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
 def write_text_atomic(path: Path, text: str, what: str = "file", hint: str = "") -> Path:
     with staged_file(path, what, hint) as tmp:
         tmp.write_text(text, encoding="utf-8")

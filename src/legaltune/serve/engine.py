@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from legaltune.errors import InputError
 from legaltune.generate.answers import stop_token_ids
 from legaltune.serve.rows import CANCELLED, Row, RowStopper
 
@@ -96,7 +97,7 @@ class Engine:
         batch_wait_s: float = 0.01,
     ):
         if max_batch_size < 1 or max_pending < 1:
-            raise ValueError("max_batch_size and max_pending must be at least 1")
+            raise InputError("max_batch_size and max_pending must be at least 1")
         self.model, self.tokenizer = model, tokenizer
         self.variants = {v.id: v for v in variants}
         self.stops = set(stop_token_ids(tokenizer, end_of_turn))

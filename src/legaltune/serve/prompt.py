@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from legaltune.data.schemas import user_prompt
+from legaltune.errors import UserError
 from legaltune.generate.load import Generator
 from legaltune.generate.rows import row_messages
 from legaltune.serve.protocol import Message
 
 
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
     """The messages cannot be turned into a prompt (HTTP 400); the text says why."""
 
 

@@ -83,6 +83,7 @@ class ChatRequest(BaseModel):
     def _stops(cls, value: str | list[str] | None) -> list[str]:
         stops = [value] if isinstance(value, str) else list(value or [])
         if len(stops) > 4 or any(not s for s in stops):
+            # plain ValueError on purpose: pydantic turns it into the request's 400 validation error
             raise ValueError("at most 4 non-empty stop strings")
         return stops
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from legaltune.errors import InputError
 from legaltune.generate.load import Generator, load_generator
 from legaltune.serve.citations import CitationChecker, corpus_checker
 from legaltune.serve.engine import Engine, Variant
@@ -34,7 +35,7 @@ def check_port(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise ValueError(
+            raise InputError(
                 f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port or --host"
             ) from None
 
@@ -44,7 +45,7 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         if threads < 1:
-            raise ValueError(f"--threads must be at least 1 (got {threads})")
+            raise InputError(f"--threads must be at least 1 (got {threads})")
         torch.set_num_threads(threads)  # on a shared CPU, fewer threads than cores avoids spin-waiting
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from legaltune.errors import InputError
+
 _LAYER_PATHS = (
     "model.layers",
     "model.decoder.layers",
@@ -35,7 +37,7 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
                 break
         if isinstance(obj, nn.ModuleList) and len(obj) > 0:
             return obj
-    raise ValueError(
+    raise InputError(
         f"offloaded checkpointing: cannot find the decoder layers of {type(base).__name__} "
         f"(looked for {', '.join(_LAYER_PATHS)}); set lora.use_gradient_checkpointing: true for this model"
     )

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from legaltune.errors import InputError
+
 ATTN_NAME = "legaltune_varlen"
 _SAVED = "_legaltune_attn_before_varlen"
 
@@ -67,13 +69,16 @@ def varlen_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     if dropout:
-        raise ValueError("padding-free attention has no attention dropout; set speed.padding_free: false")
+        raise InputError("padding-free attention has no attention dropout; set speed.padding_free: false")
     heads, kv_heads = query.shape[1], key.shape[1]
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
     extra: dict[str, Any] = {"scale": scaling}
     if _KERNEL["is_causal"]:
         if sliding_window:
-            raise ValueError("padding-free attention: this PyTorch's varlen kernel has no sliding window")
+            raise InputError(
+                "padding-free attention: this PyTorch's varlen kernel has no sliding window, which this model "
+                "uses; set speed.padding_free: false, or upgrade PyTorch"
+            )
         extra["is_causal"] = True
     else:
         extra["window_size"] = (sliding_window - 1 if sliding_window else -1, 0)

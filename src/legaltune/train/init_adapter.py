@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from legaltune.config.schema import Config
+from legaltune.errors import UserError
 
 KEY = "training.init_adapter"
 
 
-class InitAdapterError(ValueError):
+class InitAdapterError(UserError, ValueError):
     """training.init_adapter names something that cannot be continued."""
 
     def __init__(self, message: str, fix: str):

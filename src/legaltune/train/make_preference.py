@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from legaltune.data.schemas import RecordError, detect_schema, to_messages
+from legaltune.errors import InputError
 from legaltune.records.read import DataError, read_records
 
 
@@ -104,7 +105,7 @@ class CorpusNegatives:
         from legaltune.corpus.verify import Verifier
 
         if pick not in ("nearest", "random"):
-            raise ValueError(f"--pick {pick!r}: choose nearest or random")
+            raise InputError(f"--pick {pick!r}: choose nearest or random")
         self.corpus = corpus
         self.verifier = verifier or Verifier(corpus)
         self.search = ArticleSearch(corpus) if pick == "nearest" else None
@@ -240,14 +241,14 @@ def build_pairs(
                 made[it.loc] = result
     elif negatives == "model":
         if run_dir is None:
-            raise ValueError(
+            raise InputError(
                 "--negatives model needs --run RUN (the SFT run whose wrong answers become rejected)"
             )
         made = model_negatives(
             items, input_path, run_dir, report, batch_size=batch_size, max_new_tokens=max_new_tokens
         )
     else:
-        raise ValueError(f"--negatives {negatives!r}: choose corpus or model")
+        raise InputError(f"--negatives {negatives!r}: choose corpus or model")
     pairs = []
     for it in items:
         if it.loc in made:
@@ -281,7 +282,7 @@ def write_pairs(path: str | Path, pairs: list[dict[str, Any]]) -> Path:
 def cmd_make_preference(args: Any) -> int:
     """The CLI action (arguments as ``legaltune data make-preference`` parses them)."""
     if not args.input or not args.output:
-        raise ValueError("make-preference needs --input QA.jsonl and --output PAIRS.jsonl")
+        raise InputError("make-preference needs --input QA.jsonl and --output PAIRS.jsonl")
     pairs, report = build_pairs(
         args.input,
         negatives=args.negatives,

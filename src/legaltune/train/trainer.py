@@ -29,6 +29,7 @@ from legaltune.distributed import sync
 from legaltune.distributed.env import is_distributed, is_main, local_world_size, world_size
 from legaltune.distributed.quiet import quiet_libraries
 from legaltune.distributed.strategy import distributed_args, keep_lora_reduction_fp32
+from legaltune.errors import UserError
 from legaltune.model.tokenizer import load_tokenizer
 from legaltune.plan.speed import RunSpeedPlan, optimizer_name, plan_run
 from legaltune.run.atomic import write_json_atomic
@@ -211,7 +212,7 @@ def build_args(
     return SFTConfig(**kwargs)
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """The run's plan found problems that would waste the run (see :func:`run_training`)."""
 
     def __init__(self, problems: list[str]) -> None:
