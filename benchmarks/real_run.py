@@ -18,6 +18,9 @@ the process tree, final loss. JSON is rewritten after every row.
     python3 benchmarks/real_run.py --model-dir /tmp/llama8b --presets recommended,h200 \\
         --rows legaltune,unsloth --out $OUT/real_run.json
 
+``--row-set ROW:KEY=VALUE`` adds a ``--set`` to one row (``legaltune-<name>`` rows are legaltune
+rows with their own settings); ``--profile ROW`` runs that legaltune row under ``py-spy record``.
+
 ``--model-dir`` must hold a model and a tokenizer (``train_step.py --save-model DIR``, then the
 embedded model's tokenizer files copied in; ``--tokenizer-from`` does the copy).
 """
