@@ -63,6 +63,28 @@ def test_corpus_negatives_swap_only_the_article_numbers(tmp_path):
     assert corpus.article("91/2015/QH13", civil["negative"]["swapped"]["20"]) is not None
 
 
+def test_invented_negatives_cite_what_the_law_does_not_have(tmp_path):
+    from legaltune.corpus import build_corpus
+    from legaltune.corpus.verify import Verifier
+
+    verifier = Verifier(build_corpus())
+    bad = {"id": "d", "question": "?", "answer": "Theo khoản 99 Điều 25 Bộ luật Lao động 2019, không."}
+    pairs, report = build_pairs(write(tmp_path, [*QA, bad]), negatives="invented")
+    assert report.records == 5 and report.pairs == 2
+    assert report.skipped["the answer itself cites what the law does not have"] == 1
+    labor, civil = pairs
+    # the clause becomes one past Điều 25's last; the article numbers and every other word stay
+    assert re.sub(r"khoản \d+", "khoản N", labor["rejected"]) == re.sub(
+        r"khoản \d+", "khoản N", labor["chosen"]
+    )
+    assert labor["rejected"] != labor["chosen"] and numbers(labor["rejected"]) == ["25", "25"]
+    statuses = {c.status for c in verifier.check(labor["rejected"], labor["context"])}
+    assert "no_clause" in statuses and labor["negative"]["kind"] == "invented"
+    # cited without a clause: the article number becomes one past the law's last
+    assert [c.status for c in verifier.check(civil["rejected"], "")] == ["no_article"]
+    assert all(not c.hallucinated for c in verifier.check(civil["chosen"], ""))
+
+
 def test_random_pick_is_seeded(tmp_path):
     from legaltune.corpus import build_corpus
     from legaltune.corpus.verify import Verifier

@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         "duplicates, hygiene fixes, and the first formatted example with its trained part marked."
     )
     p.epilog = (
-        "legaltune data make-preference --input QA.jsonl --output PAIRS.jsonl [--negatives corpus|model --run RUN]: "
+        "legaltune data make-preference --input QA.jsonl --output PAIRS.jsonl [--negatives corpus|invented|model --run RUN]: "
         "preference pairs for training.method dpo / orpo (docs/after-sft.md)"
     )
     p.add_argument("action", choices=["check", "make-preference"], help="what to do")
@@ -271,9 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", help="the pairs' JSONL file (written whole or not at all)")
     g.add_argument(
         "--negatives",
-        choices=["corpus", "model"],
+        choices=["corpus", "invented", "model"],
         default="corpus",
-        help="corpus: swap each cited article for another of its law; model: an SFT run's wrong answers",
+        help="corpus: swap each cited article for another of its law; invented: cite a clause or article the law "
+        "does not have; model: an SFT run's wrong answers",
     )
     g.add_argument("--run", help="--negatives model: the SFT run that answers the questions")
     g.add_argument(

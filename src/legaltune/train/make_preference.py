@@ -6,6 +6,11 @@ The chosen answer is the record's own; the rejected one is made wrong on purpose
   another article of the same law: the BM25-nearest to the question (``--pick nearest``: a
   plausible, hard negative) or a seeded random one (``--pick random``). Only the article numbers
   change, so the pair teaches which article answers the question and nothing else.
+* ``invented``: every corpus-checked citation of the answer is made to name what the law does not
+  have — a clause number past the article's last clause (``khoản 2 Điều 35`` → ``khoản 7 Điều
+  35``), or, for an article cited without a clause, an article number past the law's last. The
+  rest of the answer is the record's own, so the pair teaches exactly "do not invent a clause":
+  the hallucination the corpus check counts.
 * ``model``: an SFT run answers every question (greedy) as it was trained (its system prompt,
   context and chat template); an answer whose citations miss the reference's articles, or name an
   article the law does not have, becomes the rejected one. Answers already right are skipped.
@@ -148,6 +153,81 @@ class CorpusNegatives:
         return rejected, info
 
 
+_CLAUSE_NUMBER = re.compile(r"(khoản\s+)(\d+)", re.IGNORECASE)
+
+
+class InventedNegatives:
+    """Rejected answers whose corpus-checked citations name a clause or article that does not exist."""
+
+    def __init__(self, corpus: Any, verifier: Any = None):
+        from legaltune.corpus.verify import Verifier
+
+        self.corpus = corpus
+        self.verifier = verifier or Verifier(corpus)
+
+    def _past_last(self, numbers: Any, offset: int) -> int:
+        return max((int(n) for n in numbers if str(n).isdigit()), default=0) + offset
+
+    def rejected(self, item: QAItem) -> tuple[str, dict[str, Any]] | str:
+        """(rejected answer, how it was made), or the reason there is none."""
+        from legaltune.text.citations import article_mentions
+
+        checks = self.verifier.check(item.answer, item.context)
+        if not checks:
+            return "answer cites no article"
+        if any(c.hallucinated for c in checks):
+            return "the answer itself cites what the law does not have"
+        usable = [c for c in checks if c.status == "ok" and c.law in self.corpus.laws]
+        if not usable:
+            return "no cited article of a law in the corpus"
+        law = self.corpus.laws[usable[0].law]
+        text, mentions = article_mentions(item.answer)
+        base = item.answer if len(text) == len(item.answer) else text  # positions index the normalised text
+        # an article also cited with a clause keeps its number: the invented clause is the mistake
+        with_clause = {c.article for c in usable if c.clause is not None}
+        wanted = {
+            (c.article, c.clause) for c in usable if c.clause is not None or c.article not in with_clause
+        }
+        edits: list[tuple[int, int, str]] = []  # (start, end, replacement) in base
+        invented: dict[str, str] = {}
+        seen_chains: set[tuple[int, int]] = set()
+        for m in mentions:
+            key = (m.citation.article, m.citation.clause)
+            if key not in wanted or (m.start, m.end) in seen_chains:
+                continue
+            article = law.articles.get(str(m.citation.article))
+            if article is None:
+                continue
+            span = base[m.start : m.end]
+            if m.citation.clause is not None:
+                # every clause of this chain past the article's last one (offset by its position)
+                clauses = list(_CLAUSE_NUMBER.finditer(span))
+                for i, c in enumerate(clauses):
+                    new = str(self._past_last(article.clauses, 2 + i))
+                    edits.append((m.start + c.start(2), m.start + c.end(2), new))
+                    invented[f"khoản {c.group(2)} Điều {m.citation.article}"] = f"khoản {new}"
+            else:
+                number = _LAST_NUMBER.search(span)
+                if number is None or int(number.group()) != m.citation.article:
+                    continue
+                new = str(self._past_last(law.articles, 3))
+                edits.append((m.start + number.start(), m.start + number.end(), new))
+                invented[f"Điều {m.citation.article}"] = f"Điều {new}"
+            seen_chains.add((m.start, m.end))
+        if not edits:
+            return "cited article could not be changed"
+        out, last = [], 0
+        for start, end, new in sorted(set(edits)):
+            if start < last:
+                continue
+            out += [base[last:start], new]
+            last = end
+        rejected = "".join(out) + base[last:]
+        if rejected == base:
+            return "cited article could not be changed"
+        return rejected, {"kind": "invented", "invented": invented, "law": usable[0].law}
+
+
 def model_negatives(
     items: list[QAItem],
     input_path: str | Path,
@@ -239,6 +319,16 @@ def build_pairs(
                 report.skip(result, it.loc)
             else:
                 made[it.loc] = result
+    elif negatives == "invented":
+        from legaltune.corpus import build_corpus
+
+        inventor = InventedNegatives(build_corpus(corpus_file))
+        for it in items:
+            result = inventor.rejected(it)
+            if isinstance(result, str):
+                report.skip(result, it.loc)
+            else:
+                made[it.loc] = result
     elif negatives == "model":
         if run_dir is None:
             raise InputError(
@@ -248,7 +338,7 @@ def build_pairs(
             items, input_path, run_dir, report, batch_size=batch_size, max_new_tokens=max_new_tokens
         )
     else:
-        raise InputError(f"--negatives {negatives!r}: choose corpus or model")
+        raise InputError(f"--negatives {negatives!r}: choose corpus, invented or model")
     pairs = []
     for it in items:
         if it.loc in made:
