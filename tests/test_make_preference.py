@@ -80,8 +80,9 @@ def test_invented_negatives_cite_what_the_law_does_not_have(tmp_path):
     assert labor["rejected"] != labor["chosen"] and numbers(labor["rejected"]) == ["25", "25"]
     statuses = {c.status for c in verifier.check(labor["rejected"], labor["context"])}
     assert "no_clause" in statuses and labor["negative"]["kind"] == "invented"
-    # cited without a clause: the article number becomes one past the law's last
-    assert [c.status for c in verifier.check(civil["rejected"], "")] == ["no_article"]
+    # cited without a clause: it gains one its article lacks, the article number stays
+    assert [c.status for c in verifier.check(civil["rejected"], "")] == ["no_clause"]
+    assert numbers(civil["rejected"]) == ["20"] and re.search(r"khoản \d+ Điều 20", civil["rejected"])
     assert all(not c.hallucinated for c in verifier.check(civil["chosen"], ""))
 
 

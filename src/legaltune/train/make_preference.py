@@ -6,11 +6,12 @@ The chosen answer is the record's own; the rejected one is made wrong on purpose
   another article of the same law: the BM25-nearest to the question (``--pick nearest``: a
   plausible, hard negative) or a seeded random one (``--pick random``). Only the article numbers
   change, so the pair teaches which article answers the question and nothing else.
-* ``invented``: every corpus-checked citation of the answer is made to name what the law does not
-  have — a clause number past the article's last clause (``khoản 2 Điều 35`` → ``khoản 7 Điều
-  35``), or, for an article cited without a clause, an article number past the law's last. The
-  rest of the answer is the record's own, so the pair teaches exactly "do not invent a clause":
-  the hallucination the corpus check counts.
+* ``invented``: every corpus-checked citation of the answer is made to name a clause its article
+  does not have — a clause number past the article's last (``khoản 2 Điều 35`` → ``khoản 4 Điều
+  35``), or, for an article cited without a clause, ``khoản 1`` of an article that has none
+  (``Điều 114`` → ``khoản 1 Điều 114``) and one past the last otherwise. The rest of the answer is
+  the record's own, so the pair teaches exactly "do not invent a clause": the hallucination the
+  corpus check counts, and every one the tuned demo model made.
 * ``model``: an SFT run answers every question (greedy) as it was trained (its system prompt,
   context and chat template); an answer whose citations miss the reference's articles, or name an
   article the law does not have, becomes the rejected one. Answers already right are skipped.
@@ -207,12 +208,17 @@ class InventedNegatives:
                     edits.append((m.start + c.start(2), m.start + c.end(2), new))
                     invented[f"khoản {c.group(2)} Điều {m.citation.article}"] = f"khoản {new}"
             else:
+                # cited without a clause: give it one the article lacks — khoản 1 of an article that
+                # has no clauses is the tuned model's own mistake (every hallucination of the demo run)
                 number = _LAST_NUMBER.search(span)
                 if number is None or int(number.group()) != m.citation.article:
                     continue
-                new = str(self._past_last(law.articles, 3))
-                edits.append((m.start + number.start(), m.start + number.end(), new))
-                invented[f"Điều {m.citation.article}"] = f"Điều {new}"
+                clause = 1 if not article.clauses else self._past_last(article.clauses, 2)
+                at = m.start + span.lower().rfind("điều", 0, number.start())
+                if at < m.start:
+                    continue
+                edits.append((at, at, f"khoản {clause} "))
+                invented[f"Điều {m.citation.article}"] = f"khoản {clause} Điều {m.citation.article}"
             seen_chains.add((m.start, m.end))
         if not edits:
             return "cited article could not be changed"
