@@ -1,7 +1,7 @@
 """Pinned host memory: first-allocation speed and copy speed, cudaHostAlloc vs registered pages.
 
 The offloaded layers of a run's first step allocate every pinned buffer they park activations in
-(`legaltune.speed.pinned`). Each setting runs in its own process (allocator settings are
+(`legaltune.speed.offload`, at PyTorch's default: cudaHostAlloc). Each setting runs in its own process (allocator settings are
 process-wide): allocate ``--gib`` GiB as ``--mib``-MiB tensors, then copy a GPU tensor into each
 (non-blocking, as the offloader does) and time both.
 

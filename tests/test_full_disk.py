@@ -24,7 +24,12 @@ DRIVER = Path(__file__).with_name("full_disk_driver.py")
 
 
 def _drive(tmp_path: Path, size: str, *sets: str) -> dict:
-    cmd = [sys.executable, str(DRIVER), str(tmp_path), size, *sets]
+    return _run_driver([str(tmp_path), size, *sets])
+
+
+def _run_driver(args: list[str]) -> dict:
+    """The driver's JSON result; skipped where no size-limited tmpfs can be mounted."""
+    cmd = [sys.executable, str(DRIVER), *args]
     if os.geteuid() != 0:
         if shutil.which("unshare") is None:
             pytest.skip("mounting a size-limited tmpfs needs root or unshare")
@@ -71,18 +76,7 @@ def test_full_disk_is_a_clear_error_and_the_run_resumes(tmp_path, size, sets, wh
 
 def _drive_command(tmp_path: Path, run: Path | None, *args: str) -> dict:
     """Run one command against a full 8 MiB tmpfs ("{mnt}" in args), with ``run`` copied onto it."""
-    cmd = [sys.executable, str(DRIVER), "command", str(tmp_path), "8m", str(run or "-"), *args]
-    if os.geteuid() != 0:
-        if shutil.which("unshare") is None:
-            pytest.skip("mounting a size-limited tmpfs needs root or unshare")
-        cmd = ["unshare", "--user", "--map-root-user", "--mount", *cmd]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=900)
-    if proc.returncode != 0 and not proc.stdout.strip():
-        pytest.skip(f"cannot run the tmpfs driver here: {proc.stderr.strip()[-300:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "no_mount" in out:
-        pytest.skip(f"cannot mount a tmpfs here: {out['no_mount'].strip()}")
-    return out
+    return _run_driver(["command", str(tmp_path), "8m", str(run or "-"), *args])
 
 
 @pytest.fixture(scope="module")

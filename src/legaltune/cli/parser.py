@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--negatives",
         choices=["corpus", "invented", "model"],
         default="corpus",
-        help="corpus: swap each cited article for another of its law; invented: cite a clause or article the law "
+        help="corpus: swap each cited article for another of its law; invented: cite a clause the article "
         "does not have; model: an SFT run's wrong answers",
     )
     g.add_argument("--run", help="--negatives model: the SFT run that answers the questions")

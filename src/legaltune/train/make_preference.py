@@ -158,7 +158,7 @@ _CLAUSE_NUMBER = re.compile(r"(khoản\s+)(\d+)", re.IGNORECASE)
 
 
 class InventedNegatives:
-    """Rejected answers whose corpus-checked citations name a clause or article that does not exist."""
+    """Rejected answers whose corpus-checked citations name a clause their article does not have."""
 
     def __init__(self, corpus: Any, verifier: Any = None):
         from legaltune.corpus.verify import Verifier
@@ -315,22 +315,17 @@ def build_pairs(
     items = read_qa(input_path)[:limit] if limit else read_qa(input_path)
     report = BuildReport(records=len(items))
     made: dict[str, tuple[str, dict[str, Any]]] = {}
-    if negatives == "corpus":
+    if negatives in ("corpus", "invented"):
         from legaltune.corpus import build_corpus
 
-        maker = CorpusNegatives(build_corpus(corpus_file), pick=pick, seed=seed)
+        corpus = build_corpus(corpus_file)
+        maker = (
+            CorpusNegatives(corpus, pick=pick, seed=seed)
+            if negatives == "corpus"
+            else InventedNegatives(corpus)
+        )
         for it in items:
             result = maker.rejected(it)
-            if isinstance(result, str):
-                report.skip(result, it.loc)
-            else:
-                made[it.loc] = result
-    elif negatives == "invented":
-        from legaltune.corpus import build_corpus
-
-        inventor = InventedNegatives(build_corpus(corpus_file))
-        for it in items:
-            result = inventor.rejected(it)
             if isinstance(result, str):
                 report.skip(result, it.loc)
             else:
