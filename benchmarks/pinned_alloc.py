@@ -1,9 +1,12 @@
 """Pinned host memory: first-allocation speed and copy speed, cudaHostAlloc vs registered pages.
 
-The offloaded layers of a run's first step allocate every pinned buffer they park activations in
-(`legaltune.speed.offload`, at PyTorch's default: cudaHostAlloc). Each setting runs in its own process (allocator settings are
+The offloaded layers of a run's first step get every pinned buffer they park activations in
+(`legaltune.speed.offload`). Each setting runs in its own process (allocator settings are
 process-wide): allocate ``--gib`` GiB as ``--mib``-MiB tensors, then copy a GPU tensor into each
-(non-blocking, as the offloader does) and time both.
+(non-blocking, as the offloader does) and time both. The PyTorch rows use its pinned allocator
+(cudaHostAlloc by default, or malloc + page-touch threads + cudaHostRegister); the arena rows use
+legaltune's arena (`legaltune.speed.pinned_arena`: 2 GiB mmap blocks faulted in on up to 16
+threads, then registered), with and without transparent huge pages.
 
     python3 benchmarks/pinned_alloc.py --gib 8 --out $OUT/pinned_alloc.json
 """
@@ -21,19 +24,33 @@ SETTINGS = {
     "register, 1 thread": "pinned_use_cuda_host_register:True,pinned_num_register_threads:1",
     "register, 8 threads (legaltune)": "pinned_use_cuda_host_register:True,pinned_num_register_threads:8",
     "register, 16 threads": "pinned_use_cuda_host_register:True,pinned_num_register_threads:16",
+    "arena, huge pages (legaltune)": "arena",
+    "arena, 4 KiB pages": "arena-4k",
 }
+
+
+def _arena(huge_pages: bool):
+    import functools
+
+    from legaltune.speed.pinned_arena import PinnedArena, register_block
+
+    return PinnedArena(allocate=functools.partial(register_block, huge_pages=huge_pages))
 
 
 def child(settings: str, gib: float, mib: int) -> dict:
     import torch
 
-    if settings:
+    arena = _arena(settings == "arena") if settings.startswith("arena") else None
+    if settings and arena is None:
         torch.cuda.memory._set_allocator_settings(settings)
     n = max(1, int(gib * 1024 / mib))
     src = torch.empty(mib << 20, dtype=torch.uint8, device="cuda")
     torch.cuda.synchronize()
     start = time.perf_counter()
-    hosts = [torch.empty(mib << 20, dtype=torch.uint8, pin_memory=True) for _ in range(n)]
+    if arena is None:
+        hosts = [torch.empty(mib << 20, dtype=torch.uint8, pin_memory=True) for _ in range(n)]
+    else:
+        hosts = [arena.take(src) for _ in range(n)]
     alloc_s = time.perf_counter() - start
     start = time.perf_counter()
     for h in hosts:
@@ -41,7 +58,8 @@ def child(settings: str, gib: float, mib: int) -> dict:
     torch.cuda.synchronize()
     copy_s = time.perf_counter() - start
     total = n * mib / 1024
-    return {"gib": total, "alloc_s": round(alloc_s, 3), "alloc_gib_per_s": round(total / alloc_s, 2),
+    pinned = all(h.is_pinned() for h in hosts[:4])
+    return {"gib": total, "is_pinned": pinned, "alloc_s": round(alloc_s, 3), "alloc_gib_per_s": round(total / alloc_s, 2),
             "copy_gib_per_s": round(total / copy_s, 2)}  # fmt: skip
 
 

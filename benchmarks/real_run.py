@@ -66,9 +66,17 @@ def _rss_tree(pid: int) -> int:
     return total
 
 
+def _mem_available() -> int:
+    with open("/proc/meminfo", encoding="ascii") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+
+
 def _watch(proc: subprocess.Popen, peak: list[int], stop: threading.Event) -> None:
+    """peak[0]: the row's largest summed RSS; peak[1]: the host's least MemAvailable (pinned pages
+    are not always counted in RSS; the OOM killer acts on what is available)."""
     while not stop.is_set():
         peak[0] = max(peak[0], _rss_tree(proc.pid))
+        peak[1] = min(peak[1], _mem_available())
         stop.wait(0.5)
 
 
@@ -129,7 +137,7 @@ def run_row(args: argparse.Namespace, preset: str, row: str) -> dict:
     start = time.time()
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        peak, stop = [0], threading.Event()
+        peak, stop = [0, _mem_available()], threading.Event()
         watcher = threading.Thread(target=_watch, args=(proc, peak, stop), daemon=True)
         watcher.start()
         try:
@@ -147,6 +155,7 @@ def run_row(args: argparse.Namespace, preset: str, row: str) -> dict:
         "process_s": round(time.time() - start, 1),
         "recompiles": text.count("Recompiling function"),
         "peak_host_rss_gib": round(peak[0] / 2**30, 2),
+        "min_host_available_gib": round(peak[1] / 2**30, 2),
         "log_tail": text[-1500:] if rc != 0 else "",
     }
     if row.startswith("legaltune"):

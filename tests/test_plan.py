@@ -355,10 +355,10 @@ def test_plan_takes_the_runs_checkpoint_choice():
 
 def test_pinned_host_bytes_of_an_offloaded_layer():
     """The host memory model of offloaded checkpointing: a layer's input, or everything its kept
-    attention half saves; PyTorch's pinned allocator rounds each block up to a power of two."""
+    attention half saves; the offloader's pinned arena rounds each tensor up to a page only."""
     from legaltune.plan.memory import MIB, layer_host_bytes, pinned_bytes
 
-    assert pinned_bytes(48 * MIB) == 64 * MIB and pinned_bytes(64 * MIB) == 64 * MIB
+    assert pinned_bytes(48 * MIB) == 48 * MIB and pinned_bytes(48 * MIB + 1) == 48 * MIB + 4096
     arch = load_arch("llama-3.1-8b")
     # 8,192 tokens: input 64 MiB; kept: input, q, k, v, attention output, LSE (1 MiB) and the MLP input
     assert layer_host_bytes(arch, 1, 8192, 2, attention_kept=False) == 64 * MIB

@@ -118,3 +118,30 @@ def test_host_allowance_keeps_attention_in_the_first_layers_only():
         torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
         for name, g in ref_grads.items():
             torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_pinned_arena_holds_every_copy_and_is_reused_by_later_steps():
+    """The offloader's copies go to registered arena blocks (not PyTorch's pinned allocator), the
+    blocks made by the longest micro-batch serve the shorter and equal ones after it, and the
+    gradients at each length are those of no checkpointing."""
+    from legaltune.speed.split_layer import layer_halves
+
+    layers = 4
+    ref = _model(layers, offload=False)
+    split = _model(layers, offload=False)
+    enable_offloaded_checkpointing(split, split=layer_halves)
+    offloader = find_decoder_layers(split)[0].__dict__["_legaltune_offloader"]
+    reserved = []
+    for seq in (2048, 512, 2048, 1024):  # mixed-length micro-batches
+        ids = torch.randint(
+            3, 1024, (2, seq), device="cuda", generator=torch.Generator("cuda").manual_seed(seq)
+        )
+        _, ref_loss, ref_grads = loss_and_grads(ref, ids)
+        _, loss, grads = loss_and_grads(split, ids)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+        for name, g in ref_grads.items():
+            torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=f"seq {seq}: {name}")
+        assert offloader.arena is not None and not offloader._arena_failed
+        reserved.append(offloader.arena.reserved)
+    assert reserved[0] >= offloader.offloaded_bytes > 0
+    assert reserved == [reserved[0]] * 4, reserved  # nothing registered after the first, longest step

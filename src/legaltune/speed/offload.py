@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from legaltune.speed.layers import Halves, base_model, find_decoder_layers
+from legaltune.speed.pinned_arena import PinnedArena
 from legaltune.speed.policy import MIN_OFFLOAD_BYTES, pinned_bytes
 from legaltune.speed.recompute import RecomputeStats, checkpoint_contexts
 from legaltune.speed.state import set_checkpointing
@@ -116,6 +117,8 @@ class _Offloader:
         self._layers_started = 0  # layers of this forward that asked keep_attention
         self._split_bytes = 0  # pinned bytes of the last layer that kept its attention half
         self.attention_recomputed = 0  # this forward's split layers run whole (host memory)
+        self.arena: PinnedArena | None = None  # the pinned host memory, made at the first copy out
+        self._arena_failed = False
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Offloader:
         # a copied model gets its own (lazily created) side streams
@@ -191,8 +194,7 @@ class _Offloader:
             stream.wait_stream(compute)
             with torch.cuda.stream(stream):
                 for tensor, packed in burst:
-                    # empty_like keeps a dense tensor's strides: the copy is one memcpy of its block
-                    packed.host = torch.empty_like(tensor, device="cpu", pin_memory=True)
+                    packed.host = self._host_copy(tensor)
                     packed.host.copy_(tensor, non_blocking=True)
                 copied = torch.cuda.Event()
                 copied.record(stream)
@@ -202,6 +204,19 @@ class _Offloader:
                 # handed to a later kernel on the compute stream before the copy has finished.
                 tensor.record_stream(stream)
             self._bound_in_flight(copied, sum(p.nbytes for _, p in burst), compute)
+
+    def _host_copy(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Pinned room for a copy of ``tensor`` with its strides (so the copy is one memcpy of its
+        block): in the arena, or from PyTorch's pinned allocator if the arena cannot register."""
+        if not self._arena_failed:
+            if self.arena is None:
+                self.arena = PinnedArena()
+            try:
+                return self.arena.take(tensor)
+            except (RuntimeError, OSError) as error:
+                self._arena_failed = True
+                logger.warning("pinned arena unavailable (%s); using PyTorch's pinned allocator", error)
+        return torch.empty_like(tensor, device="cpu", pin_memory=True)
 
     def _new_forward(self) -> None:
         self._last_layer_bytes = self._window()
@@ -392,6 +407,16 @@ def recompute_stats(model: nn.Module) -> RecomputeStats | None:
     return next((layer.__dict__[_STATS] for layer in find_decoder_layers(model) if _is_wrapped(layer)), None)
 
 
+def pinned_arena_stats(model: nn.Module) -> tuple[int, float] | None:
+    """(bytes registered, seconds spent faulting in and registering them) of this model's pinned
+    arena; None before its first offloaded copy, or without offloading."""
+    for layer in find_decoder_layers(model):
+        offloader = layer.__dict__.get(_OFFLOADER) if _is_wrapped(layer) else None
+        if offloader is not None and offloader.arena is not None:
+            return offloader.arena.reserved, offloader.arena.register_seconds
+    return None
+
+
 def checkpointed_layers(model: nn.Module) -> int:
     """How many decoder layers run under legaltune's checkpointing wrapper."""
     return sum(_is_wrapped(layer) for layer in find_decoder_layers(model))
@@ -475,5 +500,6 @@ __all__ = [
     "disable_offloaded_checkpointing",
     "enable_offloaded_checkpointing",
     "is_offloaded",
+    "pinned_arena_stats",
     "recompute_stats",
 ]

@@ -35,11 +35,15 @@ def offload_attention_wanted(setting: bool | str, *, on_cuda: bool) -> bool:
 MIN_OFFLOAD_BYTES = 1 << 20
 
 
+# The offloader's pinned arena (legaltune.speed.pinned_arena) places tensors at page boundaries.
+PINNED_ALIGN = 4096
+
+
 def pinned_bytes(nbytes: float) -> int:
-    """Host bytes one offloaded tensor of ``nbytes`` takes: PyTorch's pinned-memory allocator hands
-    out blocks rounded up to a power of two (a 48 MiB tensor holds a 64 MiB block)."""
-    n = math.ceil(nbytes)
-    return 1 << (n - 1).bit_length() if n > 0 else 0
+    """Host bytes one offloaded tensor of ``nbytes`` takes in the offloader's pinned arena: its size
+    rounded up to a page (PyTorch's own pinned allocator would round it up to a power of two, a
+    48 MiB tensor holding a 64 MiB block)."""
+    return -(-math.ceil(nbytes) // PINNED_ALIGN) * PINNED_ALIGN
 
 
 def host_memory_available() -> float | None:
@@ -77,6 +81,7 @@ def attention_host_allowance(local_ranks: int) -> float | None:
 __all__ = [
     "HOST_FRACTION",
     "MIN_OFFLOAD_BYTES",
+    "PINNED_ALIGN",
     "attention_host_allowance",
     "compile_wanted",
     "host_memory_available",

@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 
 from legaltune.distributed.sync import any_rank
 from legaltune.run.atomic import disk_errors
+from legaltune.speed.offload import pinned_arena_stats
 
 
 def peak_memory_gib() -> float:
@@ -25,6 +26,16 @@ def peak_memory_gib() -> float:
         return torch.cuda.max_memory_allocated() / 2**30
     # ru_maxrss is KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _pinned_arena(trainer: Any) -> tuple[int, float] | None:
+    model = getattr(trainer, "model", None)
+    if model is None:
+        return None
+    try:
+        return pinned_arena_stats(model)
+    except ValueError:  # no decoder layers to look in (a model legaltune's speed-ups never touch)
+        return None
 
 
 # TRL's DPO (rewards/chosen, rewards/margins, rewards/accuracies, logps/…, logits/…), ORPO (also
@@ -126,6 +137,9 @@ class MetricsCallback(TrainerCallback):
             row["trained_tokens"] = trainer.trained_tokens_seen()
         peak = getattr(trainer, "peak_memory_all_ranks", None)
         row["peak_memory_gib"] = round(peak() if peak is not None else peak_memory_gib(), 3)
+        arena = _pinned_arena(trainer)
+        if arena is not None:  # the offloader's page-locked host memory (what the host must hold)
+            row["pinned_host_gib"], row["pinned_register_s"] = round(arena[0] / 2**30, 3), round(arena[1], 2)
         row["elapsed_s"] = round(self.elapsed_offset + now - self._t0, 2)
         row["time"] = round(time.time(), 3)  # wall clock, to line runs up with other logs
         with (

@@ -1,0 +1,181 @@
+"""Pinned host memory for the offloader: a few large registered blocks, reused by every forward.
+
+Through PyTorch's pinned allocator (``pin_memory=True``) each offloaded tensor of a run's first
+step is a fresh ``cudaHostAlloc``, which faults and locks its pages on one thread at ~1.8 GiB/s:
+on the seed's H200 preset that was 24 s of the first step (py-spy, docs/performance.md). Its
+blocks are also rounded up to a power of two, and a later micro-batch with longer rows needs
+larger blocks than the cached ones, so allocation continues past the first micro-batch.
+
+Here the memory is anonymous ``mmap`` pages, faulted in from several threads and then locked with
+one ``cudaHostRegister`` per block (``benchmarks/pinned_alloc.py`` measures both ways). Tensors are
+placed one after another (page-aligned, no other rounding) and a block is reused once every tensor
+in it is freed (a forward's are, by its backward). So the blocks grow to one forward's peak once
+and are then reused, however the batch sizes vary.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from legaltune.speed.policy import PINNED_ALIGN, pinned_bytes
+
+logger = logging.getLogger(__name__)
+
+# A block is at least this large: fewer registrations, and tensors rarely straddle a block's end
+# (the tail a tensor does not fit in stays unused until the next forward starts over).
+BLOCK_BYTES = 2 << 30
+_MAX_TOUCH_THREADS = 16
+
+
+def _touch_threads() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, _MAX_TOUCH_THREADS))
+
+
+def _fault_in(address: int, nbytes: int, threads: int) -> None:
+    """Write every page once from ``threads`` threads (ctypes releases the GIL during memset): the
+    kernel zero-fills each page on first touch, the slow part of pinning, and runs it in parallel
+    here, where cudaHostRegister would do it on one thread."""
+    step = -(-nbytes // threads)
+    step = -(-step // mmap.PAGESIZE) * mmap.PAGESIZE
+    spans = [(offset, min(step, nbytes - offset)) for offset in range(0, nbytes, step)]
+    with ThreadPoolExecutor(len(spans)) as pool:
+        list(pool.map(lambda span: ctypes.memset(address + span[0], 0, span[1]), spans))
+
+
+class _Block:
+    """One registered host block; unregistered (then unmapped) when the arena is released."""
+
+    def __init__(self, nbytes: int, huge_pages: bool) -> None:
+        self.map = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if huge_pages and hasattr(mmap, "MADV_HUGEPAGE"):
+            self.map.madvise(mmap.MADV_HUGEPAGE)
+        self.tensor = torch.frombuffer(self.map, dtype=torch.uint8)
+        self.address = self.tensor.data_ptr()
+        _fault_in(self.address, nbytes, _touch_threads())
+        error = torch.cuda.cudart().cudaHostRegister(self.address, nbytes, 0)
+        if int(error) != 0:
+            self.close(registered=False)
+            raise RuntimeError(
+                f"cudaHostRegister of {nbytes / (1 << 30):.1f} GiB failed (error {int(error)})"
+            )
+
+    def close(self, registered: bool = True) -> None:
+        if registered:
+            torch.cuda.cudart().cudaHostUnregister(self.address)
+        # Not map.close(): a tensor still viewing the block would point at unmapped memory. The
+        # tensors hold the mmap; it is unmapped when the last of them is freed.
+        del self.tensor, self.map
+
+
+def _release(blocks: list[_Block]) -> None:
+    # Copies into or out of a block may still be queued: wait for them before unlocking its pages.
+    if torch.cuda.is_initialized():
+        try:
+            torch.cuda.synchronize()
+        except RuntimeError:  # the CUDA context is gone (interpreter exit): the process frees it all
+            return
+    for block in blocks:
+        try:
+            block.close()
+        except RuntimeError:
+            pass
+    blocks.clear()
+
+
+def register_block(nbytes: int, huge_pages: bool = True) -> _Block:
+    """A page-locked host block of ``nbytes`` (the arena's default way to get one)."""
+    return _Block(nbytes, huge_pages)
+
+
+class PinnedArena:
+    """Page-locked host memory handed out in order, each block reused once all it holds is freed.
+
+    :meth:`take` returns a CPU tensor shaped and strided like the given one, inside a registered
+    block. The blocks form a ring: tensors are placed one after another in the current block; when
+    one does not fit, it goes to the start of the next block that holds no live tensor (a forward's
+    tensors are all freed by its backward, so the next forward finds every block free), and only
+    when there is none is a new block registered. ``allocate`` makes a block (tests pass one that
+    needs no GPU).
+    """
+
+    def __init__(
+        self, block_bytes: int = BLOCK_BYTES, allocate: Callable[[int], _Block] = register_block
+    ) -> None:
+        self.block_bytes = block_bytes
+        self._allocate = allocate
+        self._blocks: list[_Block] = []
+        self._live: list[int] = []  # tensors alive in each block
+        self._lock = threading.Lock()  # autograd frees saved tensors on its own threads
+        self._block = 0  # the block the next tensor goes into
+        self._offset = 0  # where in it
+        self.reserved = 0  # bytes registered, all blocks
+        self.register_seconds = 0.0  # time spent faulting in and registering blocks
+        self._finalizer = weakref.finalize(self, _release, self._blocks)
+
+    @property
+    def blocks(self) -> int:
+        return len(self._blocks)
+
+    def take(self, like: torch.Tensor) -> torch.Tensor:
+        """Room for a copy of the dense tensor ``like`` (same dtype, shape and strides)."""
+        nbytes = like.numel() * like.element_size()
+        need = pinned_bytes(nbytes)
+        with self._lock:
+            index = self._place(need)
+            self._live[index] += 1
+            flat = self._blocks[index].tensor[self._offset : self._offset + nbytes]
+            self._offset += need
+        view = flat.view(like.dtype).as_strided(like.shape, like.stride())
+        weakref.finalize(view, self._freed, index)
+        return view
+
+    def _place(self, need: int) -> int:
+        """The block the next ``need`` bytes go into, with ``_offset`` where (lock held)."""
+        if self._blocks:
+            if self._live[self._block] == 0:  # all it held is freed: start it over
+                self._offset = 0
+            if self._offset + need <= self._blocks[self._block].tensor.numel():
+                return self._block
+            count = len(self._blocks)
+            for step in range(1, count + 1):
+                index = (self._block + step) % count
+                if self._live[index] == 0 and need <= self._blocks[index].tensor.numel():
+                    self._block, self._offset = index, 0
+                    return index
+        size = max(need, self.block_bytes)
+        start = time.perf_counter()
+        self._blocks.append(self._allocate(size))
+        self.register_seconds += time.perf_counter() - start
+        self._live.append(0)
+        self.reserved += size
+        self._block, self._offset = len(self._blocks) - 1, 0
+        logger.debug("pinned arena: block %d, %.2f GiB", len(self._blocks), size / (1 << 30))
+        return self._block
+
+    def _freed(self, index: int) -> None:
+        with self._lock:
+            self._live[index] -= 1
+
+    def release(self) -> None:
+        """Unregister and free every block now (otherwise when the arena is garbage-collected)."""
+        self._finalizer()
+        self._live.clear()
+        self.reserved = 0
+        self._block = self._offset = 0
+
+
+__all__ = ["BLOCK_BYTES", "PINNED_ALIGN", "PinnedArena", "register_block"]
