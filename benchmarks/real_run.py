@@ -21,6 +21,12 @@ the process tree, final loss. JSON is rewritten after every row.
 ``--row-set ROW:KEY=VALUE`` adds a ``--set`` to one row (``legaltune-<name>`` rows are legaltune
 rows with their own settings); ``--profile ROW`` runs that legaltune row under ``py-spy record``.
 
+``--presets dpo`` times DPO after SFT (``--data`` a pairs file, e.g. ``legaltune data make-preference
+--negatives invented``): ``legaltune train`` with ``training.method: dpo`` against TRL's
+``DPOTrainer`` on PEFT, from the same adapter (``--init-adapter``; made with random B weights on
+the first run when the directory does not exist). The pairs are tokenized by legaltune for both;
+the TRL row gets them back as prompt / chosen / rejected text and tokenizes them itself.
+
 ``--model-dir`` must hold a model and a tokenizer (``train_step.py --save-model DIR``, then the
 embedded model's tokenizer files copied in; ``--tokenizer-from`` does the copy).
 """
@@ -45,6 +51,7 @@ PRESETS = {
     "recommended": "configs/llama31-8b-recommended.yaml",
     "h200": "configs/llama31-8b-h200.yaml",
     "qlora": "configs/llama31-8b-qlora-24gb.yaml",
+    "dpo": "benchmarks/configs/llama31-8b-dpo.yaml",  # --data PAIRS; trl row: TRL's DPOTrainer + PEFT
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 
@@ -96,6 +103,8 @@ def overrides(args: argparse.Namespace, preset: str, row: str = "legaltune") -> 
         sets += [f"data.train_file={args.data}", "data.eval_file=null"]
     if preset in args.max_steps:
         sets.append(f"training.max_steps={args.max_steps[preset]}")
+    if preset == "dpo":
+        sets.append(f"training.init_adapter={args.init_adapter}")
     if preset == "h200":
         # seed 000's 100 warm-up steps exceed a run of the bundled data (4 steps): one step here
         sets += ["training.warmup_steps=1"]
@@ -205,14 +214,16 @@ def summarise(steps: list[dict], start: float) -> dict:
     first, last = steps[0], steps[-1]
     k = min(3, len(steps) - 1)
     base = steps[k - 1] if k >= 1 else None
-    steady = None
+    steady = per_step = None
     if base is not None and last["time"] > base["time"]:
         steady = (last["tokens"] - base["tokens"]) / (last["time"] - base["time"])
+        per_step = (last["time"] - base["time"]) / (last["step"] - base["step"])
     return {
         "steps": len(steps),
         "wall_to_last_step_s": round(last["time"] - start, 1),
         "first_step_s": round(first["time"] - start, 1),
         "steady_tokens_per_s": round(steady, 1) if steady else None,
+        "steady_s_per_step": round(per_step, 3) if per_step else None,
         "tokens": last["tokens"],
         "final_loss": last["loss"],
         "peak_gpu_gib": max((s.get("peak_gib") or 0) for s in steps) or None,
@@ -248,9 +259,10 @@ class _StepClock:
                 if logs and "loss" in logs:
                     import torch
 
+                    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
                     self.steps.append(
                         {"step": state.global_step, "time": time.time(), "tokens": int(counter[0]),
-                         "loss": logs["loss"], "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+                         "loss": logs["loss"], "peak_gib": round(peak, 3)}
                     )  # fmt: skip
 
         return Clock()
@@ -270,11 +282,93 @@ def _count_real_tokens(trainer, counter: list) -> None:
     trainer.training_step = training_step
 
 
+def make_adapter(model_dir: str, cfg, out: str) -> None:
+    """An adapter standing in for an SFT run's: cfg.lora's shape, B drawn small (so the policy and
+    the reference start away from the base, as after SFT)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    lo = cfg.lora
+    device = {"": 0} if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map=device)
+    peft = get_peft_model(
+        model,
+        LoraConfig(
+            r=lo.r, lora_alpha=lo.lora_alpha, target_modules=list(lo.target_modules), task_type="CAUSAL_LM"
+        ),
+    )
+    generator = torch.Generator(model.device).manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.01, generator=generator)
+    peft.save_pretrained(out)
+
+
+def dpo_child(args: argparse.Namespace, cfg) -> int:
+    """TRL's DPOTrainer on PEFT from the same adapter and pairs, with the config's values."""
+    import torch
+    from datasets import Dataset
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from legaltune.data.preference import prepare_pairs
+
+    t, o = cfg.training, cfg.optimization
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.model_name)
+    device = {"": 0} if torch.cuda.is_available() else "cpu"  # CPU: tests/test_real_run_bench.py
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.model.model_name, dtype=torch.bfloat16, attn_implementation="sdpa", device_map=device
+    )
+    model = PeftModel.from_pretrained(model, t.init_adapter, is_trainable=True)
+    pairs = prepare_pairs(cfg, tokenizer).train
+    text = Dataset.from_list(
+        [
+            {side: tokenizer.decode(p[f"{side}_ids"]) for side in ("prompt", "chosen", "rejected")}
+            for p in pairs
+        ]
+    )
+    checkpointing = bool(o.gradient_checkpointing and cfg.lora.use_gradient_checkpointing)
+    config = DPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="real-run-trl-dpo-"),
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps or 0,
+        optim=o.optim,
+        bf16=torch.cuda.is_available(),
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        seed=cfg.effective_seed,
+        beta=cfg.preference.beta,
+        max_length=cfg.model.max_seq_length,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        dataloader_num_workers=cfg.data.dataloader_num_workers,
+    )
+    trainer = DPOTrainer(model=model, args=config, train_dataset=text, processing_class=tokenizer)
+    counter = [0]
+    _count_real_tokens(trainer, counter)
+    clock = _StepClock(counter)
+    trainer.add_callback(clock)
+    trainer.train()
+    Path(args.result).write_text(json.dumps({"pairs": len(pairs), "steps": clock.steps}))
+    return 0
+
+
 def child_main(args: argparse.Namespace) -> int:
     from legaltune.config.load import load_config
 
     cfg = load_config(args.config, overrides=args.set or [])
     row = args.child
+    if cfg.training.method == "dpo":
+        return dpo_child(args, cfg)
     if row == "unsloth":
         import unsloth  # noqa: F401  (first: it patches transformers and TRL as its users do)
     import torch
@@ -390,6 +484,9 @@ def prepare_model_dir(args: argparse.Namespace) -> None:
 def parent_main(args: argparse.Namespace) -> int:
     prepare_model_dir(args)
     Path(args.work).mkdir(parents=True, exist_ok=True)
+    if "dpo" in args.presets and not Path(args.init_adapter, "adapter_config.json").exists():
+        cmd = [sys.executable, __file__, "--make-adapter", args.init_adapter, "--model-dir", args.model_dir]
+        subprocess.run(cmd, check=True, cwd=ROOT)
     out_path = Path(args.out)
     results: list[dict] = []
     deadline = time.time() + args.budget_s
@@ -447,6 +544,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--budget-s", type=float, default=520, help="start no row after this many seconds")
     p.add_argument("--row-timeout", type=float, default=400)
+    p.add_argument(
+        "--init-adapter", help="dpo: the adapter to start from (made if missing; default WORK/adapter)"
+    )
+    p.add_argument("--make-adapter", help=argparse.SUPPRESS)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -455,6 +556,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.rows = [s for s in args.rows.split(",") if s]
     args.profile = [s for s in args.profile.split(",") if s]
     args.max_steps = dict(kv.split("=") for kv in args.max_steps.split(",") if kv)
+    args.init_adapter = args.init_adapter or os.path.join(args.work, "adapter")
     return args
 
 
@@ -462,6 +564,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child_main(args)
+    if args.make_adapter:
+        from legaltune.config.load import load_config
+
+        make_adapter(args.model_dir, load_config(str(ROOT / PRESETS["dpo"])), args.make_adapter)
+        return 0
     if not args.model_dir:
         raise SystemExit("--model-dir is required")
     return parent_main(args)

@@ -6,6 +6,7 @@ tests/gpu/test_gpu_offload.py runs the registered blocks under a real offloaded 
 from __future__ import annotations
 
 import gc
+import os
 import threading
 
 import pytest
@@ -135,3 +136,35 @@ def test_registering_without_cuda_is_an_error_the_offloader_can_catch():
 
     with pytest.raises((RuntimeError, AssertionError)):
         register_block(1 << 20)
+
+
+def _mapped_in(pid_maps: str, address: int) -> bool:
+    for line in pid_maps.splitlines():
+        start, end = (int(x, 16) for x in line.split()[0].split("-"))
+        if start <= address < end:
+            return True
+    return False
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.exists("/proc/self/maps"), reason="Linux fork")
+def test_a_block_is_not_copied_into_forked_children():
+    """Data-loader workers are forked at every epoch: pinned pages would be copied into each of them
+    (the kernel does not share pages pinned for DMA copy-on-write), so the block is left out."""
+    from legaltune.speed.pinned_arena import _fault_in, anonymous_map
+
+    memory = anonymous_map(8 << 20)
+    block = torch.frombuffer(memory, dtype=torch.uint8)
+    _fault_in(block.data_ptr(), block.numel(), 2)
+    address = block.data_ptr()
+    with open("/proc/self/maps") as f:
+        assert _mapped_in(f.read(), address)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: is the block's range mapped here?
+        with open("/proc/self/maps") as f:
+            os.write(write, b"1" if _mapped_in(f.read(), address) else b"0")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.waitpid(pid, 0)
+    assert answer == b"0", "the forked child got a copy of the block"

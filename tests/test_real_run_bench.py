@@ -34,3 +34,17 @@ def test_each_legaltune_row_has_its_own_run_and_peers_share_the_values():
     assert [s for s in first if "run_name" not in s] == [s for s in warm if "run_name" not in s]
     assert "training.max_steps=4" in first and "training.warmup_steps=1" in first
     assert "model.model_name=/m" in peer and "logging.output_dir=/w/runs" in peer
+
+
+def test_dpo_rows_share_the_adapter_and_pairs_and_load_as_a_dpo_config():
+    from legaltune.config.load import load_config
+
+    rr = _module()
+    args = rr.parse_args(["--model-dir", "/m", "--presets", "dpo", "--data", "/p.jsonl", "--work", "/w"])
+    assert args.init_adapter == "/w/adapter"
+    mine, theirs = rr.overrides(args, "dpo", "legaltune"), rr.overrides(args, "dpo", "trl")
+    assert [s for s in mine if "run_name" not in s] == [s for s in theirs if "run_name" not in s]
+    cfg = load_config(str(REPO / rr.PRESETS["dpo"]), overrides=mine)
+    assert cfg.training.method == "dpo" and cfg.training.init_adapter == "/w/adapter"
+    assert cfg.data.train_file == "/p.jsonl" and cfg.data.eval_file is None
+    assert cfg.training.learning_rate == 5e-6 and cfg.preference.sft_weight == 0.0  # 003's RL rate, plain DPO

@@ -103,6 +103,21 @@ def swap_articles(answer: str, swaps: dict[int, int], positions: list[tuple[int,
     return "".join(out)
 
 
+def corpus_citations(
+    verifier: Any, corpus: Any, item: QAItem, *, refuse_hallucinated: bool = False
+) -> list[Any] | str:
+    """The answer's citations that name an existing article of a corpus law (each negative builder
+    edits those), or the reason it has none; ``refuse_hallucinated``: an answer citing something
+    the law lacks has none either (its own mistake would stay in the chosen answer)."""
+    checks = verifier.check(item.answer, item.context)
+    if not checks:
+        return "answer cites no article"
+    if refuse_hallucinated and any(c.hallucinated for c in checks):
+        return "the answer itself cites what the law does not have"
+    usable = [c for c in checks if c.status == "ok" and c.law in corpus.laws]
+    return usable or "no cited article of a law in the corpus"
+
+
 class CorpusNegatives:
     """Rejected answers with each corpus-checked article swapped for another article of its law."""
 
@@ -131,12 +146,9 @@ class CorpusNegatives:
         """(rejected answer, how it was made), or the reason there is none."""
         from legaltune.text.citations import article_mentions
 
-        checks = self.verifier.check(item.answer, item.context)
-        if not checks:
-            return "answer cites no article"
-        usable = [c for c in checks if c.status == "ok" and c.law in self.corpus.laws]
-        if not usable:
-            return "no cited article of a law in the corpus"
+        usable = corpus_citations(self.verifier, self.corpus, item)
+        if isinstance(usable, str):
+            return usable
         question = item.prompt if isinstance(item.prompt, str) else item.context
         swaps: dict[int, int] = {}
         for c in usable:
@@ -173,14 +185,9 @@ class InventedNegatives:
         """(rejected answer, how it was made), or the reason there is none."""
         from legaltune.text.citations import article_mentions
 
-        checks = self.verifier.check(item.answer, item.context)
-        if not checks:
-            return "answer cites no article"
-        if any(c.hallucinated for c in checks):
-            return "the answer itself cites what the law does not have"
-        usable = [c for c in checks if c.status == "ok" and c.law in self.corpus.laws]
-        if not usable:
-            return "no cited article of a law in the corpus"
+        usable = corpus_citations(self.verifier, self.corpus, item, refuse_hallucinated=True)
+        if isinstance(usable, str):
+            return usable
         law = self.corpus.laws[usable[0].law]
         text, mentions = article_mentions(item.answer)
         base = item.answer if len(text) == len(item.answer) else text  # positions index the normalised text
