@@ -83,7 +83,8 @@ class _Offloader:
     all activation memory stays in the compute stream's allocator pool.
 
     The offloader keeps only weak references to what it packed: the autograd graph owns the packed
-    objects, so pinned buffers are freed with the graph, not held until the next step.
+    objects, so their room in the pinned arena (:mod:`legaltune.speed.pinned_arena`) is free again
+    once the graph is, for the next micro-batch to reuse.
 
     Copies are issued per burst, not per tensor: a compiled layer saves all its activations at once
     at the end of its forward, so ``pack`` only queues the tensor and :meth:`flush` (called by the
