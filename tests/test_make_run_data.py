@@ -31,7 +31,9 @@ def test_records_keep_the_bundled_ones_and_long_contexts_are_real_law_text_in_ra
     bundled = mrd._read(mrd.BUNDLED)
     by_id = {r["id"]: r for r in bundled}
     out = tmp_path / "run.jsonl"
-    assert mrd.main(["--records", "300", "--long", "0.2", "--long-tokens", "600-1500", "--out", str(out)]) == 0
+    assert (
+        mrd.main(["--records", "300", "--long", "0.2", "--long-tokens", "600-1500", "--out", str(out)]) == 0
+    )
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(records) == 300 and len({r["id"] for r in records}) == 300
     longs = [r for r in records if r["id"].endswith("-long")]
@@ -39,7 +41,9 @@ def test_records_keep_the_bundled_ones_and_long_contexts_are_real_law_text_in_ra
     corpus = build_corpus()
     for r in records:
         source = by_id[r["id"].rsplit("-x", 1)[0]]
-        assert r["question" if "question" in r else "messages"] == source.get("question", source.get("messages"))
+        assert r["question" if "question" in r else "messages"] == source.get(
+            "question", source.get("messages")
+        )
         if r in longs:
             assert 0 < _count(r["context"]) <= 1500
             cited = next(iter(record_citations(r)), None)
