@@ -175,9 +175,12 @@ def test_dir_without_config_is_refused(tmp_path):
         load.resolve_model_path(str(tmp_path))
 
 
-def test_missing_path_and_hub_id(tmp_path):
+def test_missing_path_and_hub_id(tmp_path, monkeypatch):
+    from legaltune.model import hub
+
     with pytest.raises(ModelNameError, match="no such"):
         load.resolve_model_path(str(tmp_path / "nope"))
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)  # a hub id is then from_pretrained's to fetch
     assert load.resolve_model_path("unsloth/Llama-3.1-8B-Instruct") == "unsloth/Llama-3.1-8B-Instruct"
 
 

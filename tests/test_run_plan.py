@@ -100,3 +100,25 @@ def test_plan_from_data_prints_what_train_will_plan(capsys):
     rows, tokens = run["micro_batch"]
     assert run["padding_free"] and rows == 1 and 10_000 < tokens < 32 * 8192
     assert out["memory"]["tokens_per_micro_batch"] == tokens
+
+
+def test_plain_plan_says_it_planned_the_worst_case_and_points_to_from_data(capsys):
+    """Without --from-data the plan is for batch × max_seq_length: it says so, so that a user does not
+    read its checkpointing choice as the one train will make."""
+    import json
+
+    from legaltune.cli import main
+
+    main(
+        [
+            "plan",
+            "configs/llama31-8b-h200.yaml",
+            "--gpu-memory",
+            "141GiB",
+            "--host-memory",
+            "120GiB",
+            "--json",
+        ]
+    )
+    notes = json.loads(capsys.readouterr().out)["memory"]["notes"]
+    assert any("262,144 tokens" in n and "--from-data" in n for n in notes), notes

@@ -82,6 +82,16 @@ def resolve_model_path(model_name: str, trust_remote_code: bool = False) -> str:
         return str(target)
     if not looks_like_hub_id(model_name):
         raise ModelNameError(f"{model_name}: no such model directory")
+    from legaltune.model.hub import cached_snapshot, hub_reachable
+
+    if not hub_reachable():
+        snapshot = cached_snapshot(model_name)
+        if snapshot is None:
+            raise hub_error(
+                model_name,
+                ConnectionError("the Hub is unreachable from this machine and the id is not cached"),
+            )
+        return snapshot
     return model_name
 
 
