@@ -402,7 +402,8 @@ def child_main(args: argparse.Namespace) -> int:
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.model_name)
-        kwargs = {"dtype": torch.bfloat16, "attn_implementation": "sdpa", "device_map": {"": 0}}
+        device = {"": 0} if torch.cuda.is_available() else "cpu"  # CPU: a smoke run of the row
+        kwargs = {"dtype": torch.bfloat16, "attn_implementation": "sdpa", "device_map": device}
         if q.load_in_4bit:
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
@@ -427,7 +428,7 @@ def child_main(args: argparse.Namespace) -> int:
         "lr_scheduler_type": t.lr_scheduler_type,
         "weight_decay": t.weight_decay,
         "optim": cfg.optimization.optim,
-        "bf16": True,
+        "bf16": torch.cuda.is_available(),
         "logging_steps": 1,
         "save_strategy": "no",
         "eval_strategy": "no",
