@@ -86,10 +86,13 @@ def _show(corpus: Corpus, args: Any, console: Console) -> int:
 
 
 def _article_search(corpus: Corpus, args: Any) -> Any:
-    from legaltune.corpus.search import TITLE_WEIGHT, ArticleSearch
+    from legaltune.corpus.search import EXPANSION_WEIGHT, TITLE_WEIGHT, ArticleSearch
 
     weight = TITLE_WEIGHT if args.title_weight is None else args.title_weight
-    return ArticleSearch(corpus, title_weight=weight, detect_law=not args.no_detect_law)
+    expansion = EXPANSION_WEIGHT if args.expansion_weight is None else args.expansion_weight
+    return ArticleSearch(
+        corpus, title_weight=weight, detect_law=not args.no_detect_law, expansion_weight=expansion
+    )
 
 
 def _search(corpus: Corpus, args: Any, console: Console) -> int:
@@ -105,6 +108,9 @@ def _search(corpus: Corpus, args: Any, console: Console) -> int:
         console.print(
             f"[dim]searched within {escape(corpus.laws[scoped].label)}, the law the question names[/dim]"
         )
+    added = [t for t in search.expand(args.query) if "_" not in t]
+    if added:
+        console.print(f"[dim]expanded with the thesaurus: {escape(' '.join(added))}[/dim]")
     if not hits:
         console.print("no article shares a term with the query")
     for h in hits:

@@ -66,6 +66,11 @@ def _add_search_options(a: argparse.ArgumentParser) -> None:
         help="weight of the article-title field beside title + text (default: 0.5, docs/corpus.md; 0: off)",
     )
     a.add_argument(
+        "--expansion-weight",
+        type=float,
+        help="weight of the thesaurus expansion (colloquial -> statutory terms; default: 0.8, docs/corpus.md; 0: off)",
+    )
+    a.add_argument(
         "--no-detect-law",
         action="store_true",
         help="search the whole corpus even when the question names one of its laws",

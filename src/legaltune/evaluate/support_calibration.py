@@ -62,8 +62,8 @@ def _final_answer(rec: dict[str, Any], article: int) -> str | None:
 def calibrate(files: list[str], corpus: Corpus, *, seed: int = 0) -> Calibration:
     verifier = Verifier(corpus)
     # the hard negative is the nearest article by plain BM25 over title + text, the definition the
-    # threshold of docs/corpus.md was calibrated with; retrieval's title field would change it
-    search = ArticleSearch(corpus, title_weight=0, detect_law=False)
+    # threshold of docs/corpus.md was calibrated with; retrieval's title field and thesaurus would change it
+    search = ArticleSearch(corpus, title_weight=0, detect_law=False, expansion_weight=0)
     rng = random.Random(seed)
     pos, neg_random, neg_hard, not_cited = [], [], [], []
     records = 0
