@@ -83,6 +83,7 @@ def test_a_forward_s_blocks_are_reused_by_the_next_forward_of_any_size():
     # made during the first forward that long and reused afterwards
     assert arena.blocks == len(made) == 6
     assert arena.reserved == 6 * 64 * KIB
+    assert arena.peak_live_bytes == 6 * pinned_bytes(900 * 64) and arena.live_bytes == 0
 
 
 def test_a_block_with_a_live_tensor_is_never_handed_out_again():

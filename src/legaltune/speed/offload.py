@@ -408,13 +408,15 @@ def recompute_stats(model: nn.Module) -> RecomputeStats | None:
     return next((layer.__dict__[_STATS] for layer in find_decoder_layers(model) if _is_wrapped(layer)), None)
 
 
-def pinned_arena_stats(model: nn.Module) -> tuple[int, float] | None:
-    """(bytes registered, seconds spent faulting in and registering them) of this model's pinned
-    arena; None before its first offloaded copy, or without offloading."""
+def pinned_arena_stats(model: nn.Module) -> tuple[int, int, float] | None:
+    """(bytes registered, the most bytes one forward kept there at once, seconds spent faulting in
+    and registering) of this model's pinned arena; None before its first offloaded copy, or
+    without offloading."""
     for layer in find_decoder_layers(model):
         offloader = layer.__dict__.get(_OFFLOADER) if _is_wrapped(layer) else None
         if offloader is not None and offloader.arena is not None:
-            return offloader.arena.reserved, offloader.arena.register_seconds
+            arena = offloader.arena
+            return arena.reserved, arena.peak_live_bytes, arena.register_seconds
     return None
 
 

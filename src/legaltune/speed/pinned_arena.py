@@ -139,6 +139,8 @@ class PinnedArena:
         self._block = 0  # the block the next tensor goes into
         self._offset = 0  # where in it
         self.reserved = 0  # bytes registered, all blocks
+        self.live_bytes = 0  # bytes of the tensors alive now (page-rounded)
+        self.peak_live_bytes = 0  # the most alive at once: what one forward parked; reserved - this = unused tails
         self.register_seconds = 0.0  # time spent faulting in and registering blocks
         self._finalizer = weakref.finalize(self, _release, self._blocks)
 
@@ -153,10 +155,12 @@ class PinnedArena:
         with self._lock:
             index = self._place(need)
             self._live[index] += 1
+            self.live_bytes += need
+            self.peak_live_bytes = max(self.peak_live_bytes, self.live_bytes)
             flat = self._blocks[index].tensor[self._offset : self._offset + nbytes]
             self._offset += need
         view = flat.view(like.dtype).as_strided(like.shape, like.stride())
-        weakref.finalize(view, self._freed, index)
+        weakref.finalize(view, self._freed, index, need)
         return view
 
     def _place(self, need: int) -> int:
@@ -182,9 +186,10 @@ class PinnedArena:
         logger.debug("pinned arena: block %d, %.2f GiB", len(self._blocks), size / (1 << 30))
         return self._block
 
-    def _freed(self, index: int) -> None:
+    def _freed(self, index: int, nbytes: int) -> None:
         with self._lock:
             self._live[index] -= 1
+            self.live_bytes -= nbytes
 
     def release(self) -> None:
         """Unregister and free every block now (otherwise when the arena is garbage-collected)."""

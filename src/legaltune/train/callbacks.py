@@ -28,7 +28,7 @@ def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _pinned_arena(trainer: Any) -> tuple[int, float] | None:
+def _pinned_arena(trainer: Any) -> tuple[int, int, float] | None:
     model = getattr(trainer, "model", None)
     if model is None:
         return None
@@ -139,7 +139,9 @@ class MetricsCallback(TrainerCallback):
         row["peak_memory_gib"] = round(peak() if peak is not None else peak_memory_gib(), 3)
         arena = _pinned_arena(trainer)
         if arena is not None:  # the offloader's page-locked host memory (what the host must hold)
-            row["pinned_host_gib"], row["pinned_register_s"] = round(arena[0] / 2**30, 3), round(arena[1], 2)
+            row["pinned_host_gib"] = round(arena[0] / 2**30, 3)
+            row["pinned_used_peak_gib"] = round(arena[1] / 2**30, 3)  # the rest: blocks' unused tails
+            row["pinned_register_s"] = round(arena[2], 2)
         row["elapsed_s"] = round(self.elapsed_offset + now - self._t0, 2)
         row["time"] = round(time.time(), 3)  # wall clock, to line runs up with other logs
         with (
