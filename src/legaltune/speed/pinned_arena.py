@@ -140,7 +140,9 @@ class PinnedArena:
         self._offset = 0  # where in it
         self.reserved = 0  # bytes registered, all blocks
         self.live_bytes = 0  # bytes of the tensors alive now (page-rounded)
-        self.peak_live_bytes = 0  # the most alive at once: what one forward parked; reserved - this = unused tails
+        self.peak_live_bytes = (
+            0  # the most alive at once: what one forward parked; reserved - this = unused tails
+        )
         self.register_seconds = 0.0  # time spent faulting in and registering blocks
         self._finalizer = weakref.finalize(self, _release, self._blocks)
 
