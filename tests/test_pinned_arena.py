@@ -169,3 +169,12 @@ def test_a_block_is_not_copied_into_forked_children():
     answer = os.read(read, 1)
     os.waitpid(pid, 0)
     assert answer == b"0", "the forked child got a copy of the block"
+
+
+def test_smaller_tensors_fill_the_tails_larger_ones_left():
+    """A layer's small tensors (k, v, the LSE) go into an earlier block's tail instead of a new block."""
+    arena, made = _arena(block_kib=64)
+    views = [arena.take(torch.empty(n * KIB, dtype=torch.uint8)) for n in (40, 40, 20, 20)]
+    _assert_disjoint(views)
+    assert arena.blocks == 2  # 40 | 40, then 20 into the first block's 24 KiB tail, 20 into the second's
+    assert views[2].data_ptr() == made[0].tensor.data_ptr() + 40 * KIB

@@ -8,8 +8,8 @@ larger blocks than the cached ones, so allocation continues past the first micro
 
 Here the memory is anonymous ``mmap`` pages, faulted in from several threads and then locked with
 one ``cudaHostRegister`` per block (``benchmarks/pinned_alloc.py`` measures both ways). Tensors are
-placed one after another (page-aligned, no other rounding) and a block is reused once every tensor
-in it is freed (a forward's are, by its backward). So the blocks grow to one forward's peak once
+placed one after another in the first block with room (page-aligned, no other rounding) and a block
+is reused once every tensor in it is freed (a forward's are, by its backward). So the blocks grow to one forward's peak once
 and are then reused, however the batch sizes vary.
 """
 
@@ -119,11 +119,11 @@ class PinnedArena:
     """Page-locked host memory handed out in order, each block reused once all it holds is freed.
 
     :meth:`take` returns a CPU tensor shaped and strided like the given one, inside a registered
-    block. The blocks form a ring: tensors are placed one after another in the current block; when
-    one does not fit, it goes to the start of the next block that holds no live tensor (a forward's
-    tensors are all freed by its backward, so the next forward finds every block free), and only
-    when there is none is a new block registered. ``allocate`` makes a block (tests pass one that
-    needs no GPU).
+    block. Each block hands out its memory in order (a bump pointer); a tensor goes into the first
+    block with room left at its end (so the smaller tensors of a layer fill the tails the larger ones
+    left), and a block whose tensors have all been freed starts over (a forward's tensors are all
+    freed by its backward, so the next forward finds every block free). Only when no block has room
+    is a new one registered. ``allocate`` makes a block (tests pass one that needs no GPU).
     """
 
     def __init__(
@@ -136,8 +136,7 @@ class PinnedArena:
         # autograd frees saved tensors on its own threads; reentrant: a garbage collection inside take()
         # may free a view, whose finalizer takes the lock again on the same thread
         self._lock = threading.RLock()
-        self._block = 0  # the block the next tensor goes into
-        self._offset = 0  # where in it
+        self._offsets: list[int] = []  # where each block's next tensor goes
         self.reserved = 0  # bytes registered, all blocks
         self.live_bytes = 0  # bytes of the tensors alive now (page-rounded)
         self.peak_live_bytes = (
@@ -156,37 +155,32 @@ class PinnedArena:
         need = pinned_bytes(nbytes)
         with self._lock:
             index = self._place(need)
+            offset = self._offsets[index]
+            self._offsets[index] += need
             self._live[index] += 1
             self.live_bytes += need
             self.peak_live_bytes = max(self.peak_live_bytes, self.live_bytes)
-            flat = self._blocks[index].tensor[self._offset : self._offset + nbytes]
-            self._offset += need
+            flat = self._blocks[index].tensor[offset : offset + nbytes]
         view = flat.view(like.dtype).as_strided(like.shape, like.stride())
         weakref.finalize(view, self._freed, index, need)
         return view
 
     def _place(self, need: int) -> int:
-        """The block the next ``need`` bytes go into, with ``_offset`` where (lock held)."""
-        if self._blocks:
-            if self._live[self._block] == 0:  # all it held is freed: start it over
-                self._offset = 0
-            if self._offset + need <= self._blocks[self._block].tensor.numel():
-                return self._block
-            count = len(self._blocks)
-            for step in range(1, count + 1):
-                index = (self._block + step) % count
-                if self._live[index] == 0 and need <= self._blocks[index].tensor.numel():
-                    self._block, self._offset = index, 0
-                    return index
+        """The first block with ``need`` bytes left at its end, registering one if none has (lock held)."""
+        for index, block in enumerate(self._blocks):
+            if self._live[index] == 0:  # all it held is freed: start it over
+                self._offsets[index] = 0
+            if self._offsets[index] + need <= block.tensor.numel():
+                return index
         size = max(need, self.block_bytes)
         start = time.perf_counter()
         self._blocks.append(self._allocate(size))
         self.register_seconds += time.perf_counter() - start
         self._live.append(0)
+        self._offsets.append(0)
         self.reserved += size
-        self._block, self._offset = len(self._blocks) - 1, 0
         logger.debug("pinned arena: block %d, %.2f GiB", len(self._blocks), size / (1 << 30))
-        return self._block
+        return len(self._blocks) - 1
 
     def _freed(self, index: int, nbytes: int) -> None:
         with self._lock:
@@ -197,8 +191,8 @@ class PinnedArena:
         """Unregister and free every block now (otherwise when the arena is garbage-collected)."""
         self._finalizer()
         self._live.clear()
+        self._offsets.clear()
         self.reserved = 0
-        self._block = self._offset = 0
 
 
 __all__ = ["BLOCK_BYTES", "PINNED_ALIGN", "PinnedArena", "anonymous_map", "register_block"]
