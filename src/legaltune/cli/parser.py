@@ -68,7 +68,7 @@ def _add_search_options(a: argparse.ArgumentParser) -> None:
     a.add_argument(
         "--expansion-weight",
         type=float,
-        help="weight of the thesaurus expansion (colloquial -> statutory terms; default: 0.8, docs/corpus.md; 0: off)",
+        help="weight of the thesaurus expansion, colloquial -> statutory terms (default: 0.8, docs/corpus.md; 0: off)",
     )
     a.add_argument(
         "--no-detect-law",
