@@ -124,11 +124,18 @@ def test_tensors_freed_on_another_thread_free_their_block():
     _assert_disjoint(again)
 
 
-def test_release_closes_every_block():
+def test_release_closes_every_block_and_the_arena_can_start_again():
     arena, made = _arena()
-    arena.take(torch.empty(KIB, dtype=torch.uint8))
+    old = arena.take(torch.empty(KIB, dtype=torch.uint8))
     arena.release()
     assert all(block.closed for block in made) and arena.reserved == 0
+    new = arena.take(torch.empty(KIB, dtype=torch.uint8))
+    del old  # a view of a released block: must not free room in the new one
+    gc.collect()
+    assert arena.blocks == 1 and arena._live == [1] and arena.live_bytes == PINNED_ALIGN
+    del new
+    gc.collect()
+    assert arena._live == [0]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")

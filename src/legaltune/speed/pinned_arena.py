@@ -8,9 +8,9 @@ larger blocks than the cached ones, so allocation continues past the first micro
 
 Here the memory is anonymous ``mmap`` pages, faulted in from several threads and then locked with
 one ``cudaHostRegister`` per block (``benchmarks/pinned_alloc.py`` measures both ways). Tensors are
-placed one after another in the first block with room (page-aligned, no other rounding) and a block
-is reused once every tensor in it is freed (a forward's are, by its backward). So the blocks grow to one forward's peak once
-and are then reused, however the batch sizes vary.
+placed one after another in the first block with room (page-aligned, no other rounding), and a
+block is reused once every tensor in it is freed (a forward's are, by its backward). So the blocks
+grow to one forward's peak once and are then reused, however the batch sizes vary.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from legaltune.speed.policy import PINNED_ALIGN, pinned_bytes
 
 logger = logging.getLogger(__name__)
 
-# A block is at least this large: fewer registrations, and tensors rarely straddle a block's end
-# (the tail a tensor does not fit in stays unused until the next forward starts over).
+# A block is at least this large: few registrations, and a tail too short for the next large tensor
+# is left for the smaller ones after it.
 BLOCK_BYTES = 2 << 30
 _MAX_TOUCH_THREADS = 16
 
@@ -139,9 +139,9 @@ class PinnedArena:
         self._offsets: list[int] = []  # where each block's next tensor goes
         self.reserved = 0  # bytes registered, all blocks
         self.live_bytes = 0  # bytes of the tensors alive now (page-rounded)
-        self.peak_live_bytes = (
-            0  # the most alive at once: what one forward parked; reserved - this = unused tails
-        )
+        # the most alive at once, what one forward parked (reserved minus this: the unused tails)
+        self.peak_live_bytes = 0
+        self._generation = 0  # blocks made since the last release (a view of older ones frees nothing)
         self.register_seconds = 0.0  # time spent faulting in and registering blocks
         self._finalizer = weakref.finalize(self, _release, self._blocks)
 
@@ -162,7 +162,7 @@ class PinnedArena:
             self.peak_live_bytes = max(self.peak_live_bytes, self.live_bytes)
             flat = self._blocks[index].tensor[offset : offset + nbytes]
         view = flat.view(like.dtype).as_strided(like.shape, like.stride())
-        weakref.finalize(view, self._freed, index, need)
+        weakref.finalize(view, self._freed, self._generation, index, need)
         return view
 
     def _place(self, need: int) -> int:
@@ -182,17 +182,21 @@ class PinnedArena:
         logger.debug("pinned arena: block %d, %.2f GiB", len(self._blocks), size / (1 << 30))
         return len(self._blocks) - 1
 
-    def _freed(self, index: int, nbytes: int) -> None:
+    def _freed(self, generation: int, index: int, nbytes: int) -> None:
         with self._lock:
-            self._live[index] -= 1
-            self.live_bytes -= nbytes
+            if generation == self._generation:
+                self._live[index] -= 1
+                self.live_bytes -= nbytes
 
     def release(self) -> None:
         """Unregister and free every block now (otherwise when the arena is garbage-collected)."""
-        self._finalizer()
-        self._live.clear()
-        self._offsets.clear()
-        self.reserved = 0
+        with self._lock:
+            self._finalizer()
+            self._live.clear()
+            self._offsets.clear()
+            self.reserved = self.live_bytes = 0
+            self._generation += 1
+            self._finalizer = weakref.finalize(self, _release, self._blocks)  # for blocks made after
 
 
 __all__ = ["BLOCK_BYTES", "PINNED_ALIGN", "PinnedArena", "anonymous_map", "register_block"]
