@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 
@@ -110,3 +115,18 @@ def loss_curve(model, batches: list, lr: float = 2e-3) -> list[float]:
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
     return losses
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(script: str, name: str | None = None) -> ModuleType:
+    """Import ``benchmarks/<script>`` as a module (the scripts are not part of the package), under
+    ``name`` (default: the script's stem) in ``sys.modules``: dataclasses resolve string annotations
+    through it."""
+    spec = importlib.util.spec_from_file_location(name or Path(script).stem, BENCHMARKS / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

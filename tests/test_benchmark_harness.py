@@ -6,7 +6,6 @@ processes, results come back as JSON with tokens/s and legaltune's plan estimate
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -18,19 +17,16 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import load_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "train_step.py"
 ROWS = ("hf", "legaltune-offload", "legaltune-nockpt")
 
 
 def load_harness() -> ModuleType:
-    """Import the script as a module (it is not part of the package); its top level is stdlib only."""
-    spec = importlib.util.spec_from_file_location("train_step_harness", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    """Import the script as a module; its top level is stdlib only."""
+    return load_benchmark(SCRIPT.name, "train_step_harness")
 
 
 @pytest.fixture(scope="module")
@@ -225,10 +221,7 @@ def test_profile_summary_counts_busy_time_once_and_sorts_kernels_by_kind(harness
 def test_gap_report_splits_cpu_late_from_queued(tmp_path):
     """A synthetic trace: one gap where the CPU launched late (inside a slow Python function), one
     where the kernel was queued in time but waited for a host-to-device copy on another stream."""
-    spec = importlib.util.spec_from_file_location("bench_gaps", REPO / "benchmarks" / "bench_gaps.py")
-    assert spec is not None and spec.loader is not None
-    gaps = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gaps)
+    gaps = load_benchmark("bench_gaps.py")
 
     events = []
 

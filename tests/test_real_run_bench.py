@@ -4,20 +4,15 @@ directory (which `legaltune train` refuses to write into twice)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
+
+from tests.conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("real_run_bench", REPO / "benchmarks" / "real_run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("real_run.py", "real_run_bench")
 
 
 def _run_name(sets: list[str]) -> str:

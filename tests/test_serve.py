@@ -7,7 +7,6 @@ One server for the module: the embedded SmolLM2 with a small random adapter, bat
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import threading
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import REPO, http, make_embedded_run, running
+from tests.conftest import load_benchmark
+from tests.servers import http, make_embedded_run, running
 
 openai = pytest.importorskip("openai", reason="the openai client is a test dependency (pip install openai)")
 
@@ -297,10 +297,7 @@ def test_full_queue_answers_429_at_once_and_recovers(server, client, run):
 
 
 def load_module():
-    spec = importlib.util.spec_from_file_location("serve_load", REPO / "benchmarks" / "serve_load.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("serve_load.py")
 
 
 def test_bounded_load_every_request_answered(server, run):
