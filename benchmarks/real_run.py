@@ -73,9 +73,10 @@ def _rss_tree(pid: int) -> int:
     return total
 
 
-def _mem_available() -> int:
-    with open("/proc/meminfo", encoding="ascii") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+def _mem_available() -> float:
+    from legaltune.speed.policy import host_memory_available  # torch-free
+
+    return host_memory_available() or float("nan")  # not Linux: nan, reported as None
 
 
 def _watch(proc: subprocess.Popen, peak: list[int], stop: threading.Event) -> None:
@@ -164,7 +165,7 @@ def run_row(args: argparse.Namespace, preset: str, row: str) -> dict:
         "process_s": round(time.time() - start, 1),
         "recompiles": text.count("Recompiling function"),
         "peak_host_rss_gib": round(peak[0] / 2**30, 2),
-        "min_host_available_gib": round(peak[1] / 2**30, 2),
+        "min_host_available_gib": round(peak[1] / 2**30, 2) if peak[1] == peak[1] else None,
         "log_tail": text[-1500:] if rc != 0 else "",
     }
     if row.startswith("legaltune"):
@@ -282,6 +283,56 @@ def _count_real_tokens(trainer, counter: list) -> None:
     trainer.training_step = training_step
 
 
+def _device_map():  # noqa: ANN202
+    import torch
+
+    return {"": 0} if torch.cuda.is_available() else "cpu"  # CPU: a smoke run of a row
+
+
+def _trainer_args(cfg, row: str, config_cls) -> dict:  # noqa: ANN001
+    """The trainer arguments every child row takes from the config (as `legaltune train` does)."""
+    import torch
+
+    t = cfg.training
+    out = {
+        "output_dir": tempfile.mkdtemp(prefix=f"real-run-{row}-"),
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "num_train_epochs": t.num_train_epochs,
+        "max_steps": t.max_steps,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler_type,
+        "weight_decay": t.weight_decay,
+        "optim": cfg.optimization.optim,
+        "bf16": torch.cuda.is_available(),
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "seed": cfg.effective_seed,
+        "max_length": cfg.model.max_seq_length,
+        "dataloader_num_workers": cfg.data.dataloader_num_workers,
+        "dataloader_pin_memory": cfg.data.dataloader_pin_memory,
+    }
+    if t.warmup_ratio is not None:
+        # transformers ≥ 5.18 reads a fraction in warmup_steps; older 5.x has warmup_ratio
+        has_ratio = "warmup_ratio" in {f.name for f in dataclasses.fields(config_cls)}
+        out["warmup_ratio" if has_ratio else "warmup_steps"] = t.warmup_ratio
+    else:
+        out["warmup_steps"] = t.warmup_steps or 0
+    return out
+
+
+def _trl_checkpointing(cfg) -> dict:  # noqa: ANN001
+    """TRL's own (transformers') recompute, when the config checkpoints."""
+    on = bool(cfg.optimization.gradient_checkpointing and cfg.lora.use_gradient_checkpointing)
+    return (
+        {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+        if on
+        else {"gradient_checkpointing": False}
+    )
+
+
 def make_adapter(model_dir: str, cfg, out: str) -> None:
     """An adapter standing in for an SFT run's: cfg.lora's shape, B drawn small (so the policy and
     the reference start away from the base, as after SFT)."""
@@ -290,8 +341,7 @@ def make_adapter(model_dir: str, cfg, out: str) -> None:
     from transformers import AutoModelForCausalLM
 
     lo = cfg.lora
-    device = {"": 0} if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map=device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map=_device_map())
     peft = get_peft_model(
         model,
         LoraConfig(
@@ -316,13 +366,11 @@ def dpo_child(args: argparse.Namespace, cfg) -> int:
 
     from legaltune.data.preference import prepare_pairs
 
-    t, o = cfg.training, cfg.optimization
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.model_name)
-    device = {"": 0} if torch.cuda.is_available() else "cpu"  # CPU: tests/test_real_run_bench.py
     model = AutoModelForCausalLM.from_pretrained(
-        cfg.model.model_name, dtype=torch.bfloat16, attn_implementation="sdpa", device_map=device
+        cfg.model.model_name, dtype=torch.bfloat16, attn_implementation="sdpa", device_map=_device_map()
     )
-    model = PeftModel.from_pretrained(model, t.init_adapter, is_trainable=True)
+    model = PeftModel.from_pretrained(model, cfg.training.init_adapter, is_trainable=True)
     pairs = prepare_pairs(cfg, tokenizer).train
     text = Dataset.from_list(
         [
@@ -330,27 +378,8 @@ def dpo_child(args: argparse.Namespace, cfg) -> int:
             for p in pairs
         ]
     )
-    checkpointing = bool(o.gradient_checkpointing and cfg.lora.use_gradient_checkpointing)
     config = DPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="real-run-trl-dpo-"),
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        max_steps=t.max_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_steps or 0,
-        optim=o.optim,
-        bf16=torch.cuda.is_available(),
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        seed=cfg.effective_seed,
-        beta=cfg.preference.beta,
-        max_length=cfg.model.max_seq_length,
-        gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-        dataloader_num_workers=cfg.data.dataloader_num_workers,
+        **_trainer_args(cfg, "trl-dpo", DPOConfig), **_trl_checkpointing(cfg), beta=cfg.preference.beta
     )
     trainer = DPOTrainer(model=model, args=config, train_dataset=text, processing_class=tokenizer)
     counter = [0]
@@ -375,7 +404,7 @@ def child_main(args: argparse.Namespace) -> int:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    lo, t, q = cfg.lora, cfg.training, cfg.quantization
+    lo, q = cfg.lora, cfg.quantization
     if row == "unsloth":
         from unsloth import FastLanguageModel
 
@@ -402,8 +431,7 @@ def child_main(args: argparse.Namespace) -> int:
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.model_name)
-        device = {"": 0} if torch.cuda.is_available() else "cpu"  # CPU: a smoke run of the row
-        kwargs = {"dtype": torch.bfloat16, "attn_implementation": "sdpa", "device_map": device}
+        kwargs = {"dtype": torch.bfloat16, "attn_implementation": "sdpa", "device_map": _device_map()}
         if q.load_in_4bit:
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
@@ -418,39 +446,9 @@ def child_main(args: argparse.Namespace) -> int:
             ),
         )  # fmt: skip
     texts = _texts(cfg, tokenizer)
-    sft = {
-        "output_dir": tempfile.mkdtemp(prefix=f"real-run-{row}-"),
-        "per_device_train_batch_size": t.per_device_train_batch_size,
-        "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "num_train_epochs": t.num_train_epochs,
-        "max_steps": t.max_steps,
-        "learning_rate": t.learning_rate,
-        "lr_scheduler_type": t.lr_scheduler_type,
-        "weight_decay": t.weight_decay,
-        "optim": cfg.optimization.optim,
-        "bf16": torch.cuda.is_available(),
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "eval_strategy": "no",
-        "report_to": "none",
-        "seed": cfg.effective_seed,
-        "dataset_text_field": "text",
-        "max_length": cfg.model.max_seq_length,
-        "packing": cfg.data.packing,
-        "dataloader_num_workers": cfg.data.dataloader_num_workers,
-        "dataloader_pin_memory": cfg.data.dataloader_pin_memory,
-    }
-    if t.warmup_ratio is not None:
-        # transformers ≥ 5.18 reads a fraction in warmup_steps; older 5.x has warmup_ratio
-        has_ratio = "warmup_ratio" in {f.name for f in dataclasses.fields(SFTConfig)}
-        sft["warmup_ratio" if has_ratio else "warmup_steps"] = t.warmup_ratio
-    else:
-        sft["warmup_steps"] = t.warmup_steps or 0
-    if row == "trl" and cfg.optimization.gradient_checkpointing and lo.use_gradient_checkpointing:
-        sft["gradient_checkpointing"] = True
-        sft["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
-    elif row == "trl":
-        sft["gradient_checkpointing"] = False
+    sft = {**_trainer_args(cfg, row, SFTConfig), "dataset_text_field": "text", "packing": cfg.data.packing}
+    if row == "trl":
+        sft.update(_trl_checkpointing(cfg))
     trainer = SFTTrainer(
         model=model,
         processing_class=tokenizer,
