@@ -3,8 +3,9 @@
 The bundled train split (334 records) makes seed 000's run 4 optimizer steps, seconds of steady
 training. This writes ``--records`` legal QA records (default 3,000) drawn from it with a seed:
 most keep their own context (so their lengths follow the bundled spread), and ``--long`` of them
-(default 15 %; ids ending ``-long``) get a context of real law text from the corpus — the cited article first (when the
-corpus has it), then the articles BM25 ranks nearest to the question — grown to a token count drawn
+(default 15 %; ids ending ``-long``) get a context of real law text from the corpus — the cited
+article first (when the corpus has it), then the articles BM25 ranks nearest to the question —
+grown to a token count drawn
 uniformly from ``--long-tokens`` (default 2,000–8,000, counted with ``--tokenizer``'s tokenizer, the
 one the run trains with). Questions and answers repeat: the set is for timing shapes and lengths,
 not for quality.
@@ -29,19 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "data" / "vi_legal_qa" / "train.jsonl"
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def long_context(question: str, cited: tuple[str, str] | None, target: int, search: Any, count: Any) -> str:
     """Real law text for ``question`` of about ``target`` tokens: the cited article first, then
     the nearest articles, whole, until the target is reached (the last one cut at a line break)."""
     from legaltune.data.context import article_context
 
     corpus = search.corpus
-    articles = []
-    if cited is not None and corpus.article(*cited) is not None:
-        articles.append(corpus.article(*cited))
+    first = corpus.article(*cited) if cited is not None else None
+    articles = [first] if first is not None else []
     seen = {(a.law, a.number) for a in articles}
     articles += [
         h.article for h in search.search(question, 40) if (h.article.law, h.article.number) not in seen
@@ -122,8 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         def count(text: str) -> int:
             return len(text) // 3
 
+    from legaltune.records.read import read_records
+
     records = make_records(
-        _read(Path(a.source)), a.records, long_share=a.long, long_tokens=(low, high), count=count, seed=a.seed
+        [rec for _, rec in read_records(a.source)],
+        a.records,
+        long_share=a.long,
+        long_tokens=(low, high),
+        count=count,
+        seed=a.seed,
     )
     Path(a.out).write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"

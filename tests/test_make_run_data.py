@@ -23,7 +23,9 @@ def test_records_keep_the_bundled_ones_and_long_contexts_are_real_law_text_in_ra
     from legaltune.data.context import record_citations
 
     mrd = _module()
-    bundled = mrd._read(mrd.BUNDLED)
+    from legaltune.records.read import read_records
+
+    bundled = [rec for _, rec in read_records(mrd.BUNDLED)]
     by_id = {r["id"]: r for r in bundled}
     out = tmp_path / "run.jsonl"
     assert (
