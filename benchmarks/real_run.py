@@ -101,7 +101,9 @@ def overrides(args: argparse.Namespace, preset: str, row: str = "legaltune") -> 
         f"logging.run_name={preset}-{row if row.startswith('legaltune') else 'legaltune'}",
     ]
     if args.data:
-        sets += [f"data.train_file={args.data}", "data.eval_file=null"]
+        # make_run_data.py repeats the bundled questions: a user's few thousand records are distinct,
+        # so legaltune keeps every record as the peers' trainers (which never deduplicate) do
+        sets += [f"data.train_file={args.data}", "data.eval_file=null", "data.dedup=false"]
     if preset in args.max_steps:
         sets.append(f"training.max_steps={args.max_steps[preset]}")
     if preset == "dpo":
@@ -183,9 +185,13 @@ def run_row(args: argparse.Namespace, preset: str, row: str) -> dict:
 
 def _legaltune_steps(run_dir: Path) -> tuple[list[dict], dict]:
     steps: list[dict] = []
+    pinned: dict = {}
     try:
         for line in (run_dir / "metrics.jsonl").read_text().splitlines():
             row = json.loads(line)
+            for key in ("pinned_host_gib", "pinned_used_peak_gib", "pinned_register_s"):
+                if key in row:
+                    pinned[key] = max(pinned.get(key, 0.0), row[key])
             if "loss" in row and "time" in row:
                 steps.append(
                     {"step": row["step"], "time": row["time"], "tokens": row["tokens"], "loss": row["loss"],
@@ -193,7 +199,7 @@ def _legaltune_steps(run_dir: Path) -> tuple[list[dict], dict]:
                 )  # fmt: skip
     except OSError:
         return [], {}
-    extra: dict = {}
+    extra: dict = dict(pinned)  # the offloader's arena: reserved, most in use at once, time to make it
     try:
         summary = json.loads((run_dir / "train_summary.json").read_text())
         extra["plan"] = summary.get("plan")

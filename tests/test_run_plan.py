@@ -33,14 +33,49 @@ def test_checkpointing_is_planned_for_the_data_not_the_worst_case():
     )
     assert plan.padding_free and plan.micro_batch == (1, 32 * 600)
     assert plan.checkpoint_layers == 0, plan.choice  # 19k tokens fit an H200 without any checkpointing
+    whole = _cfg(speed={"forward_tokens": False})  # one forward per micro-batch
     worst = plan_run(
-        cfg, [8192] * 400, on_cuda=True, attn="flash_attention_2", gpu_memory=139 * GIB, host_memory=120 * GIB
+        whole,
+        [8192] * 400,
+        on_cuda=True,
+        attn="flash_attention_2",
+        gpu_memory=139 * GIB,
+        host_memory=120 * GIB,
     )
-    assert worst.checkpoint_layers > 16
+    assert worst.checkpoint_layers > 16 and worst.forward_tokens is None
+
+
+def test_a_micro_batch_too_large_to_train_unchecked_runs_as_several_forwards():
+    """Seed 000's 32 examples of up to 8,192 tokens: forwards of whole examples, each small enough
+    to need no checkpointed layer, instead of one 262k-token forward checkpointing most layers."""
+    lengths = [600] * 300 + [8000] * 40  # short answers and long law-text contexts
+    kw = dict(on_cuda=True, attn="flash_attention_2", gpu_memory=139 * GIB, host_memory=120 * GIB)
+    split = plan_run(_cfg(), lengths, **kw)
+    whole = plan_run(_cfg(speed={"forward_tokens": False}), lengths, **kw)
+    assert (
+        whole.forward_tokens is None and whole.checkpoint_layers > 16 and whole.host_offload_bytes > 20 * GIB
+    )
+    assert split.micro_batch == whole.micro_batch == (1, 32 * 8000)
+    assert 8000 <= split.forward_tokens < 32 * 8000
+    assert split.checkpoint_layers == 0 and split.host_offload_bytes == 0, split.choice
+    assert split.plan.memory.tokens_per_micro_batch == split.forward_tokens  # memory planned per forward
+    assert "forwards of ≤" in split.summary() and split.to_dict()["forward_tokens"] == split.forward_tokens
+    # the largest such forward, with headroom: a larger one would checkpoint
+    unchecked = plan_run(
+        _cfg(speed={"forward_tokens": int(split.forward_tokens / 0.85) + 2048}), lengths, **kw
+    )
+    assert unchecked.checkpoint_layers > 0
+    # a fixed cap, never below one example; one that the micro-batch does not reach splits nothing
+    fixed = plan_run(_cfg(speed={"forward_tokens": 4000}), lengths, **kw)
+    assert fixed.forward_tokens == 8000
+    assert plan_run(_cfg(speed={"forward_tokens": 10**6}), lengths, **kw).forward_tokens is None
+    # a micro-batch that fits whole is not split; nor is one of a distributed run (each backward would reduce)
+    assert plan_run(_cfg(), [600] * 400, **kw).forward_tokens is None
+    assert plan_run(_cfg(), lengths, world_size=2, **kw).forward_tokens is None
 
 
 def test_host_memory_that_would_not_fit_stops_the_run_before_loading():
-    cfg = _cfg()
+    cfg = _cfg(speed={"forward_tokens": False})
     long = [8192] * 64
     small_host = plan_run(
         cfg, long, on_cuda=True, attn="flash_attention_2", gpu_memory=80 * GIB, host_memory=16 * GIB

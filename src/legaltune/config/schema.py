@@ -508,6 +508,14 @@ class SpeedConfig(Section, key="speed"):
         "attention kernel keeps examples apart): no padding, and the same examples per step as padded batches. "
         "auto: on CUDA with the speed engine on and a varlen kernel (flash-attn's, or PyTorch's for sdpa).",
     )
+    forward_tokens: bool | int | Literal["auto"] = opt(
+        "auto",
+        "Most tokens one forward takes: a padding-free micro-batch over it is trained as several forwards and "
+        "backwards over groups of its whole examples (the same gradient: the loss is normalised over the step's "
+        "tokens; an example longer than the cap is a group alone). auto: with speed.mode auto on one GPU, the "
+        "largest group that needs no layer checkpointed (or, where even one example does, the longest example), "
+        "used only when the whole micro-batch would need checkpointing. false: one forward per micro-batch.",
+    )
     gpu_memory_gb: float | None = opt(
         None,
         "Memory budget that speed.mode auto fits the run into (GiB). null: the GPU's total memory.",
@@ -517,9 +525,20 @@ class SpeedConfig(Section, key="speed"):
     def __post_init__(self) -> None:
         if isinstance(self.mode, bool):
             self.mode = "fast" if self.mode else "off"
+        if self.forward_tokens is True:
+            self.forward_tokens = "auto"
         super().__post_init__()
 
     def rules(self) -> list[Problem]:
+        cap = self.forward_tokens
+        if not isinstance(cap, (bool, str)) and cap < 1:
+            return [
+                Problem(
+                    "speed.forward_tokens",
+                    f"{cap} tokens is not a forward",
+                    "use auto, false or a token count >= 1",
+                )
+            ]
         split = self.offload_attention
         if not isinstance(split, (bool, str)) and split < 0:
             return [

@@ -46,6 +46,7 @@ from legaltune.train.callbacks import (
 from legaltune.train.compile_cache import use_compile_cache
 from legaltune.train.data_order import EpochSeededOrder, ResumedEpochOrder
 from legaltune.train.generation_eval import generation_eval_callback
+from legaltune.train.split_forward import SplitForwards
 from legaltune.train.startup import StartupClock
 
 
@@ -108,7 +109,7 @@ class _RunCounters:
         return super()._finalize_training(*args, **kwargs)  # type: ignore[misc]
 
 
-class LegalSFTTrainer(AtomicCheckpoints, EpochSeededOrder, _RunCounters, SFTTrainer):
+class LegalSFTTrainer(AtomicCheckpoints, EpochSeededOrder, _RunCounters, SplitForwards, SFTTrainer):
     """TRL's SFTTrainer (its fused LM head computes the loss without full logits)."""
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):  # type: ignore[override]
@@ -120,7 +121,7 @@ class LegalSFTTrainer(AtomicCheckpoints, EpochSeededOrder, _RunCounters, SFTTrai
             super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
 
 
-class LegalLMHeadTrainer(AtomicCheckpoints, EpochSeededOrder, _RunCounters, Trainer):
+class LegalLMHeadTrainer(AtomicCheckpoints, EpochSeededOrder, _RunCounters, SplitForwards, Trainer):
     """For runs that put LoRA on lm_head: TRL's fused head reads lm_head.weight directly and so refuses
     an adapter there; transformers' Trainer computes the loss from the adapted head's logits, with the
     same token-count normalisation across accumulated micro-batches."""
@@ -460,6 +461,8 @@ def _train(
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
     carried = checkpoint.state if checkpoint is not None else {}
     trainer.checkpoint_hint = hint
+    if method is None:
+        trainer.forward_tokens = speed_plan.forward_tokens
     trainer.resume_weights_only = weights_only
     trainer.carried_loss_sum = float(carried.get("loss_sum", 0.0))
     trainer.set_trained_tokens(int(carried.get("trained_tokens", 0)))
