@@ -48,10 +48,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         host_memory=parse_size(args.host_memory) if args.host_memory else host_memory_available(),
     )
     if cfg.data.train_file and cfg.speed.mode == "auto":
-        # the worst case can choose other checkpointing than train will (seed 000: 29/32 layers, not 11/32)
+        # the worst case can choose other checkpointing than train will (seed 000: 29/32 layers, not none)
         plan.memory.notes.append(
             f"planned for {plan.memory.tokens_per_micro_batch:,} tokens a micro-batch, the config's worst case; "
-            "`legaltune train` plans for the largest micro-batch the data makes: `plan --from-data` shows that plan"
+            "`legaltune train` plans for the largest micro-batch the data makes, and may train it in several "
+            "forwards (speed.forward_tokens): `plan --from-data` shows that plan"
         )
     if args.json:
         print(json.dumps(plan.to_dict(), ensure_ascii=False, indent=2))
