@@ -209,7 +209,7 @@ def _legaltune_steps(run_dir: Path) -> tuple[list[dict], dict]:
         pass
     try:
         stats = json.loads((run_dir / "data_stats.json").read_text())
-        extra["data_efficiency"] = stats.get("efficiency")
+        extra["data_efficiency"] = (stats.get("train") or {}).get("efficiency")  # padded fractions
     except (OSError, ValueError):
         pass
     return steps, extra
@@ -255,7 +255,7 @@ def _texts(cfg, tokenizer) -> list[str]:
 class _StepClock:
     """TrainerCallback: wall time, real tokens and loss at every optimizer step."""
 
-    def __new__(cls, counter):
+    def __new__(cls, counter, result: Path):
         from transformers import TrainerCallback
 
         class Clock(TrainerCallback):
@@ -271,6 +271,8 @@ class _StepClock:
                         {"step": state.global_step, "time": time.time(), "tokens": int(counter[0]),
                          "loss": logs["loss"], "peak_gib": round(peak, 3)}
                     )  # fmt: skip
+                    # after every step: a row stopped by --row-timeout still reports the steps it made
+                    result.write_text(json.dumps({"steps": self.steps, "partial": True}))
 
         return Clock()
 
@@ -390,7 +392,7 @@ def dpo_child(args: argparse.Namespace, cfg) -> int:
     trainer = DPOTrainer(model=model, args=config, train_dataset=text, processing_class=tokenizer)
     counter = [0]
     _count_real_tokens(trainer, counter)
-    clock = _StepClock(counter)
+    clock = _StepClock(counter, Path(args.result))
     trainer.add_callback(clock)
     trainer.train()
     Path(args.result).write_text(json.dumps({"pairs": len(pairs), "steps": clock.steps}))
@@ -463,7 +465,7 @@ def child_main(args: argparse.Namespace) -> int:
     )
     counter = [0]
     _count_real_tokens(trainer, counter)
-    clock = _StepClock(counter)
+    clock = _StepClock(counter, Path(args.result))
     trainer.add_callback(clock)
     trainer.train()
     info = {

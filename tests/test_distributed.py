@@ -5,7 +5,8 @@ of LoRA on 16 examples of the bundled sample, with the speed engine's CPU paths 
 offloaded checkpointing, padding-free micro-batches through the block mask; TRL's chunked LM head):
 
 - 2 processes × batch 2 (`legaltune train --nproc 2`) give the loss of every step and the adapter of
-  1 process × batch 4 within float rounding, into one run directory that only rank 0 wrote;
+  1 process × batch 4 within float rounding, into one run directory that only rank 0 wrote; so do
+  2 processes that train each micro-batch as one forward per example (`speed.forward_tokens`);
 - kill -9 of the launcher and both ranks after a checkpoint, then `accelerate launch --resume`:
   the adapter of the uninterrupted run; resuming that checkpoint on 1 process with twice the
   gradient accumulation: the same;
@@ -183,6 +184,18 @@ def test_two_processes_train_as_one_with_the_whole_batch(one_process, ddp):
     assert "find_unused_parameters false" in proc.stdout
     assert proc.stdout.count("distributed: ddp over 2 processes") == 1
     assert "find_unused_parameters=True was specified" not in proc.stderr
+
+
+def test_ddp_ranks_training_several_forwards_per_micro_batch_train_as_one(one_process, work):
+    """speed.forward_tokens under DDP: each rank trains its micro-batch as forwards of one example
+    (the cap is below every pair), the gradient reduction waits for each rank's last group, and the
+    run is the one-process, one-forward run."""
+    run = work / "runs" / "split-ddp"
+    _run("train", str(_config(work, "split-ddp", batch=2, speed={"forward_tokens": 1})), "--nproc", "2")
+    assert _summary(run)["plan"]["forward_tokens"] >= 1
+    assert _losses(run) == pytest.approx(_losses(one_process), rel=LOSS_RTOL)
+    diff = _max_diff(_adapter(run), _adapter(one_process))
+    assert diff < ADAPTER_ATOL, diff
 
 
 def test_one_run_directory_written_by_rank_zero(work, ddp):

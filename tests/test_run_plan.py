@@ -69,9 +69,12 @@ def test_a_micro_batch_too_large_to_train_unchecked_runs_as_several_forwards():
     fixed = plan_run(_cfg(speed={"forward_tokens": 4000}), lengths, **kw)
     assert fixed.forward_tokens == 8000
     assert plan_run(_cfg(speed={"forward_tokens": 10**6}), lengths, **kw).forward_tokens is None
-    # a micro-batch that fits whole is not split; nor is one of a distributed run (each backward would reduce)
+    # a micro-batch that fits whole is not split; under DDP each rank splits its own (the reduction
+    # waits for the last group), under FSDP none does (it reduce-scatters at every backward)
     assert plan_run(_cfg(), [600] * 400, **kw).forward_tokens is None
-    assert plan_run(_cfg(), lengths, world_size=2, **kw).forward_tokens is None
+    assert plan_run(_cfg(), lengths, world_size=2, **kw).forward_tokens == split.forward_tokens
+    fsdp = _cfg(distributed={"strategy": "fsdp"})
+    assert plan_run(fsdp, lengths, world_size=2, **kw).forward_tokens is None
 
 
 def test_host_memory_that_would_not_fit_stops_the_run_before_loading():

@@ -98,3 +98,35 @@ def test_unweighted_groups_would_not_match(tmp_path):
         trainer.forward_tokens = cap
         losses.append(float(trainer.training_step(model, dict(batch), num_items_in_batch=None)))
     assert losses[1] > 1.5 * losses[0]
+
+
+def test_under_ddp_only_the_last_trained_group_reduces(tmp_path):
+    """A rank's backward under DDP starts the gradient all-reduce: the groups before the last one
+    trained run inside no_sync, so a rank reduces once per micro-batch whatever its group count."""
+    import torch.distributed as dist
+    from transformers import Trainer
+
+    class Split(SplitForwards, Trainer):
+        pass
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rdzv", rank=0, world_size=1)
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(make_tiny_llama(300))
+        held = []
+        real = model.no_sync
+
+        def counting_no_sync():
+            held.append(1)
+            return real()
+
+        model.no_sync = counting_no_sync
+        trainer = _trainer(tmp_path, model.module, Split)
+        trainer.forward_tokens = 16
+        feats = _examples([7, 13, 4, 9, 6, 11])
+        feats.append({"input_ids": list(range(1, 16)), "labels": [IGNORE] * 15})  # last group: none trained
+        batch = BatchCollator(padding_free=True, max_length=32)(feats)
+        items = torch.tensor(int((batch["labels"][..., 1:] != IGNORE).sum()))
+        trainer.training_step(model, dict(batch), num_items_in_batch=items)
+        assert len(split_micro_batch(batch, 16)) == 6 and len(held) == 4  # 5 trained groups, the last reduces
+    finally:
+        dist.destroy_process_group()

@@ -512,8 +512,8 @@ class SpeedConfig(Section, key="speed"):
         "auto",
         "Most tokens one forward takes: a padding-free micro-batch over it is trained as several forwards and "
         "backwards over groups of its whole examples (the same gradient: the loss is normalised over the step's "
-        "tokens; an example longer than the cap is a group alone). auto: with speed.mode auto on one GPU, the "
-        "largest group that needs no layer checkpointed (or, where even one example does, the longest example), "
+        "tokens; an example longer than the cap is a group alone). auto: with speed.mode auto on one GPU or under "
+        "DDP (not FSDP), the largest group that needs no layer checkpointed (or, where even one example does, the longest example), "
         "used only when the whole micro-batch would need checkpointing. false: one forward per micro-batch.",
     )
     gpu_memory_gb: float | None = opt(

@@ -208,7 +208,9 @@ def plan_run(
 
     try:
         plan = plan_for(micro)
-        if padding_free and world_size == 1 and micro[0]:
+        # FSDP reduce-scatters at every backward and accelerate has no way to hold it off for the
+        # groups of one micro-batch; DDP's gradient reduction is held to the last group (no_sync)
+        if padding_free and micro[0] and (world_size == 1 or cfg.distributed.strategy == "ddp"):
             cap = forward_tokens(cfg, plan, max(lengths), micro[1], lambda t: plan_for((1, t)))
             if cap is not None:
                 result.forward_tokens, plan = cap, plan_for((1, cap))

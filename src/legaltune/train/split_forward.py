@@ -15,6 +15,7 @@ The speed plan (:mod:`legaltune.plan.speed`, ``speed.forward_tokens``) decides t
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -53,6 +54,11 @@ def split_micro_batch(inputs: dict[str, Any], max_tokens: int) -> list[dict[str,
     return out
 
 
+def _reduces(model: Any) -> bool:
+    """A DDP-wrapped model (its backward starts the ranks' gradient reduction)."""
+    return isinstance(model, torch.nn.parallel.DistributedDataParallel)
+
+
 def _trained(labels: torch.Tensor) -> int:
     return int((labels[..., 1:] != IGNORE).sum())  # the positions a causal LM loss counts
 
@@ -60,8 +66,9 @@ def _trained(labels: torch.Tensor) -> int:
 class SplitForwards:
     """Trainer mixin: ``forward_tokens`` (None = off) caps the tokens of one forward; a larger
     padding-free micro-batch is trained as :func:`split_micro_batch`'s groups, one forward and
-    backward each (see the module doc). One process only: under DDP or FSDP each backward would
-    start a gradient reduction."""
+    backward each (see the module doc). Under DDP every group but the last one trained runs
+    inside ``no_sync``, so each rank reduces its gradients once per micro-batch, as unsplit (the
+    ranks' group counts may differ). FSDP is not split (the plan keeps one forward there)."""
 
     forward_tokens: int | None = None
     _group_weight: float = 1.0
@@ -75,13 +82,16 @@ class SplitForwards:
         ) or getattr(self, "compute_loss_func", None) is not None
         counts = [_trained(p["labels"]) for p in parts]
         total = sum(counts) or 1
+        # no trained token: no loss, no gradient (and a mean over none is NaN); the collator has
+        # refused micro-batches with none at all, so there is a last group
+        trained = [(p, c) for p, c in zip(parts, counts, strict=True) if c]
         loss = None
         try:
-            for part, count in zip(parts, counts, strict=True):
-                if count == 0:
-                    continue  # no trained token: no loss, no gradient (and a mean over none is NaN)
+            for i, (part, count) in enumerate(trained):
                 self._group_weight = 1.0 if summed else count / total
-                step = super().training_step(model, part, num_items_in_batch)  # type: ignore[misc]
+                hold = i < len(trained) - 1 and _reduces(model)
+                with model.no_sync() if hold else contextlib.nullcontext():
+                    step = super().training_step(model, part, num_items_in_batch)  # type: ignore[misc]
                 loss = step if loss is None else loss + step
         finally:
             self._group_weight = 1.0
