@@ -158,3 +158,23 @@ def test_report_plans_the_checkpointing_the_run_used():
     assert _run_checkpoint_layers({"speed": {"checkpointing": "offload 12/32"}}) == 12
     assert _run_checkpoint_layers({"speed": {"checkpointing": "offload"}}) is None  # every layer
     assert _run_checkpoint_layers({"speed": None}) is None and _run_checkpoint_layers(None) is None
+
+
+def test_report_plans_the_forward_the_run_made():
+    """The estimate is for what one forward held: the data's largest micro-batch, or the cap of one
+    forward where the run split micro-batches (seed 000: 23,266 tokens, not 32 x 8,192)."""
+    from legaltune.config.load import load_config
+    from legaltune.report.html import _plan_estimate, _run_micro_batch
+
+    split = {
+        "plan": {"micro_batch": [1, 260008], "forward_tokens": 23266},
+        "speed": {"checkpointing": "none"},
+    }
+    whole = {"plan": {"micro_batch": [1, 39961], "forward_tokens": None}, "speed": {"checkpointing": "none"}}
+    assert _run_micro_batch(split) == (1, 23266) and _run_micro_batch(whole) == (1, 39961)
+    assert _run_micro_batch({"plan": None}) is None and _run_micro_batch(None) is None
+    cfg = load_config("configs/llama31-8b-h200.yaml")
+    est = {name: _plan_estimate(cfg, None, s)[0] for name, s in (("split", split), ("whole", whole))}
+    worst = _plan_estimate(cfg, None, {"speed": {"checkpointing": "none"}})[0]
+    assert est["split"].tokens_per_micro_batch == 23266 and worst.tokens_per_micro_batch == 32 * 8192
+    assert est["split"].peak_bytes < est["whole"].peak_bytes < worst.peak_bytes

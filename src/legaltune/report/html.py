@@ -223,6 +223,16 @@ def _run_checkpoint_layers(summary: Any) -> int | None:
     return int(count) if count.isdigit() else None
 
 
+def _run_micro_batch(summary: Any) -> tuple[int, int] | None:
+    """The (rows, tokens) one forward of the run held: its plan's largest micro-batch, or the cap
+    of one forward where it trained a micro-batch in several (None: the config's worst case)."""
+    plan = (summary or {}).get("plan") or {}
+    micro, cap = plan.get("micro_batch"), plan.get("forward_tokens")
+    if not micro or not micro[0]:
+        return None
+    return (1, int(cap)) if cap else (int(micro[0]), int(micro[1]))
+
+
 def _plan_estimate(cfg: Any, stats: Any, summary: Any = None) -> tuple[Any, str | None]:
     from legaltune.model.arch import canonical_key
 
@@ -235,7 +245,10 @@ def _plan_estimate(cfg: Any, stats: Any, summary: Any = None) -> tuple[Any, str 
 
         examples = (stats or {}).get("train", {}).get("examples")
         layers = _run_checkpoint_layers(summary)  # what speed.mode auto chose on the run's GPU
-        return make_plan(cfg, train_examples=examples, checkpoint_layers=layers).memory, None
+        micro = _run_micro_batch(summary)  # planned for the data, as the run was
+        return make_plan(
+            cfg, train_examples=examples, checkpoint_layers=layers, micro_batch=micro
+        ).memory, None
     except Exception as exc:  # any arch/plan problem only costs this one table
         return None, f"{type(exc).__name__}: {exc}"
 
