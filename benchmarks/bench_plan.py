@@ -23,6 +23,7 @@ class PlannedRow(Protocol):
     fused_head: bool
     fp8: bool
     fp8_transpose: bool
+    host_embeddings: bool
 
 
 def row_estimate(
@@ -57,6 +58,7 @@ def row_estimate(
         checkpoint_layers=checkpoint_layers,
         load_in_fp8=row.fp8,
         fp8_keep_transpose=row.fp8_transpose,
+        embeddings_on_host=row.host_embeddings,
     )
 
 

@@ -191,13 +191,15 @@ def setup_speed(
     fp8: bool = False,
     fp8_eager_quantize: bool = False,
     fp8_keep_transpose: bool = False,
+    host_embeddings: bool = False,
 ) -> Any:
     """legaltune's speed engine as `legaltune train` runs it: apply_lora with a speed config, then
     TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
     ``fused_lm_head=True``, as SFTTrainer's compute_loss does). ``fp8``: the base's decoder
     projections in FP8 first (``quantization.load_in_fp8``, as load_model converts them);
     ``fp8_eager_quantize``: the activations' per-token quantization in eager ops, not compiled;
-    ``fp8_keep_transpose``: each FP8 weight also kept transposed (``quantization.fp8_keep_transpose``)."""
+    ``fp8_keep_transpose``: each FP8 weight also kept transposed (``quantization.fp8_keep_transpose``);
+    ``host_embeddings``: the input embedding table in pinned host memory (``speed.embeddings_on_host``)."""
     from legaltune.config.schema import SpeedConfig
     from legaltune.speed.layers import find_decoder_layers
 
@@ -216,6 +218,10 @@ def setup_speed(
 
             print(f"fp8: {keep_fp8_transposes(base)} transposes kept", file=sys.stderr)
     model = _legaltune_lora(ctx, base, checkpointing, speed=speed, checkpoint_layers=checkpoint_layers)
+    if host_embeddings:
+        from legaltune.speed.host_embedding import embeddings_to_host
+
+        print(f"host embeddings: {embeddings_to_host(model) / 2**30:.2f} GiB off the GPU", file=sys.stderr)
     if bnb_dequant:  # NF4 dequantized by bitsandbytes, and again in backward after a recompute (none kept)
         import bitsandbytes.functional as bnbf
 
@@ -370,6 +376,7 @@ class Row:
     speed: bool = False  # legaltune's speed engine: the plan models its activations (speed=True)
     fp8: bool = False  # FP8 base projections (plan: load_in_fp8); no 4-bit variant
     fp8_transpose: bool = False  # each FP8 weight also kept transposed (plan: fp8_keep_transpose)
+    host_embeddings: bool = False  # the input embedding table in host memory (plan: embeddings_on_host)
     # Import while the previous row measures. Not Unsloth: its import must come before
     # transformers and already creates a CUDA context, which must wait for the GPU to be free.
     prestart: bool = True
@@ -391,6 +398,7 @@ ROWS: dict[str, Row] = {
     "legaltune-fast+fp8": Row(functools.partial(setup_speed, checkpointing=False, fp8=True), False, "legaltune-fast over FP8 base projections (quantization.load_in_fp8: torch._scaled_mm, per-token activation scales)", ("trl",), fused_head=True, speed=True, fp8=True),
     "legaltune-fast+fp8t": Row(functools.partial(setup_speed, checkpointing=False, fp8=True, fp8_keep_transpose=True), False, "legaltune-fast+fp8 with each FP8 weight also kept transposed (quantization.fp8_keep_transpose: no transpose copy in backward)", ("trl",), fused_head=True, speed=True, fp8=True, fp8_transpose=True),
     "legaltune-lean+fp8": Row(functools.partial(setup_speed, checkpointing="unsloth", fp8=True), "unsloth", "legaltune-lean over FP8 base projections (quantization.load_in_fp8)", ("trl",), fused_head=True, speed=True, fp8=True),
+    "legaltune-lean+fp8+host": Row(functools.partial(setup_speed, checkpointing="unsloth", fp8=True, host_embeddings=True), "unsloth", "legaltune-lean+fp8 with the input embedding table in pinned host memory (speed.embeddings_on_host)", ("trl",), fused_head=True, speed=True, fp8=True, host_embeddings=True),
     "unsloth+fp8": Row(functools.partial(setup_unsloth, checkpointing="unsloth", load_in_fp8=True), "unsloth", "Unsloth FastLanguageModel with load_in_fp8=True (TorchAO FP8 base), offloaded checkpointing", ("unsloth", "torchao"), from_dir=True, plan_gap=FUSED_CE, prestart=False, fp8=True),
     "unsloth-nockpt": Row(functools.partial(setup_unsloth, checkpointing=False), False, "Unsloth FastLanguageModel, no checkpointing", ("unsloth",), from_dir=True, plan_gap=FUSED_CE, prestart=False),
     # probes for the speed layer (run with --rows x-...): not in the default set

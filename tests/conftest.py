@@ -26,7 +26,7 @@ def tokenizer(embedded_dir):
     return AutoTokenizer.from_pretrained(str(embedded_dir))
 
 
-def make_tiny_llama(vocab_size: int, *, layers: int = 2, seed: int = 0, attn: str = "sdpa"):
+def make_tiny_llama(vocab_size: int, *, layers: int = 2, seed: int = 0, attn: str = "sdpa", tie: bool = True):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -38,7 +38,7 @@ def make_tiny_llama(vocab_size: int, *, layers: int = 2, seed: int = 0, attn: st
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=1024,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie,
         use_cache=False,
         attn_implementation=attn,
     )

@@ -160,3 +160,31 @@ def test_plain_plan_says_it_planned_the_worst_case_and_points_to_from_data(capsy
     )
     notes = json.loads(capsys.readouterr().out)["memory"]["notes"]
     assert any("262,144 tokens" in n and "--from-data" in n for n in notes), notes
+
+
+def test_input_embeddings_go_to_the_host_when_every_layer_is_checkpointed():
+    """speed.embeddings_on_host auto: only a run short of GPU memory (every layer checkpointed)
+    gives the table's 1.0 GiB (Llama-3.1-8B, untied) to pinned host memory; the plan counts it."""
+    kw = dict(on_cuda=True, attn="flash_attention_2", host_memory=120 * GIB)
+    lengths = [2048] * 64
+    table = 128256 * 4096 * 2
+    lean = plan_run(_cfg(speed={"gpu_memory_gb": 12}), lengths, gpu_memory=12 * GIB, **kw)
+    kept = plan_run(
+        _cfg(speed={"gpu_memory_gb": 12, "embeddings_on_host": False}), lengths, gpu_memory=12 * GIB, **kw
+    )
+    assert kept.checkpoint_layers == 32 and not kept.embeddings_on_host
+    assert lean.embeddings_on_host and "input embeddings in host memory" in lean.summary()
+    assert lean.to_dict()["embeddings_on_host"] is True
+    assert kept.plan.memory.peak_bytes - lean.plan.memory.peak_bytes == pytest.approx(table, rel=1e-6)
+    assert lean.host_offload_bytes - kept.host_offload_bytes == pytest.approx(table, rel=1e-6)
+    roomy = plan_run(_cfg(), lengths, gpu_memory=139 * GIB, **kw)
+    assert roomy.checkpoint_layers < 32 and not roomy.embeddings_on_host
+    assert plan_run(
+        _cfg(speed={"embeddings_on_host": True}), lengths, gpu_memory=139 * GIB, **kw
+    ).embeddings_on_host
+    # a table the run trains, or one a tied LM head reads, stays on the GPU
+    adapted = _cfg(speed={"gpu_memory_gb": 12}, lora={"target_modules": ["q_proj", "embed_tokens"]})
+    assert not plan_run(adapted, lengths, gpu_memory=12 * GIB, **kw).embeddings_on_host
+    tied = _cfg(speed={"gpu_memory_gb": 1}, model={"model_name": "HuggingFaceTB/SmolLM2-135M-Instruct"})
+    tied_plan = plan_run(tied, lengths, gpu_memory=1 * GIB, **kw)
+    assert tied_plan.checkpoint_layers == tied_plan.plan.arch.layers and not tied_plan.embeddings_on_host

@@ -144,6 +144,7 @@ def make_plan(
     host_memory: float | None = None,
     micro_batch: tuple[int, int] | None = None,
     local_ranks: int | None = None,
+    embeddings_on_host: bool = False,
 ) -> Plan:
     """Compute parameters, schedule, memory and lints for ``cfg``.
 
@@ -156,7 +157,8 @@ def make_plan(
     (:func:`legaltune.data.pack.largest_micro_batch`); None = the worst case, per_device_train_batch_size
     rows of max_seq_length. ``world_size``: GPUs of the run, per ``distributed.strategy`` (memory per
     GPU under DDP or FSDP2); ``local_ranks``: those of them on one machine (default all), which
-    share its ``host_memory``.
+    share its ``host_memory``. ``embeddings_on_host``: the input embedding table in host memory
+    (speed.embeddings_on_host, as :func:`legaltune.plan.speed.plan_run` decides it).
     """
     arch = load_arch(cfg.model.model_name)
     local_ranks = max(1, min(local_ranks or world_size, world_size))
@@ -194,6 +196,7 @@ def make_plan(
         double_quant=cfg.quantization.bnb_4bit_use_double_quant,
         load_in_fp8=cfg.quantization.load_in_fp8,
         fp8_keep_transpose=cfg.quantization.fp8_keep_transpose,
+        embeddings_on_host=embeddings_on_host,
         optim=cfg.optimization.optim,
         checkpointing=checkpointing,
         attn_implementation=cfg.model.attn_implementation,

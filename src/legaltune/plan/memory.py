@@ -184,6 +184,7 @@ def estimate_memory(
     parallel: Parallel = SINGLE,
     load_in_fp8: bool = False,
     fp8_keep_transpose: bool = False,
+    embeddings_on_host: bool = False,
 ) -> MemoryEstimate:
     """Estimate peak allocated GPU memory for one training step (worst case: every row at seq_len).
 
@@ -195,6 +196,7 @@ def estimate_memory(
     ``parallel``: the bytes of one GPU of a DDP or FSDP run (legaltune.plan.sharding).
     ``load_in_fp8``: the decoder projections stored in e4m3 with per-channel scales (docs/fp8.md);
     ``fp8_keep_transpose``: each also kept transposed (one more byte per weight).
+    ``embeddings_on_host``: the input embedding table in pinned host memory (speed/host_embedding.py).
     """
     tokens = batch_size * seq_len
     linear = arch.layers * sum(i * o for i, o in arch.linear_shapes().values())
@@ -221,6 +223,11 @@ def estimate_memory(
         weights = params.total_base * compute_bytes
         wname = f"weights ({compute_bytes * 8}-bit)"
 
+    host_table = 0.0
+    if embeddings_on_host and not arch.tie_embeddings:
+        host_table = float(arch.vocab * arch.hidden * compute_bytes)
+        weights -= host_table
+        wname += "; input embeddings in host memory"
     trainable = params.trainable
     opt_bytes = trainable * OPTIMIZER_STATE_BYTES.get(optim, 8.0)
     if optim == "adafactor":
@@ -239,7 +246,7 @@ def estimate_memory(
     n_ckpt = max(0, min(n_ckpt, arch.layers))
     kept = (arch.layers - n_ckpt) * layer
     transient = (FAST_RECOMPUTE_TRANSIENT if speed else RECOMPUTE_TRANSIENT) * layer
-    host = 0.0
+    host = host_table
     if n_ckpt == 0:
         acts = kept
         act_name = "activations (all layers kept, no checkpointing)"
@@ -249,7 +256,7 @@ def estimate_memory(
         # the larger of the end of forward and the recompute of one layer.
         acts = 2 * layer_input + max(kept, transient)
         split = max(0, min(attention_layers, n_ckpt))
-        host = (n_ckpt - split) * layer_host_bytes(arch, batch_size, seq_len, compute_bytes, False)
+        host += (n_ckpt - split) * layer_host_bytes(arch, batch_size, seq_len, compute_bytes, False)
         host += split * layer_host_bytes(arch, batch_size, seq_len, compute_bytes, True)
         what = (
             "inputs offloaded to CPU" if n_ckpt == arch.layers else f"{n_ckpt}/{arch.layers} layers offloaded"

@@ -34,9 +34,9 @@ class RunSpeedPlan:
     padding_free: bool
     padding_free_why: str
     micro_batch: tuple[int, int]  # (rows, tokens per row) of the largest micro-batch the data makes
-    forward_tokens: int | None = (
-        None  # most tokens of one forward (train/split_forward.py); None: whole micro-batches
-    )
+    # most tokens of one forward (train/split_forward.py); None: whole micro-batches
+    forward_tokens: int | None = None
+    embeddings_on_host: bool = False  # the input embedding table in pinned host memory
     checkpoint_layers: int | None = None
     choice: str = ""
     plan: Plan | None = None
@@ -59,6 +59,8 @@ class RunSpeedPlan:
             parts.append(
                 f"trained in forwards of ≤ {self.forward_tokens:,} tokens (whole examples, same gradient)"
             )
+        if self.embeddings_on_host:
+            parts.append("input embeddings in host memory")
         if self.plan is not None:
             parts.append(f"planned peak {self.plan.memory.peak_bytes / GIB:.1f} GiB")
             if self.host_offload_bytes:
@@ -74,6 +76,7 @@ class RunSpeedPlan:
             "optimizer": self.optimizer,
             "micro_batch": list(self.micro_batch),
             "forward_tokens": self.forward_tokens,
+            "embeddings_on_host": self.embeddings_on_host,
             "checkpoint_layers": self.checkpoint_layers,
             "choice": self.choice,
             "peak_gib": round(self.plan.memory.peak_bytes / GIB, 3) if self.plan else None,
@@ -165,6 +168,26 @@ def forward_tokens(
     return max(floor, int(lo * FORWARD_HEADROOM))
 
 
+def embeddings_on_host(cfg: Config, plan: Plan, *, on_cuda: bool, world_size: int = 1) -> bool:
+    """speed.embeddings_on_host as it applies: an untied input embedding without an adapter, not
+    under FSDP (which shards it), when true, or under auto when ``plan`` (made with the table on
+    the GPU) checkpoints every layer on a CUDA GPU."""
+    setting = cfg.speed.embeddings_on_host
+    eligible = (
+        setting is not False
+        and cfg.training.method == "sft"
+        and not plan.arch.tie_embeddings
+        and "embed_tokens" not in cfg.lora.target_modules
+        and not (world_size > 1 and cfg.distributed.strategy == "fsdp")
+    )
+    if not eligible:
+        return False
+    if setting is True:
+        return True
+    every = plan.checkpoint_layers is not None and plan.checkpoint_layers >= plan.arch.layers
+    return on_cuda and cfg.speed.mode == "auto" and every
+
+
 def plan_run(
     cfg: Config,
     lengths: list[int],
@@ -195,7 +218,7 @@ def plan_run(
     )
     budget = gpu_memory if on_cuda else None
 
-    def plan_for(micro_batch: tuple[int, int]) -> Plan:
+    def plan_for(micro_batch: tuple[int, int], host_table: bool = False) -> Plan:
         return make_plan(
             cfg,
             gpu_memory=budget,
@@ -204,6 +227,7 @@ def plan_run(
             train_examples=len(lengths),
             host_memory=host_memory,
             micro_batch=micro_batch if micro_batch[0] else None,
+            embeddings_on_host=host_table,
         )
 
     try:
@@ -214,6 +238,9 @@ def plan_run(
             cap = forward_tokens(cfg, plan, max(lengths), micro[1], lambda t: plan_for((1, t)))
             if cap is not None:
                 result.forward_tokens, plan = cap, plan_for((1, cap))
+        if embeddings_on_host(cfg, plan, on_cuda=on_cuda, world_size=world_size):
+            result.embeddings_on_host = True
+            plan = plan_for((1, result.forward_tokens) if result.forward_tokens else micro, True)
     except Exception as exc:  # no architecture offline, target names the plan cannot map, …
         result.notes.append(f"no memory plan for this model ({exc}); checkpointing as configured")
         return result
@@ -248,6 +275,7 @@ __all__ = [
     "MIN_FORWARD_TOKENS",
     "PINNED_RESERVE_FACTOR",
     "RunSpeedPlan",
+    "embeddings_on_host",
     "forward_tokens",
     "optimizer_name",
     "padding_free_choice",

@@ -405,9 +405,12 @@ def _train(
             checkpoint_layers=speed_plan.checkpoint_layers,
         )
     varlen = speed_plan.padding_free and method is None and enable_varlen_attention(model)
+    host_table = _embeddings_to_host(model) if speed_plan.embeddings_on_host and method is None else None
     clock.mark("lora_and_speed")
     speed_report = speed_report_of(model)
     if speed_report is not None:
+        if host_table:
+            speed_report.notes.append(host_table)
         if speed_plan.choice:
             speed_report.notes.append(f"speed auto: {speed_plan.choice}")
         if speed_plan.padding_free:
@@ -546,6 +549,17 @@ def _train(
 
     write_report(run_dir)  # loss curves, lr, tokens/s, memory; `legaltune eval` refreshes it
     return result
+
+
+def _embeddings_to_host(model: Any) -> str:
+    """speed.embeddings_on_host, as planned: what it did, for the speed report."""
+    from legaltune.speed.host_embedding import embeddings_to_host, host_embedding_blocker
+
+    why = host_embedding_blocker(model)
+    if why is not None:
+        return f"input embeddings kept on the device: {why}"
+    moved = embeddings_to_host(model)
+    return f"input embeddings in pinned host memory ({moved / 2**30:.2f} GiB off the device)"
 
 
 def _finish_from_checkpoint(trainer: Any, checkpoint: Any) -> dict[str, Any]:

@@ -1,0 +1,40 @@
+"""GPU: speed.embeddings_on_host frees the table's device memory and keeps the outputs bit for bit
+(``pytest -m gpu``)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from legaltune.speed.host_embedding import embeddings_to_host
+from tests.test_host_embedding import _lora
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def test_the_table_leaves_the_gpu_and_the_outputs_stay():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=32000, hidden_size=1024, intermediate_size=2048, num_hidden_layers=2,
+        num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False, use_cache=False,
+    )  # fmt: skip
+    ref = _lora(LlamaForCausalLM(cfg).to("cuda", torch.bfloat16))
+    moved = copy.deepcopy(ref)
+    ids = torch.randint(0, 32000, (2, 512), device="cuda")
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    freed = embeddings_to_host(moved)
+    torch.cuda.synchronize()
+    assert freed == 32000 * 1024 * 2 and before - torch.cuda.memory_allocated() == freed
+    emb = moved.get_input_embeddings()
+    assert emb.weight.is_pinned() and next(moved.parameters()).is_cuda
+    with torch.no_grad():
+        a, b = ref(input_ids=ids).logits, moved(input_ids=ids).logits
+    assert b.is_cuda and torch.equal(a, b)
