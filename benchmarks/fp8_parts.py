@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from legaltune.speed import fp8
+from legaltune.speed.fp8_rows import quantize_rows_triton
 
 SHAPES = {"q_proj": (4096, 4096), "gate_proj": (4096, 14336), "down_proj": (14336, 4096)}
 
@@ -62,6 +63,8 @@ def measure(tokens: int, d_in: int, d_out: int, reps: int) -> dict[str, float]:
         "quantize x (compiled)": lambda: fp8.quantize_activation(x),
         "quantize g·s_w (compiled)": lambda: fp8.quantize_activation(g, s_w),
         "quantize g·s_w (eager)": lambda: fp8.quantize_rows(g, s_w),
+        "quantize x (triton, one read)": lambda: quantize_rows_triton(x),
+        "quantize g·s_w (triton, one read)": lambda: quantize_rows_triton(g, s_w),
         "FP8 forward GEMM (fast accum)": lambda: fp8.scaled_mm(
             x8, w8.t(), sx, s_w.view(1, -1), bf16, fast_accum=True
         ),
@@ -77,6 +80,14 @@ def measure(tokens: int, d_in: int, d_out: int, reps: int) -> dict[str, float]:
     return {name: round(_time_ms(fn, reps), 4) for name, fn in parts.items()}
 
 
+def triton_matches(tokens: int, d_out: int) -> bool:
+    """The Triton row quantization gives the compiled kernel's bytes and scales for a gradient."""
+    g = torch.randn(tokens, d_out, device="cuda", dtype=torch.bfloat16) * 1e-3
+    s_w = torch.rand(d_out, device="cuda") * 0.01
+    (a8, sa), (b8, sb) = quantize_rows_triton(g, s_w), fp8.quantize_activation(g, s_w)
+    return torch.equal(a8.view(torch.uint8), b8.view(torch.uint8)) and torch.equal(sa, sb)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=8192)
@@ -89,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (d_in, d_out) in SHAPES.items():
         ms = measure(args.tokens, d_in, d_out, args.reps)
         result["ms"][name] = ms
+        result.setdefault("triton_bitwise_equal", {})[name] = triton_matches(args.tokens, d_out)
         print(f"{name} {args.tokens}×{d_in}→{d_out}")
         for part, t in ms.items():
             print(f"  {part:<42} {t:8.3f} ms")

@@ -48,6 +48,10 @@ BACKEND: list[str | None] = [None]
 # The per-token quantization of activations, fused into one kernel by torch.compile on CUDA
 # (eager it is ~5 passes over the activation and an fp32 copy); benchmarks turn it off to compare.
 COMPILED_QUANTIZE = [True]
+# The same quantization as one hand-written Triton kernel (legaltune.speed.fp8_rows: one read of the
+# row, bit-identical results). Off until an H200 measurement shows it faster than inductor's kernel
+# (benchmarks/fp8_parts.py times both; train_step.py's legaltune-fast+fp8t+tq row uses it).
+TRITON_QUANTIZE = [False]
 
 
 def quantize_rows(
@@ -72,6 +76,11 @@ def quantize_activation(
     """:func:`quantize_rows` of a 2-D activation or gradient, as one fused kernel on CUDA."""
     from legaltune.speed.compile import compile_supported
 
+    if t.is_cuda and TRITON_QUANTIZE[0] and not torch.compiler.is_compiling():
+        from legaltune.speed.fp8_rows import available, quantize_rows_triton
+
+        if available():
+            return quantize_rows_triton(t, col_scale)
     if t.is_cuda and COMPILED_QUANTIZE[0] and compile_supported() and not torch.compiler.is_compiling():
         return _compiled_quantize()(t, col_scale)
     return quantize_rows(t, col_scale)
