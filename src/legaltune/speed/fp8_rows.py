@@ -36,70 +36,9 @@ def available() -> bool:
 
 @functools.cache
 def _kernels() -> tuple[Any, Any]:
-    import triton
-    import triton.language as tl
+    from legaltune.speed import fp8_rows_kernels as k
 
-    @triton.jit
-    def one_pass(
-        t_ptr,
-        cs_ptr,
-        q_ptr,
-        s_ptr,
-        cols,
-        stride_t,
-        stride_q,
-        HAS_CS: tl.constexpr,
-        BLOCK: tl.constexpr,
-        LO: tl.constexpr,
-        HI: tl.constexpr,
-    ):
-        row = tl.program_id(0).to(tl.int64)
-        offs = tl.arange(0, BLOCK)
-        mask = offs < cols
-        x = tl.load(t_ptr + row * stride_t + offs, mask=mask, other=0.0).to(tl.float32)
-        if HAS_CS:
-            x = x * tl.load(cs_ptr + offs, mask=mask, other=0.0)
-        scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=0), LO), HI)
-        y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -HI), HI)
-        tl.store(q_ptr + row * stride_q + offs, y.to(q_ptr.dtype.element_ty), mask=mask)
-        tl.store(s_ptr + row, scale)
-
-    @triton.jit
-    def two_pass(
-        t_ptr,
-        cs_ptr,
-        q_ptr,
-        s_ptr,
-        cols,
-        stride_t,
-        stride_q,
-        HAS_CS: tl.constexpr,
-        BLOCK: tl.constexpr,
-        CHUNKS: tl.constexpr,
-        LO: tl.constexpr,
-        HI: tl.constexpr,
-    ):
-        row = tl.program_id(0).to(tl.int64)
-        amax = tl.zeros((BLOCK,), dtype=tl.float32)
-        for chunk in range(CHUNKS):
-            offs = chunk * BLOCK + tl.arange(0, BLOCK)
-            mask = offs < cols
-            x = tl.load(t_ptr + row * stride_t + offs, mask=mask, other=0.0).to(tl.float32)
-            if HAS_CS:
-                x = x * tl.load(cs_ptr + offs, mask=mask, other=0.0)
-            amax = tl.maximum(amax, tl.abs(x))
-        scale = tl.math.div_rn(tl.maximum(tl.max(amax, axis=0), LO), HI)
-        for chunk in range(CHUNKS):
-            offs = chunk * BLOCK + tl.arange(0, BLOCK)
-            mask = offs < cols
-            x = tl.load(t_ptr + row * stride_t + offs, mask=mask, other=0.0).to(tl.float32)
-            if HAS_CS:
-                x = x * tl.load(cs_ptr + offs, mask=mask, other=0.0)
-            y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -HI), HI)
-            tl.store(q_ptr + row * stride_q + offs, y.to(q_ptr.dtype.element_ty), mask=mask)
-        tl.store(s_ptr + row, scale)
-
-    return one_pass, two_pass
+    return k.one_pass, k.two_pass
 
 
 def quantize_rows_triton(
