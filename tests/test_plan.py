@@ -293,6 +293,13 @@ def test_seed_000_h200_run_flags_what_seed_003_advises_against():
         "training.gradient_accumulation_steps",
     } <= keys
     assert "training.per_device_train_batch_size" in keys
+    # a note, not a warning, where `legaltune train` splits such micro-batches (speed.forward_tokens)
+    levels = dict((k, lvl) for lvl, k in lint_keys(h200, train_examples=10000, gpu_memory=141 * GIB))
+    whole = {**h200, "speed": {**h200.get("speed", {}), "forward_tokens": False}}
+    assert levels["training.per_device_train_batch_size"] == "info"
+    assert ("warn", "training.per_device_train_batch_size") in lint_keys(
+        whole, train_examples=10000, gpu_memory=141 * GIB
+    )
     # 262k tokens per micro-batch: a plain loop would hold the full logits (hundreds of GiB); with
     # TRL's chunked head (what `legaltune train` uses) it fits the H200 by offloading most layers.
     off = {k for _, k in lint_keys(h200, train_examples=10000, gpu_memory=141 * GIB, fused_head=False)}

@@ -115,11 +115,19 @@ def lint_plan(plan: Plan) -> list[Lint]:
             )
     tokens = tr.per_device_train_batch_size * m.max_seq_length
     if tokens > 65536:
+        split = cfg.speed.mode == "auto" and cfg.speed.forward_tokens is not False and tr.method == "sft"
         add(
-            "warn",
+            "info" if split else "warn",
             "training.per_device_train_batch_size",
             f"{tr.per_device_train_batch_size} × {m.max_seq_length} = {tokens:,} tokens per micro-batch on one GPU",
-            "activations and logits grow with tokens per micro-batch; lower the batch and raise gradient_accumulation_steps",
+            (
+                "legaltune train runs a padding-free micro-batch this large as several forwards of its whole "
+                "examples where it would need checkpointing (speed.forward_tokens: auto; same gradient); "
+                "elsewhere its activations grow with its tokens"
+            )
+            if split
+            else "activations and logits grow with tokens per micro-batch; lower the batch and raise "
+            "gradient_accumulation_steps",
         )
     if cfg.data.packing and m.attn_implementation == "eager":
         add(
