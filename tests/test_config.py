@@ -337,3 +337,13 @@ def test_a_section_built_in_code_is_normalised_as_from_a_file():
     assert ModelConfig(dtype="bf16").dtype == "bfloat16"
     assert SpeedConfig(mode=False).mode == "off"
     assert DataConfig(train_file=Path("train.jsonl")).train_file == "train.jsonl"
+
+
+def test_speed_counts_are_checked_and_each_bad_one_is_named():
+    bad = problems_of({"speed": {"forward_tokens": 0, "offload_attention": -1}})
+    assert [(p.path, p.message) for p in bad] == [
+        ("speed.forward_tokens", "0 tokens is not a forward"),
+        ("speed.offload_attention", "-1 layers is negative"),
+    ]
+    assert build_config({"speed": {"forward_tokens": True}}).speed.forward_tokens == "auto"
+    assert build_config({"speed": {"forward_tokens": 4096}}).speed.forward_tokens == 4096

@@ -536,25 +536,17 @@ class SpeedConfig(Section, key="speed"):
         super().__post_init__()
 
     def rules(self) -> list[Problem]:
-        cap = self.forward_tokens
-        if not isinstance(cap, (bool, str)) and cap < 1:
-            return [
-                Problem(
-                    "speed.forward_tokens",
-                    f"{cap} tokens is not a forward",
-                    "use auto, false or a token count >= 1",
-                )
-            ]
-        split = self.offload_attention
-        if not isinstance(split, (bool, str)) and split < 0:
-            return [
-                Problem(
-                    "speed.offload_attention",
-                    f"{split} layers is negative",
-                    "use auto, true, false or a layer count >= 0",
-                )
-            ]
-        return []
+        # (key, value, least count, what is wrong, the fix) for the settings that take a count
+        counts = (
+            ("forward_tokens", self.forward_tokens, 1, "tokens is not a forward", "use auto, false or a token count >= 1"),
+            ("offload_attention", self.offload_attention, 0, "layers is negative",
+             "use auto, true, false or a layer count >= 0"),
+        )  # fmt: skip
+        return [
+            Problem(f"speed.{key}", f"{value} {what}", fix)
+            for key, value, least, what, fix in counts
+            if not isinstance(value, (bool, str)) and value < least
+        ]
 
 
 @dataclass

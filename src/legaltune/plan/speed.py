@@ -231,16 +231,18 @@ def plan_run(
         )
 
     try:
-        plan = plan_for(micro)
+        forward = micro  # what one forward holds
+        plan = plan_for(forward)
         # FSDP reduce-scatters at every backward and accelerate has no way to hold it off for the
         # groups of one micro-batch; DDP's gradient reduction is held to the last group (no_sync)
         if padding_free and micro[0] and (world_size == 1 or cfg.distributed.strategy == "ddp"):
             cap = forward_tokens(cfg, plan, max(lengths), micro[1], lambda t: plan_for((1, t)))
             if cap is not None:
-                result.forward_tokens, plan = cap, plan_for((1, cap))
+                forward, result.forward_tokens = (1, cap), cap
+                plan = plan_for(forward)
         if embeddings_on_host(cfg, plan, on_cuda=on_cuda, world_size=world_size):
             result.embeddings_on_host = True
-            plan = plan_for((1, result.forward_tokens) if result.forward_tokens else micro, True)
+            plan = plan_for(forward, True)
     except Exception as exc:  # no architecture offline, target names the plan cannot map, …
         result.notes.append(f"no memory plan for this model ({exc}); checkpointing as configured")
         return result

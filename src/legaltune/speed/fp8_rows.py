@@ -8,7 +8,7 @@ Here each program holds its whole row in registers (up to 16,384 columns; wider 
 twice, in chunks), so the row crosses HBM once. The results are the reference's bit for bit: the
 same fp32 products, a correctly rounded division (``div_rn``) and round-to-nearest-even into e4m3.
 
-Which one runs is ``legaltune.speed.fp8.ROW_QUANTIZE`` (benchmarks compare them).
+Whether it runs is ``legaltune.speed.fp8.TRITON_QUANTIZE`` (benchmarks compare the two).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-FP8_MAX = 448.0
-MIN_AMAX = 1e-12  # as legaltune.speed.fp8._MIN_AMAX: an all-zero row quantizes to zeros
+from legaltune.speed.fp8 import _MIN_AMAX, FP8_MAX
+
 ONE_PASS_COLS = 16384
 CHUNK = 4096
 
@@ -58,7 +58,7 @@ def quantize_rows_triton(
         return q, scale
     cs = col_scale.reshape(-1).float().contiguous() if col_scale is not None else scale  # unread if absent
     one_pass, two_pass = _kernels()
-    common = dict(HAS_CS=col_scale is not None, LO=MIN_AMAX, HI=FP8_MAX)
+    common = dict(HAS_CS=col_scale is not None, LO=_MIN_AMAX, HI=FP8_MAX)
     args = (t, cs, q, scale, cols, t.stride(0), q.stride(0))
     if cols <= ONE_PASS_COLS:
         block = triton.next_power_of_2(cols)
