@@ -178,3 +178,6 @@ def test_report_plans_the_forward_the_run_made():
     worst = _plan_estimate(cfg, None, {"speed": {"checkpointing": "none"}})[0]
     assert est["split"].tokens_per_micro_batch == 23266 and worst.tokens_per_micro_batch == 32 * 8192
     assert est["split"].peak_bytes < est["whole"].peak_bytes < worst.peak_bytes
+    # a run that kept its input embeddings in host memory is planned without them on the GPU
+    hosted = _plan_estimate(cfg, None, {**split, "plan": {**split["plan"], "embeddings_on_host": True}})[0]
+    assert est["split"].peak_bytes - hosted.peak_bytes == pytest.approx(128256 * 4096 * 2, rel=1e-6)

@@ -246,8 +246,13 @@ def _plan_estimate(cfg: Any, stats: Any, summary: Any = None) -> tuple[Any, str 
         examples = (stats or {}).get("train", {}).get("examples")
         layers = _run_checkpoint_layers(summary)  # what speed.mode auto chose on the run's GPU
         micro = _run_micro_batch(summary)  # planned for the data, as the run was
+        host_table = bool(((summary or {}).get("plan") or {}).get("embeddings_on_host"))
         return make_plan(
-            cfg, train_examples=examples, checkpoint_layers=layers, micro_batch=micro
+            cfg,
+            train_examples=examples,
+            checkpoint_layers=layers,
+            micro_batch=micro,
+            embeddings_on_host=host_table,
         ).memory, None
     except Exception as exc:  # any arch/plan problem only costs this one table
         return None, f"{type(exc).__name__}: {exc}"
