@@ -192,7 +192,7 @@ def setup_speed(
     fp8_eager_quantize: bool = False,
     fp8_keep_transpose: bool = False,
     host_embeddings: bool = False,
-    fp8_triton_quantize: bool = False,
+    fp8_triton_quantize: bool = True,
 ) -> Any:
     """legaltune's speed engine as `legaltune train` runs it: apply_lora with a speed config, then
     TRL's fused LM head on the instance (what SFTTrainer adds; the child calls it with
@@ -201,7 +201,8 @@ def setup_speed(
     ``fp8_eager_quantize``: the activations' per-token quantization in eager ops, not compiled;
     ``fp8_keep_transpose``: each FP8 weight also kept transposed (``quantization.fp8_keep_transpose``);
     ``host_embeddings``: the input embedding table in pinned host memory (``speed.embeddings_on_host``);
-    ``fp8_triton_quantize``: the per-token quantizations by the Triton kernel (``speed/fp8_rows.py``)."""
+    ``fp8_triton_quantize``: the per-token quantizations by the Triton kernel (``speed/fp8_rows.py``,
+    shipped) or, False, by inductor's compiled kernel (``fp8_eager_quantize``: neither)."""
     from legaltune.config.schema import SpeedConfig
     from legaltune.speed.layers import find_decoder_layers
 
@@ -215,7 +216,7 @@ def setup_speed(
 
         print(f"fp8: {quantize_model_fp8(base)} decoder projections in float8_e4m3", file=sys.stderr)
         fp8_math.COMPILED_QUANTIZE[0] = not fp8_eager_quantize
-        fp8_math.TRITON_QUANTIZE[0] = fp8_triton_quantize
+        fp8_math.TRITON_QUANTIZE[0] = fp8_triton_quantize and not fp8_eager_quantize
         if fp8_keep_transpose:
             from legaltune.speed.fp8_linear import keep_fp8_transposes
 
@@ -224,7 +225,11 @@ def setup_speed(
     if host_embeddings:
         from legaltune.speed.host_embedding import embeddings_to_host
 
-        print(f"host embeddings: {embeddings_to_host(model) / 2**30:.2f} GiB off the GPU", file=sys.stderr)
+        moved = embeddings_to_host(model)
+        how = getattr(model.get_input_embeddings(), "host_gather", "CPU")
+        print(
+            f"host embeddings: {moved / 2**30:.2f} GiB off the GPU, rows gathered by {how}", file=sys.stderr
+        )
     if bnb_dequant:  # NF4 dequantized by bitsandbytes, and again in backward after a recompute (none kept)
         import bitsandbytes.functional as bnbf
 
@@ -400,7 +405,6 @@ ROWS: dict[str, Row] = {
     "hf+liger": Row(setup_hf_liger, True, "hf + Liger-Kernel (RMSNorm, RoPE, SwiGLU, fused linear CE)", ("liger_kernel.transformers",), plan_gap=FUSED_CE, plan_gap_qlora=f"{FUSED_CE}; {KBIT_UPCAST}"),
     "legaltune-fast+fp8": Row(functools.partial(setup_speed, checkpointing=False, fp8=True), False, "legaltune-fast over FP8 base projections (quantization.load_in_fp8: torch._scaled_mm, per-token activation scales)", ("trl",), fused_head=True, speed=True, fp8=True),
     "legaltune-fast+fp8t": Row(functools.partial(setup_speed, checkpointing=False, fp8=True, fp8_keep_transpose=True), False, "legaltune-fast+fp8 with each FP8 weight also kept transposed (quantization.fp8_keep_transpose: no transpose copy in backward)", ("trl",), fused_head=True, speed=True, fp8=True, fp8_transpose=True),
-    "legaltune-fast+fp8t+tq": Row(functools.partial(setup_speed, checkpointing=False, fp8=True, fp8_keep_transpose=True, fp8_triton_quantize=True), False, "legaltune-fast+fp8t with the per-token quantizations by one Triton kernel (speed/fp8_rows.py)", ("trl",), fused_head=True, speed=True, fp8=True, fp8_transpose=True),
     "legaltune-lean+fp8": Row(functools.partial(setup_speed, checkpointing="unsloth", fp8=True), "unsloth", "legaltune-lean over FP8 base projections (quantization.load_in_fp8)", ("trl",), fused_head=True, speed=True, fp8=True),
     "legaltune-lean+fp8+host": Row(functools.partial(setup_speed, checkpointing="unsloth", fp8=True, host_embeddings=True), "unsloth", "legaltune-lean+fp8 with the input embedding table in pinned host memory (speed.embeddings_on_host)", ("trl",), fused_head=True, speed=True, fp8=True, host_embeddings=True),
     "unsloth+fp8": Row(functools.partial(setup_unsloth, checkpointing="unsloth", load_in_fp8=True), "unsloth", "Unsloth FastLanguageModel with load_in_fp8=True (TorchAO FP8 base), offloaded checkpointing", ("unsloth", "torchao"), from_dir=True, plan_gap=FUSED_CE, prestart=False, fp8=True),
@@ -426,6 +430,7 @@ ROWS: dict[str, Row] = {
     "x-lean-compiled": Row(functools.partial(setup_speed, checkpointing="unsloth", compile_layers=True), "unsloth", "probe: legaltune-lean with compile forced on (differs from legaltune-lean over 4-bit)", ("trl",), fused_head=True, speed=True),
     "x-fast-compiled": Row(functools.partial(setup_speed, checkpointing=False, compile_layers=True), False, "probe: legaltune-fast with compile forced on (differs from legaltune-fast over 4-bit)", ("trl",), fused_head=True, speed=True),
     "x-fast-fp8-eager-quant": Row(functools.partial(setup_speed, checkpointing=False, fp8=True, fp8_eager_quantize=True), False, "probe: legaltune-fast+fp8 quantizing activations in eager ops instead of one compiled kernel", ("trl",), fused_head=True, speed=True, fp8=True),
+    "x-fast-fp8-compiled-quant": Row(functools.partial(setup_speed, checkpointing=False, fp8=True, fp8_triton_quantize=False), False, "probe: legaltune-fast+fp8 quantizing activations by inductor's compiled kernel instead of the Triton one", ("trl",), fused_head=True, speed=True, fp8=True),
     "x-liger-compile-nockpt": Row(functools.partial(setup_probe, checkpointing=False, compile_layers=True), False, "probe: Liger kernels + compiled decoder layers, no checkpointing", ("liger_kernel.transformers",), plan_gap=FUSED_CE),
 }
 # fmt: on

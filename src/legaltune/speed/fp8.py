@@ -36,6 +36,10 @@ import torch
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
+# A row's scale is amax × (1/448), a multiplication: PyTorch's CUDA division by a Python scalar is
+# one too (a·(1/b), its BinaryDivTrueKernel), its CPU one a true division, so dividing would give
+# scales one ulp apart on the two devices. Written as a product, CPU, CUDA and the Triton kernel agree.
+INV_FP8_MAX = 1.0 / FP8_MAX
 # The smallest amax a row is scaled by: an all-zero row quantizes to zeros instead of 0/0.
 _MIN_AMAX = 1e-12
 # cuBLASLt's FP8 GEMM: both sizes of the second operand (the weight's in and out) multiples of 16.
@@ -49,9 +53,9 @@ BACKEND: list[str | None] = [None]
 # (eager it is ~5 passes over the activation and an fp32 copy); benchmarks turn it off to compare.
 COMPILED_QUANTIZE = [True]
 # The same quantization as one hand-written Triton kernel (legaltune.speed.fp8_rows: one read of the
-# row, bit-identical results). Off until an H200 measurement shows it faster than inductor's kernel
-# (benchmarks/fp8_parts.py times both; train_step.py's legaltune-fast+fp8t+tq row uses it).
-TRITON_QUANTIZE = [False]
+# row, bit-identical to quantize_rows), used where Triton is: on the H200 it took an 8B step with FP8
+# bases from 19,144 to 20,276 tok/s (docs/fp8.md); False falls back to inductor's kernel.
+TRITON_QUANTIZE = [True]
 
 
 def quantize_rows(
@@ -61,7 +65,7 @@ def quantize_rows(
     (shape ``[rows, 1]``); ``col_scale`` (one per column, optional) multiplies ``t`` first, in fp32."""
     t32 = t.float() if col_scale is None else t.float() * col_scale.view(1, -1)
     amax = t32.abs().amax(dim=1, keepdim=True).clamp_min(_MIN_AMAX)
-    scale = amax / FP8_MAX
+    scale = amax * INV_FP8_MAX
     return (t32 / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from legaltune.speed.fp8 import _MIN_AMAX, FP8_MAX
+from legaltune.speed.fp8 import _MIN_AMAX, FP8_MAX, INV_FP8_MAX
 
 ONE_PASS_COLS = 16384
 CHUNK = 4096
@@ -42,11 +42,14 @@ def _kernels() -> tuple[Any, Any]:
 
 
 def quantize_rows_triton(
-    t: torch.Tensor, col_scale: torch.Tensor | None = None, dtype: torch.dtype = torch.float8_e4m3fn
+    t: torch.Tensor,
+    col_scale: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float8_e4m3fn,
+    num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`legaltune.speed.fp8.quantize_rows` of a 2-D ``t`` (rows contiguous) as one kernel.
     ``dtype`` float32 stores the scaled, clamped values before their rounding to e4m3 (tests: Triton's
-    CPU interpreter does not round to e4m3 as the GPU does)."""
+    CPU interpreter does not round to e4m3 as the GPU does); ``num_warps``: benchmarks sweep it."""
     import triton
 
     rows, cols = t.shape
@@ -58,13 +61,15 @@ def quantize_rows_triton(
         return q, scale
     cs = col_scale.reshape(-1).float().contiguous() if col_scale is not None else scale  # unread if absent
     one_pass, two_pass = _kernels()
-    common = dict(HAS_CS=col_scale is not None, LO=_MIN_AMAX, HI=FP8_MAX)
+    common = dict(HAS_CS=col_scale is not None, LO=_MIN_AMAX, HI=FP8_MAX, INV=INV_FP8_MAX)
     args = (t, cs, q, scale, cols, t.stride(0), q.stride(0))
     if cols <= ONE_PASS_COLS:
         block = triton.next_power_of_2(cols)
-        one_pass[(rows,)](*args, BLOCK=block, num_warps=8 if block >= 8192 else 4, **common)
+        warps = num_warps or (16 if block >= 8192 else 4)  # the H200's best (benchmarks/fp8_parts.py)
+        one_pass[(rows,)](*args, BLOCK=block, num_warps=warps, **common)
     else:  # the row read twice: once for its amax, once to quantize (the second read mostly from L2)
-        two_pass[(rows,)](*args, BLOCK=CHUNK, CHUNKS=triton.cdiv(cols, CHUNK), num_warps=8, **common)
+        chunks = triton.cdiv(cols, CHUNK)
+        two_pass[(rows,)](*args, BLOCK=CHUNK, CHUNKS=chunks, num_warps=num_warps or 8, **common)
     return q, scale
 
 

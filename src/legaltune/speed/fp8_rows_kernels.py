@@ -20,19 +20,20 @@ def store_quantized(q_row, x, scale, offs, mask, HI: tl.constexpr):
 
 @triton.jit
 def one_pass(t_ptr, cs_ptr, q_ptr, s_ptr, cols, stride_t, stride_q,
-             HAS_CS: tl.constexpr, BLOCK: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr):  # fmt: skip
+             HAS_CS: tl.constexpr, BLOCK: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr, INV: tl.constexpr):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < cols
     x = load_scaled(t_ptr + row * stride_t, cs_ptr, offs, mask, HAS_CS)
-    scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=0), LO), HI)
+    scale = tl.maximum(tl.max(tl.abs(x), axis=0), LO) * INV
     store_quantized(q_ptr + row * stride_q, x, scale, offs, mask, HI)
     tl.store(s_ptr + row, scale)
 
 
 @triton.jit
 def two_pass(t_ptr, cs_ptr, q_ptr, s_ptr, cols, stride_t, stride_q, HAS_CS: tl.constexpr,
-             BLOCK: tl.constexpr, CHUNKS: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr):  # fmt: skip
+             BLOCK: tl.constexpr, CHUNKS: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr,
+             INV: tl.constexpr):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     amax = tl.zeros((BLOCK,), dtype=tl.float32)
     for chunk in range(CHUNKS):
@@ -40,7 +41,7 @@ def two_pass(t_ptr, cs_ptr, q_ptr, s_ptr, cols, stride_t, stride_q, HAS_CS: tl.c
         amax = tl.maximum(
             amax, tl.abs(load_scaled(t_ptr + row * stride_t, cs_ptr, offs, offs < cols, HAS_CS))
         )
-    scale = tl.math.div_rn(tl.maximum(tl.max(amax, axis=0), LO), HI)
+    scale = tl.maximum(tl.max(amax, axis=0), LO) * INV
     for chunk in range(CHUNKS):
         offs = chunk * BLOCK + tl.arange(0, BLOCK)
         x = load_scaled(t_ptr + row * stride_t, cs_ptr, offs, offs < cols, HAS_CS)

@@ -559,7 +559,8 @@ def _embeddings_to_host(model: Any) -> str:
     if why is not None:
         return f"input embeddings kept on the device: {why}"
     moved = embeddings_to_host(model)
-    return f"input embeddings in pinned host memory ({moved / 2**30:.2f} GiB off the device)"
+    how = getattr(model.get_input_embeddings(), "host_gather", "CPU")
+    return f"input embeddings in pinned host memory ({moved / 2**30:.2f} GiB off the device, rows gathered by {how})"
 
 
 def _finish_from_checkpoint(trainer: Any, checkpoint: Any) -> dict[str, Any]:
